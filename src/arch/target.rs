@@ -1,0 +1,80 @@
+//! The contract between the family tables (which GGUF tensor a module becomes, and what llama.cpp's converter does
+//! to that weight) and the converter (which applies those operations to the LoRA factors).
+//!
+//! Factor algebra: ΔW = B·A. An operation on W's rows (output dim) is the same operation on B's rows; an operation
+//! on W's columns (input dim) is the same operation on A's columns. Every variant here is one of those.
+
+/// Which head count a rotary permutation uses (llama.cpp `LlamaModel.permute`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Heads {
+    /// `num_attention_heads` (q_proj).
+    Query,
+    /// `num_key_value_heads` (k_proj); falls back to the query head count when the config has none.
+    KeyValue,
+}
+
+/// One of the three parts of a fused query/key/value projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QkvPart {
+    /// The query rows.
+    Q,
+    /// The key rows.
+    K,
+    /// The value rows.
+    V,
+}
+
+/// What llama.cpp's converter does to the rows (output dimension) of the base weight; applied to B's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowTransform {
+    /// Rows kept as they are.
+    Identity,
+    /// `LlamaModel.permute`: per head, rotary pairs (2i, 2i+1) ← (i, i + hd/2).
+    LlamaRope(Heads),
+    /// GPT-NeoX `query_key_value`: per-head interleaved [h][q,k,v][hd] → [q all][k all][v all].
+    NeoxQkv,
+    /// Falcon `query_key_value`: kv groups of (q per group…, k, v) → [q all][k all][v all].
+    FalconQkv,
+    /// InternLM2 `wqkv`: kv groups of (q per group…, k, v); keep one part, then optionally the llama permutation.
+    InternLm2Qkv {
+        /// Which part of the fused projection this target keeps.
+        part: QkvPart,
+        /// Whether llama.cpp permutes this part for rotary embeddings (q and k: yes).
+        rope: bool,
+    },
+    /// Keep the `index`-th of `count` equal row blocks (fused gate|up split into two targets).
+    Chunk {
+        /// Zero-based block index.
+        index: u8,
+        /// Number of equal blocks the rows are split into.
+        count: u8,
+    },
+}
+
+/// How the pair is laid out in the GGUF file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// A linear weight: `lora_a` = A (ne [in, r]), `lora_b` = B (ne [r, out]).
+    Linear,
+    /// The token embedding: PEFT stores A (r, V) and B (H, r); GGUF `lora_a` = Aᵀ (ne [r, V]), `lora_b` = B.
+    /// When the base vocabulary is smaller than A's (Gemma 3 pads its config vocab), A's extra columns are dropped.
+    Embedding,
+    /// One expert of a stacked `*_exps` tensor: `lora_a` ne [in, r, E], `lora_b` ne [r, out, E].
+    Expert {
+        /// The expert's index within the stack.
+        index: u32,
+    },
+}
+
+/// One GGUF base tensor that a PEFT module's LoRA pair contributes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Full GGUF base tensor name, with `.weight`: `blk.3.attn_q.weight`, `token_embd.weight`.
+    pub name: String,
+    /// Transformer block index, when the tensor belongs to a block.
+    pub block: Option<u32>,
+    /// What happens to B's rows on the way.
+    pub rows: RowTransform,
+    /// Plain, embedding, or one expert of a stack.
+    pub layout: Layout,
+}

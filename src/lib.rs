@@ -1,0 +1,17 @@
+//! lora-gguf: exact LoRA → GGUF conversion for llama.cpp, and a drift gate that validates an adapter on the real base.
+//!
+//! ```text
+//! PEFT dir ──► peft::Adapter ──► arch::Family ──► convert::Plan ──► gguf::Writer ──► adapter.gguf
+//!                                   base.gguf / config.json ──► arch::Geometry ──► checks
+//! golden-prompts/*.jsonl ──► validate::Engine (llama.cpp) ──► metrics ──► gate ──► report
+//! ```
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod convert;
+pub mod gguf;
+pub mod peft;
+#[cfg(feature = "validate")]
+pub mod report;
+#[cfg(feature = "validate")]
+pub mod validate;
