@@ -1,1 +1,2 @@
-//! (placeholder)
+//! The drift gate: golden prompts, the llama.cpp engine, metrics, and the verdict.
+pub mod results;

@@ -1,0 +1,115 @@
+//! What one validation run measured: the contract between the engine (which runs llama.cpp and computes the
+//! per-position numbers) and the gate and reports (which judge and print them). Plain data, serialisable.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a prompt must stay put or must move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptKind {
+    /// The adapter must not change the model's behaviour here (drift is limited).
+    Control,
+    /// The adapter is meant to change the model's behaviour here (a minimum effect is required).
+    Target,
+}
+
+/// Measurements for one prompt at one adapter scale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptMeasurement {
+    /// Prompt id from the golden file.
+    pub prompt_id: String,
+    /// The multiplier applied to every adapter's own scale in this pass.
+    pub scale: f32,
+    /// Greedy continuation of the adapted model (decoded text).
+    pub adapted_text: String,
+    /// Greedy continuation of the adapted model (token ids).
+    pub adapted_tokens: Vec<i32>,
+    /// Index of the first generated token where adapted and base continuations differ; `None` if identical.
+    pub first_divergence: Option<usize>,
+    /// Teacher-forced on the base continuation: mean over positions of KL(base ‖ adapted), in nats.
+    pub kl_mean: f64,
+    /// Teacher-forced on the base continuation: max over positions of KL(base ‖ adapted), in nats.
+    pub kl_max: f64,
+    /// Teacher-forced: fraction of positions where the adapted argmax equals the base argmax.
+    pub top1_agreement: f64,
+    /// Largest absolute logit difference to the base over all teacher-forced positions.
+    pub max_abs_logit_delta: f32,
+    /// Number of teacher-forced positions (prompt's last token + base continuation).
+    pub positions: usize,
+}
+
+/// The base model's own greedy continuation of one prompt (computed once per run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaseContinuation {
+    /// Prompt id from the golden file.
+    pub prompt_id: String,
+    /// The rendered prompt as tokenized (after chat template, if any).
+    pub prompt_tokens: Vec<i32>,
+    /// Greedy continuation (decoded text).
+    pub text: String,
+    /// Greedy continuation (token ids).
+    pub tokens: Vec<i32>,
+}
+
+/// Wall-clock timings of one run, in milliseconds unless stated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Loading the base model.
+    pub model_load_ms: f64,
+    /// Loading all adapters (once each).
+    pub adapter_load_ms: f64,
+    /// Mean time to switch the active adapter set / scale (set + KV clear).
+    pub adapter_switch_ms: f64,
+    /// Per pass (base first, then one per scale): prompt tokens/s and generated tokens/s.
+    pub passes: Vec<PassTiming>,
+    /// Whole run.
+    pub total_ms: f64,
+}
+
+/// Throughput of one pass over all prompts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassTiming {
+    /// `None` for the base pass, else the scale.
+    pub scale: Option<f32>,
+    /// Prompt (prefill + teacher-forced) tokens per second.
+    pub prompt_tokens_per_s: f64,
+    /// Generated tokens per second.
+    pub gen_tokens_per_s: f64,
+    /// Wall time of the pass.
+    pub wall_ms: f64,
+}
+
+/// Everything the engine measured in one run, before judging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunMeasurements {
+    /// Base continuations, one per prompt, in golden-set order.
+    pub base: Vec<BaseContinuation>,
+    /// One entry per prompt × scale (scale-major: all prompts at the first scale, then the next…).
+    pub measurements: Vec<PromptMeasurement>,
+    /// Engine self-check: largest |Δlogit| between the adapter set at scale 0 and no adapter (must be 0.0).
+    pub scale_zero_max_abs_logit_delta: f32,
+    /// Engine noise floor: the same base pass run twice in the identical layout; largest |Δlogit| (0.0 when
+    /// deterministic) and the KL it implies.
+    pub noise_floor_kl_max: f64,
+    /// Settings that change logits and therefore belong with the numbers.
+    pub settings: EngineSettings,
+    /// How long things took.
+    pub timings: Timings,
+}
+
+/// Engine settings recorded with every report (ggml's results depend on batch layout and threads).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineSettings {
+    /// Context size in tokens.
+    pub n_ctx: u32,
+    /// Logical batch size.
+    pub n_batch: u32,
+    /// Physical batch size.
+    pub n_ubatch: u32,
+    /// Worker threads.
+    pub threads: i32,
+    /// Maximum new tokens per prompt (default; prompts may lower or raise it).
+    pub max_tokens: u32,
+    /// Scales swept, in order.
+    pub scales: Vec<f32>,
+}
