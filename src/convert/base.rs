@@ -1,0 +1,137 @@
+//! What the converter knows about the base model: its GGUF architecture, head counts for the row transforms,
+//! and — from a base GGUF — every tensor's shape, so each target is checked against the model users deploy.
+//! Base weights are never read: a GGUF header or a `config.json` is enough.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::factor::HeadCounts;
+use crate::arch::geometry::{self, Geometry};
+use crate::gguf::{self, GgufFile, keys};
+
+/// Where the base description came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BaseSource {
+    /// A base model GGUF (the model users deploy): full tensor-shape checks.
+    Gguf(PathBuf),
+    /// A Hugging Face `config.json`: architecture and geometry only.
+    HfConfig(PathBuf),
+}
+
+/// The base model as far as conversion needs it.
+#[derive(Clone, Debug)]
+pub struct BaseModel {
+    /// Where this came from.
+    pub source: BaseSource,
+    /// `general.architecture` of the base GGUF, or the GGUF arch the HF architecture converts to.
+    pub gguf_arch: Option<String>,
+    /// The HF `architectures[0]` (config only).
+    pub hf_architecture: Option<String>,
+    /// Head counts, when known.
+    pub heads: Option<HeadCounts>,
+    /// Vocabulary size (rows of `token_embd`), when known.
+    pub n_vocab: Option<u64>,
+    /// Experts per MoE layer, when the model has experts.
+    pub n_expert: Option<u64>,
+    /// Whether the output head shares the token embedding (no `output.weight` / `tie_word_embeddings`).
+    pub tied_embeddings: Option<bool>,
+    /// GGUF tensor name → ggml dims (`ne`), only for a GGUF base.
+    pub tensors: Option<BTreeMap<String, Vec<u64>>>,
+}
+
+/// Why the base description could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BaseError {
+    /// The base GGUF is unreadable or malformed.
+    #[error(transparent)]
+    Gguf(#[from] gguf::Error),
+    /// The base GGUF is an adapter or has no architecture.
+    #[error("`{path}`: {what}")]
+    NotAModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The Hugging Face config is unreadable or malformed.
+    #[error(transparent)]
+    Config(#[from] geometry::GeometryError),
+}
+
+impl BaseModel {
+    /// Read a base model GGUF header (no weights).
+    pub fn from_gguf(path: &Path) -> Result<Self, BaseError> {
+        let file = GgufFile::open(path)?;
+        let not_a_model = |what: String| BaseError::NotAModel { path: path.to_path_buf(), what };
+        if file.get_str(keys::GENERAL_TYPE) == Some("adapter") {
+            return Err(not_a_model(
+                "this is a LoRA adapter, not a base model — pass the model the adapter was trained on".into(),
+            ));
+        }
+        let arch = file
+            .architecture()
+            .ok_or_else(|| not_a_model("no `general.architecture` key: not a llama.cpp model file".into()))?
+            .to_string();
+        let tensors: BTreeMap<String, Vec<u64>> =
+            file.tensors.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
+        let n_head = uniform_u64(&file, &keys::arch_key(&arch, "attention.head_count"));
+        let n_head_kv = uniform_u64(&file, &keys::arch_key(&arch, "attention.head_count_kv")).or(n_head);
+        let heads = match (n_head, n_head_kv) {
+            (Some(q), Some(kv)) => Some(HeadCounts { n_head: to_u32(q), n_head_kv: to_u32(kv) }),
+            _ => None,
+        };
+        let n_vocab = tensors.get("token_embd.weight").and_then(|d| d.get(1).copied());
+        let n_expert = file.get_u64(&keys::arch_key(&arch, "expert_count")).filter(|&e| e > 0);
+        let tied = tensors.contains_key("token_embd.weight") && !tensors.contains_key("output.weight");
+        Ok(BaseModel {
+            source: BaseSource::Gguf(path.to_path_buf()),
+            gguf_arch: Some(arch),
+            hf_architecture: None,
+            heads,
+            n_vocab,
+            n_expert,
+            tied_embeddings: Some(tied),
+            tensors: Some(tensors),
+        })
+    }
+
+    /// Read a Hugging Face `config.json` (or the directory holding it).
+    pub fn from_hf_config(path: &Path) -> Result<Self, BaseError> {
+        let g: Geometry = geometry::from_hf_config(path)?;
+        let heads = g.n_head.map(|q| HeadCounts { n_head: q, n_head_kv: g.n_head_kv.unwrap_or(q) });
+        Ok(BaseModel {
+            source: BaseSource::HfConfig(path.to_path_buf()),
+            gguf_arch: g.gguf_arch,
+            hf_architecture: g.hf_architecture,
+            heads,
+            n_vocab: g.n_vocab,
+            n_expert: g.n_expert.map(u64::from),
+            tied_embeddings: g.tie_word_embeddings,
+            tensors: None,
+        })
+    }
+
+    /// A short description for messages: the file name.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            BaseSource::Gguf(p) | BaseSource::HfConfig(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// A per-arch integer key; when the file stores a per-layer array, its value if all layers agree.
+fn uniform_u64(file: &GgufFile, key: &str) -> Option<u64> {
+    let v = file.get(key)?;
+    if let Some(x) = v.as_u64() {
+        return Some(x);
+    }
+    let arr = v.as_array()?;
+    let mut values = arr.values.iter().filter_map(|v| v.as_u64()).filter(|&x| x > 0);
+    let first = values.next()?;
+    values.all(|x| x == first).then_some(first)
+}
+
+fn to_u32(x: u64) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
+}

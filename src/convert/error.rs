@@ -1,0 +1,216 @@
+//! Everything that can stop a conversion. Each variant names the file, module or tensor it is about and says what
+//! the user can do; the binary prints the chain and exits with status 2.
+
+use std::path::PathBuf;
+
+use super::base::BaseError;
+use super::factor::RowsMismatch;
+use crate::{arch, gguf, peft};
+
+/// Why a conversion was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConvertError {
+    /// The adapter directory could not be read, or uses something a GGUF LoRA cannot express.
+    #[error(transparent)]
+    Adapter(#[from] peft::Error),
+    /// The base model description could not be read.
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    /// No base model was given and none could be found.
+    #[error(
+        "no base model to check the adapter against: {why}; pass `--base BASE.gguf` (the GGUF you will run the \
+         adapter with: every tensor is checked against it) or `--base-config HF_MODEL_DIR` (its config.json)"
+    )]
+    NoBase {
+        /// Why `base_model_name_or_path` did not help.
+        why: String,
+    },
+    /// The architecture is not one llama.cpp converts, or not one we know.
+    #[error("{what}; supported GGUF architectures: {supported}")]
+    UnknownArchitecture {
+        /// What was looked up.
+        what: String,
+        /// A list of the supported ones.
+        supported: String,
+    },
+    /// The architecture of the base and the one requested disagree.
+    #[error(
+        "architecture mismatch: {left} but {right}; llama.cpp refuses such an adapter (\"model arch and LoRA arch \
+         mismatch\") — convert against the base you deploy"
+    )]
+    ArchMismatch {
+        /// One side, described.
+        left: String,
+        /// The other side, described.
+        right: String,
+    },
+    /// A PEFT module has no GGUF counterpart.
+    #[error("module `{module}`: {source}")]
+    Map {
+        /// The PEFT module path.
+        module: String,
+        /// Why it could not be mapped.
+        #[source]
+        source: arch::MapError,
+    },
+    /// A row transform does not fit the module's shape.
+    #[error("module `{module}` → `{target}`: {source} (is the base model's head count right?)")]
+    Rows {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The mismatch.
+        #[source]
+        source: RowsMismatch,
+    },
+    /// A transform needs head counts that the base description does not give.
+    #[error(
+        "module `{module}` → `{target}` needs the base model's attention head counts, which {base} does not give"
+    )]
+    NeedHeads {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The base description.
+        base: String,
+    },
+    /// A LoRA on the token embedding or output head of a model whose output shares the embedding.
+    #[error(
+        "module `{module}` → `{target}`: the base {base} ties its output head to the token embedding; {why} — \
+         retrain without `{module}` in target_modules, or merge the adapter into the base instead"
+    )]
+    TiedEmbedding {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The base description.
+        base: String,
+        /// What llama.cpp would do.
+        why: &'static str,
+    },
+    /// The target tensor does not exist in the base GGUF.
+    #[error(
+        "module `{module}` → `{target}`: no such tensor in the base `{base}` (wrong base model? its arch is \
+         `{arch}` with {n_tensors} tensors)"
+    )]
+    TargetMissing {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The base file.
+        base: String,
+        /// The base's architecture.
+        arch: String,
+        /// How many tensors the base has.
+        n_tensors: usize,
+    },
+    /// The adapter's factor shapes do not fit the base tensor.
+    #[error(
+        "module `{module}` → `{target}`: the adapter implies ne {expected:?} but the base `{base}` has ne \
+         {found:?} (wrong base model, or an adapter trained on another size)"
+    )]
+    ShapeMismatch {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The base file.
+        base: String,
+        /// What the adapter implies (ggml order).
+        expected: Vec<u64>,
+        /// What the base has (ggml order).
+        found: Vec<u64>,
+    },
+    /// An expert index beyond the base's expert count (llama.cpp would not notice and corrupt memory).
+    #[error(
+        "module `{module}`: expert {expert} but the base {base} has {n_expert} experts per layer (wrong base model?)"
+    )]
+    ExpertCount {
+        /// The PEFT module path.
+        module: String,
+        /// The expert index.
+        expert: usize,
+        /// The base description.
+        base: String,
+        /// The base's expert count.
+        n_expert: u64,
+    },
+    /// Expert LoRAs of one stacked tensor with different ranks cannot be stacked.
+    #[error("`{target}`: experts have different LoRA ranks ({ranks}); a stacked GGUF tensor needs one rank")]
+    ExpertRanks {
+        /// The GGUF target.
+        target: String,
+        /// The ranks found.
+        ranks: String,
+    },
+    /// Two PEFT modules map to the same GGUF tensor.
+    #[error("modules `{first}` and `{second}` both map to `{target}`; a GGUF adapter holds one pair per tensor")]
+    DuplicateTarget {
+        /// The GGUF target.
+        target: String,
+        /// The first module.
+        first: String,
+        /// The second module.
+        second: String,
+    },
+    /// The module's kind does not fit the target (an embedding LoRA on a linear weight or the reverse).
+    #[error("module `{module}` → `{target}`: a {found} LoRA pair cannot target a {expected} tensor")]
+    KindMismatch {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// What the target needs.
+        expected: &'static str,
+        /// What the adapter has.
+        found: &'static str,
+    },
+    /// The adapter has no LoRA pairs at all.
+    #[error("`{dir}` holds no LoRA pairs: nothing to convert")]
+    Empty {
+        /// The adapter directory.
+        dir: PathBuf,
+    },
+    /// The output exists and `--force` was not given.
+    #[error("`{path}` exists; pass --force to overwrite it")]
+    OutputExists {
+        /// The output path.
+        path: PathBuf,
+    },
+    /// Writing the output failed.
+    #[error("writing `{path}`: {source}")]
+    Io {
+        /// The file being written.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The GGUF container layer refused something.
+    #[error(transparent)]
+    Gguf(#[from] gguf::Error),
+    /// Reading back the written file found a difference beyond the output type's rounding.
+    #[error(
+        "verification failed for `{target}`: |ΔW error| {error:.3e} exceeds the {dtype} rounding bound {bound:.3e} \
+         at row {row}, column {col} — please report this as a bug"
+    )]
+    Verify {
+        /// The GGUF target.
+        target: String,
+        /// The output type.
+        dtype: String,
+        /// The worst error.
+        error: f64,
+        /// Its bound.
+        bound: f64,
+        /// Where (ΔW row).
+        row: usize,
+        /// Where (ΔW column).
+        col: usize,
+    },
+}

@@ -1,0 +1,78 @@
+//! Turn a planned pair into the two factor matrices as llama.cpp reads them (f32, ggml memory order), from the
+//! adapter's memory-mapped tensors: row transform and scaling fold on B, transpose (and vocabulary cut) of the
+//! embedding's A, expert stacking with zero-filled gaps.
+
+use super::error::ConvertError;
+use super::factor::{self, HeadCounts};
+use super::plan::{PairShape, PlannedPair};
+use crate::peft::Adapter;
+
+/// The factors of one output pair, in the exact element order of the GGUF tensors.
+pub struct Factors {
+    /// `lora_a` data.
+    pub a: Vec<f32>,
+    /// `lora_b` data.
+    pub b: Vec<f32>,
+}
+
+/// Build the output factors of `pair`.
+pub fn materialize(adapter: &Adapter, pair: &PlannedPair, heads: HeadCounts) -> Result<Factors, ConvertError> {
+    let (r, inp, out) = (pair.rank, pair.in_features, pair.out_features);
+    let mut a_src = Vec::new();
+    let mut b_src = Vec::new();
+    match pair.shape {
+        PairShape::Linear => {
+            let s = &pair.sources[0];
+            let p = &adapter.pairs[s.pair];
+            adapter.tensor_f32(&p.a, &mut a_src)?;
+            adapter.tensor_f32(&p.b, &mut b_src)?;
+            let b = transformed_b(&b_src, p.b.shape[0], r, s.rows, s.fold, heads, &pair.target, &p.module)?;
+            Ok(Factors { a: a_src, b })
+        }
+        PairShape::Embedding { vocab } => {
+            let s = &pair.sources[0];
+            let p = &adapter.pairs[s.pair];
+            adapter.tensor_f32(&p.a, &mut a_src)?;
+            adapter.tensor_f32(&p.b, &mut b_src)?;
+            let a_vocab = p.a.shape[1];
+            let a = if vocab < a_vocab { factor::keep_columns(&a_src, r, a_vocab, vocab) } else { a_src };
+            let a = factor::transpose(&a, r, vocab);
+            let b = transformed_b(&b_src, p.b.shape[0], r, s.rows, s.fold, heads, &pair.target, &p.module)?;
+            Ok(Factors { a, b })
+        }
+        PairShape::Experts { n_expert } => {
+            let mut a = vec![0.0f32; n_expert * r * inp];
+            let mut b = vec![0.0f32; n_expert * out * r];
+            for s in &pair.sources {
+                let e = s.expert.unwrap_or(0);
+                let p = &adapter.pairs[s.pair];
+                adapter.tensor_f32(&p.a, &mut a_src)?;
+                adapter.tensor_f32(&p.b, &mut b_src)?;
+                let bt = transformed_b(&b_src, p.b.shape[0], r, s.rows, s.fold, heads, &pair.target, &p.module)?;
+                a[e * r * inp..(e + 1) * r * inp].copy_from_slice(&a_src);
+                b[e * out * r..(e + 1) * out * r].copy_from_slice(&bt);
+            }
+            Ok(Factors { a, b })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call site per layout; a struct would only rename the arguments
+fn transformed_b(
+    b: &[f32],
+    rows: usize,
+    rank: usize,
+    t: crate::arch::RowTransform,
+    fold: f64,
+    heads: HeadCounts,
+    target: &str,
+    module: &str,
+) -> Result<Vec<f32>, ConvertError> {
+    let mut out = factor::apply_rows(t, b, rows, rank, heads).map_err(|source| ConvertError::Rows {
+        module: module.to_string(),
+        target: target.to_string(),
+        source,
+    })?;
+    factor::scale_in_place(&mut out, fold as f32);
+    Ok(out)
+}

@@ -1,0 +1,420 @@
+//! From an adapter, a family table and a base description to a plan: every output tensor with its shape, type,
+//! sources, row transform and scaling fold — checked against the base before a byte is written.
+//!
+//! Scaling (design.md "Exactness rules"): PEFT computes ΔW_m = s_m·B_m·A_m. llama.cpp multiplies by
+//! `scale · α / rank(B)` with one α per file. With c_m = s_m·r_m, writing α = c makes the runtime factor exact
+//! for every module whose c_m = c; for the others B is multiplied by c_m / α (an f32 multiply) so that
+//! α/r_m · (c_m/α)·B = s_m·B. α is the c shared by the most modules, so a uniform adapter stays bit-identical.
+
+use std::collections::BTreeMap;
+
+use super::base::BaseModel;
+use super::error::ConvertError;
+use super::factor::{self, HeadCounts};
+use crate::arch::{Family, Layout, RowTransform, Target};
+use crate::gguf::{GgmlType, TensorSpec};
+use crate::peft::{Adapter, LoraPair, PairKind, SourceDtype};
+
+/// The output type the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    /// 32-bit float: exact.
+    F32,
+    /// IEEE half: round to nearest even.
+    F16,
+    /// bfloat16, rounded as ggml does.
+    Bf16,
+    /// 8-bit blocks of 32 (rows whose length is not a multiple of 32 fall back to F16, as llama.cpp's converter).
+    Q8_0,
+    /// The adapter's own dtype (F32, F16 or BF16; mixed → F32): lossless.
+    Auto,
+}
+
+impl OutType {
+    /// The concrete ggml type for a tensor whose rows have `ne0` elements.
+    pub fn ggml_type(self, source: Option<SourceDtype>, ne0: u64) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::Bf16 => GgmlType::BF16,
+            OutType::Q8_0 if ne0 % 32 == 0 => GgmlType::Q8_0,
+            OutType::Q8_0 => GgmlType::F16,
+            OutType::Auto => match source {
+                Some(SourceDtype::F16) => GgmlType::F16,
+                Some(SourceDtype::BF16) => GgmlType::BF16,
+                Some(SourceDtype::F32) | None => GgmlType::F32,
+            },
+        }
+    }
+}
+
+/// How the output pair is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairShape {
+    /// `lora_a` ne [in, r], `lora_b` ne [r, out].
+    Linear,
+    /// `lora_a` = Aᵀ ne [r, vocab], `lora_b` ne [r, hidden]; `vocab` ≤ the adapter's (Gemma 3 drops padding rows).
+    Embedding {
+        /// Vocabulary columns of A kept.
+        vocab: usize,
+    },
+    /// `lora_a` ne [in, r, E], `lora_b` ne [r, out, E]; experts without a LoRA are zero.
+    Experts {
+        /// Experts in the stack.
+        n_expert: usize,
+    },
+}
+
+/// One PEFT pair's contribution to an output pair.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedSource {
+    /// Index into `Adapter::pairs`.
+    pub pair: usize,
+    /// The expert slot, for stacked experts.
+    pub expert: Option<usize>,
+    /// What happens to B's rows.
+    pub rows: RowTransform,
+    /// PEFT's own scaling s_m for this module.
+    pub peft_scaling: f64,
+    /// Factor multiplied into B so that llama.cpp's α/rank gives s_m (1.0: B untouched).
+    pub fold: f64,
+}
+
+/// One `<target>.lora_a` / `<target>.lora_b` pair of the output file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedPair {
+    /// The base tensor, e.g. `blk.0.attn_q.weight`.
+    pub target: String,
+    /// The block index, if any.
+    pub block: Option<u32>,
+    /// Layout of the pair.
+    pub shape: PairShape,
+    /// LoRA rank.
+    pub rank: usize,
+    /// Columns of ΔW (input features; vocabulary for the embedding).
+    pub in_features: usize,
+    /// Rows of ΔW after the transform (output features; hidden size for the embedding).
+    pub out_features: usize,
+    /// Where the data comes from.
+    pub sources: Vec<PlannedSource>,
+    /// The `lora_a` tensor as written.
+    pub a: TensorSpec,
+    /// The `lora_b` tensor as written.
+    pub b: TensorSpec,
+}
+
+/// The whole output, decided.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `general.architecture` of the output.
+    pub arch: &'static str,
+    /// `adapter.lora.alpha`.
+    pub alpha: f32,
+    /// Output pairs in file order.
+    pub pairs: Vec<PlannedPair>,
+    /// Things the user should know (no-effect tensors, dtype fallbacks, vocabulary truncation).
+    pub warnings: Vec<String>,
+}
+
+/// Build the plan. Pure: reads shapes and configuration only, never tensor data.
+pub fn plan(
+    adapter: &Adapter,
+    family: &'static Family,
+    base: &BaseModel,
+    outtype: OutType,
+) -> Result<Plan, ConvertError> {
+    if adapter.pairs.is_empty() {
+        return Err(ConvertError::Empty { dir: adapter.dir.clone() });
+    }
+    let mut warnings = Vec::new();
+    let alpha = choose_alpha(&adapter.pairs);
+    let mut by_target: BTreeMap<String, usize> = BTreeMap::new();
+    let mut pairs: Vec<PlannedPair> = Vec::new();
+
+    for (index, pair) in adapter.pairs.iter().enumerate() {
+        let targets = family
+            .map_module(&pair.module)
+            .map_err(|source| ConvertError::Map { module: pair.module.clone(), source })?;
+        let peft_scaling = pair.scaling.factor();
+        let c = peft_scaling * pair.rank as f64;
+        let fold = c / f64::from(alpha);
+        for target in targets {
+            check_tied(pair, &target, base)?;
+            let source = PlannedSource { pair: index, expert: None, rows: target.rows, peft_scaling, fold };
+            let planned = plan_one(pair, &target, base, source)?;
+            if family.no_effect(&target.name) {
+                warnings.push(format!(
+                    "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor; the pair is written \
+                     but has no effect at run time",
+                    target.name, pair.module, family.gguf_arch
+                ));
+            }
+            match (planned.shape, by_target.get(&target.name)) {
+                (PairShape::Experts { .. }, Some(&at)) => merge_expert(&mut pairs[at], planned, &adapter.pairs)?,
+                (_, Some(&at)) => {
+                    let first = adapter.pairs[pairs[at].sources[0].pair].module.clone();
+                    return Err(ConvertError::DuplicateTarget {
+                        target: target.name,
+                        first,
+                        second: pair.module.clone(),
+                    });
+                }
+                (_, None) => {
+                    by_target.insert(target.name.clone(), pairs.len());
+                    pairs.push(planned);
+                }
+            }
+        }
+    }
+
+    let source_dtype = adapter.dtype();
+    for p in &mut pairs {
+        if let PairShape::Experts { n_expert } = p.shape {
+            check_experts(p, n_expert, base, &adapter.pairs)?;
+        }
+        check_base_shape(p, base, &adapter.pairs)?;
+        let (a_dims, b_dims) = ggml_dims(p);
+        let a_type = outtype.ggml_type(source_dtype, a_dims[0]);
+        let b_type = outtype.ggml_type(source_dtype, b_dims[0]);
+        if outtype == OutType::Q8_0 {
+            for (which, ty, ne0) in [("lora_a", a_type, a_dims[0]), ("lora_b", b_type, b_dims[0])] {
+                if ty != GgmlType::Q8_0 {
+                    warnings.push(format!(
+                        "`{}.{which}`: rows of {ne0} values are not a multiple of 32, written as F16 instead of Q8_0",
+                        p.target
+                    ));
+                }
+            }
+        }
+        p.a = TensorSpec { name: format!("{}.lora_a", p.target), dims: a_dims, ggml_type: a_type };
+        p.b = TensorSpec { name: format!("{}.lora_b", p.target), dims: b_dims, ggml_type: b_type };
+    }
+    for p in &pairs {
+        if let PairShape::Embedding { vocab } = p.shape {
+            let a_vocab = adapter.pairs[p.sources[0].pair].a.shape.get(1).copied().unwrap_or(vocab);
+            if vocab < a_vocab {
+                warnings.push(format!(
+                    "`{}`: the adapter covers {a_vocab} vocabulary rows, the base has {vocab}; the padding rows \
+                     {vocab}..{a_vocab} are dropped (llama.cpp's converter drops them from the base the same way)",
+                    p.target
+                ));
+            }
+        }
+    }
+    Ok(Plan { arch: family.gguf_arch, alpha, pairs, warnings })
+}
+
+/// α = the c_m = s_m·r_m shared by the most pairs (ties: the smallest), as f32.
+fn choose_alpha(pairs: &[LoraPair]) -> f32 {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for p in pairs {
+        let c = (p.scaling.factor() * p.rank as f64) as f32;
+        *counts.entry(u64::from(c.to_bits())).or_default() += 1;
+    }
+    let mut best: Option<(f32, usize)> = None;
+    for (&bits, &n) in &counts {
+        let c = f32::from_bits(bits as u32);
+        best = match best {
+            Some((bc, bn)) if bn > n || (bn == n && bc <= c) => Some((bc, bn)),
+            _ => Some((c, n)),
+        };
+    }
+    best.map_or(1.0, |(c, _)| c)
+}
+
+fn heads_for(base: &BaseModel, pair: &LoraPair, target: &Target) -> Result<HeadCounts, ConvertError> {
+    match target.rows {
+        RowTransform::Identity | RowTransform::Chunk { .. } => Ok(HeadCounts { n_head: 1, n_head_kv: 1 }),
+        _ => base.heads.ok_or_else(|| ConvertError::NeedHeads {
+            module: pair.module.clone(),
+            target: target.name.clone(),
+            base: base.describe(),
+        }),
+    }
+}
+
+fn check_tied(pair: &LoraPair, target: &Target, base: &BaseModel) -> Result<(), ConvertError> {
+    if base.tied_embeddings != Some(true) {
+        return Ok(());
+    }
+    let why = match target.name.as_str() {
+        "token_embd.weight" => {
+            "llama.cpp then applies the embedding's LoRA to the output projection too and aborts at the first \
+             decode (GGML_ASSERT ggml_can_mul_mat)"
+        }
+        "output.weight" => "the base has no `output.weight`, so llama.cpp refuses to load this adapter",
+        _ => return Ok(()),
+    };
+    Err(ConvertError::TiedEmbedding {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        base: base.describe(),
+        why,
+    })
+}
+
+fn plan_one(
+    pair: &LoraPair,
+    target: &Target,
+    base: &BaseModel,
+    source: PlannedSource,
+) -> Result<PlannedPair, ConvertError> {
+    let heads = heads_for(base, pair, target)?;
+    let (b_rows, rank) = (dim(&pair.b.shape, 0), pair.rank);
+    let a_cols = dim(&pair.a.shape, 1);
+    let kind_name = |k: PairKind| if k == PairKind::Embedding { "embedding" } else { "linear" };
+    let (expected, is_embedding) = match target.layout {
+        Layout::Embedding => ("embedding", true),
+        Layout::Linear | Layout::Expert { .. } => ("linear", false),
+    };
+    if (pair.kind == PairKind::Embedding) != is_embedding {
+        return Err(ConvertError::KindMismatch {
+            module: pair.module.clone(),
+            target: target.name.clone(),
+            expected,
+            found: kind_name(pair.kind),
+        });
+    }
+    let out_features = factor::output_rows(target.rows, b_rows, heads).map_err(|source| ConvertError::Rows {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        source,
+    })?;
+    let (shape, in_features, expert) = match target.layout {
+        Layout::Linear => (PairShape::Linear, a_cols, None),
+        Layout::Embedding => {
+            let vocab = match base.n_vocab {
+                Some(v) if (v as usize) < a_cols && base.gguf_arch.as_deref().is_some_and(truncates_vocab) => {
+                    v as usize
+                }
+                _ => a_cols,
+            };
+            (PairShape::Embedding { vocab }, vocab, None)
+        }
+        Layout::Expert { index } => {
+            let index = index as usize;
+            let n_expert = base.n_expert.map_or(index + 1, |e| e as usize);
+            if index >= n_expert {
+                return Err(ConvertError::ExpertCount {
+                    module: pair.module.clone(),
+                    expert: index,
+                    base: base.describe(),
+                    n_expert: n_expert as u64,
+                });
+            }
+            (PairShape::Experts { n_expert }, a_cols, Some(index))
+        }
+    };
+    let placeholder = TensorSpec { name: String::new(), dims: Vec::new(), ggml_type: GgmlType::F32 };
+    Ok(PlannedPair {
+        target: target.name.clone(),
+        block: target.block,
+        shape,
+        rank,
+        in_features,
+        out_features,
+        sources: vec![PlannedSource { expert, ..source }],
+        a: placeholder.clone(),
+        b: placeholder,
+    })
+}
+
+/// Families whose converter drops the config's padding vocabulary rows from `token_embd` (Gemma 3's
+/// `n_vocab_real`), so the embedding LoRA's vocabulary must be cut the same way.
+fn truncates_vocab(arch: &str) -> bool {
+    arch.starts_with("gemma")
+}
+
+fn merge_expert(into: &mut PlannedPair, next: PlannedPair, pairs: &[LoraPair]) -> Result<(), ConvertError> {
+    if into.rank != next.rank || into.in_features != next.in_features || into.out_features != next.out_features {
+        let mut ranks: Vec<String> = into.sources.iter().map(|s| pairs[s.pair].rank.to_string()).collect();
+        ranks.push(next.rank.to_string());
+        return Err(ConvertError::ExpertRanks { target: into.target.clone(), ranks: ranks.join(", ") });
+    }
+    for s in next.sources {
+        if let Some(dup) = into.sources.iter().find(|x| x.expert == s.expert) {
+            return Err(ConvertError::DuplicateTarget {
+                target: format!("{} (expert {})", into.target, s.expert.unwrap_or(0)),
+                first: pairs[dup.pair].module.clone(),
+                second: pairs[s.pair].module.clone(),
+            });
+        }
+        into.sources.push(s);
+    }
+    into.sources.sort_by_key(|s| s.expert);
+    Ok(())
+}
+
+fn check_experts(p: &PlannedPair, n_expert: usize, base: &BaseModel, pairs: &[LoraPair]) -> Result<(), ConvertError> {
+    for s in &p.sources {
+        let e = s.expert.unwrap_or(0);
+        if e >= n_expert {
+            return Err(ConvertError::ExpertCount {
+                module: pairs[s.pair].module.clone(),
+                expert: e,
+                base: base.describe(),
+                n_expert: n_expert as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// ggml `ne` of lora_a and lora_b.
+fn ggml_dims(p: &PlannedPair) -> (Vec<u64>, Vec<u64>) {
+    let (r, i, o) = (p.rank as u64, p.in_features as u64, p.out_features as u64);
+    match p.shape {
+        PairShape::Linear => (vec![i, r], vec![r, o]),
+        PairShape::Embedding { vocab } => (vec![r, vocab as u64], vec![r, o]),
+        PairShape::Experts { n_expert } => (vec![i, r, n_expert as u64], vec![r, o, n_expert as u64]),
+    }
+}
+
+/// Compare the implied base tensor shape with the base GGUF (when we have one).
+fn check_base_shape(p: &mut PlannedPair, base: &BaseModel, pairs: &[LoraPair]) -> Result<(), ConvertError> {
+    let Some(tensors) = &base.tensors else { return Ok(()) };
+    let module = pairs[p.sources[0].pair].module.clone();
+    let Some(found) = tensors.get(&p.target) else {
+        return Err(ConvertError::TargetMissing {
+            module,
+            target: p.target.clone(),
+            base: base.describe(),
+            arch: base.gguf_arch.clone().unwrap_or_default(),
+            n_tensors: tensors.len(),
+        });
+    };
+    let expected: Vec<u64> = match p.shape {
+        PairShape::Linear => vec![p.in_features as u64, p.out_features as u64],
+        PairShape::Embedding { vocab } => vec![p.out_features as u64, vocab as u64],
+        PairShape::Experts { .. } => {
+            let e = found.get(2).copied().unwrap_or(0);
+            // The stack is as deep as the base's expert count: experts without a LoRA are zero-filled.
+            if let Some(&deepest) = p.sources.iter().filter_map(|s| s.expert).collect::<Vec<_>>().iter().max() {
+                if deepest as u64 >= e {
+                    return Err(ConvertError::ExpertCount {
+                        module,
+                        expert: deepest,
+                        base: base.describe(),
+                        n_expert: e,
+                    });
+                }
+            }
+            p.shape = PairShape::Experts { n_expert: e as usize };
+            vec![p.in_features as u64, p.out_features as u64, e]
+        }
+    };
+    if *found != expected {
+        return Err(ConvertError::ShapeMismatch {
+            module,
+            target: p.target.clone(),
+            base: base.describe(),
+            expected,
+            found: found.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn dim(shape: &[usize], i: usize) -> usize {
+    shape.get(i).copied().unwrap_or(0)
+}

@@ -1,0 +1,263 @@
+//! `--verify`: read the written file back and check, for every target, that the ΔW llama.cpp will compute
+//! (runtime factor × B·A) equals PEFT's ΔW within the rounding of the output type — a rigorous per-element bound
+//! derived from each factor element's own rounding error, not a loose global tolerance.
+//!
+//! Small targets are compared element by element; for large ones (more than `FULL_CHECK_MACS` multiply-adds) ΔW
+//! is compared through `PROBES` fixed random vectors x (ΔW·x = B·(A·x)), which catches any misplaced row, column,
+//! scale or value with certainty for practical purposes at a tiny fraction of the cost.
+
+use std::path::Path;
+
+use super::error::ConvertError;
+use super::factor::{self, HeadCounts};
+use super::plan::{PairShape, Plan, PlannedPair};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::peft::Adapter;
+
+/// Above this many multiply-adds per target, compare through probe vectors instead of the full ΔW.
+const FULL_CHECK_MACS: usize = 1 << 26;
+/// Probe vectors per large target.
+const PROBES: usize = 4;
+
+/// The outcome of a successful verification.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VerifyReport {
+    /// Pairs checked.
+    pub pairs: usize,
+    /// Largest absolute ΔW error seen.
+    pub worst_error: f64,
+    /// The target where it was seen.
+    pub worst_target: String,
+    /// Largest error / bound ratio (≤ 1 means within rounding).
+    pub worst_ratio: f64,
+    /// Targets checked through probe vectors rather than element by element.
+    pub probed: usize,
+}
+
+/// Check every pair of `plan` in the file at `path` against the adapter.
+pub fn verify(path: &Path, plan: &Plan, adapter: &Adapter, heads: HeadCounts) -> Result<VerifyReport, ConvertError> {
+    let file = GgufFile::open(path)?;
+    let mut report = VerifyReport::default();
+    let mut peft_a = Vec::new();
+    let mut peft_b = Vec::new();
+    for pair in &plan.pairs {
+        let a_file = file.read_tensor_f32(&pair.a.name)?;
+        let b_file = file.read_tensor_f32(&pair.b.name)?;
+        let runtime = f64::from(plan.alpha / pair.rank as f32);
+        let (r, inp, out) = (pair.rank, pair.in_features, pair.out_features);
+        let n_expert = match pair.shape {
+            PairShape::Experts { n_expert } => n_expert,
+            _ => 1,
+        };
+        for e in 0..n_expert {
+            let a_g = &a_file[e * r * inp..(e + 1) * r * inp];
+            let b_g = &b_file[e * out * r..(e + 1) * out * r];
+            // The GGUF A in PEFT orientation (r × in): the embedding stores Aᵀ.
+            let a_g = match pair.shape {
+                PairShape::Embedding { .. } => factor::transpose(a_g, inp, r),
+                _ => a_g.to_vec(),
+            };
+            let source = pair.sources.iter().find(|s| s.expert.unwrap_or(0) == e);
+            let Some(source) = source else {
+                // A zero-filled expert must read back as exactly zero.
+                if let Some(i) = a_g.iter().chain(b_g).position(|&x| x != 0.0) {
+                    return Err(fail(pair, i, 0, f64::from(a_g.iter().chain(b_g).nth(i).copied().unwrap_or(0.0)), 0.0));
+                }
+                continue;
+            };
+            let p = &adapter.pairs[source.pair];
+            adapter.tensor_f32(&p.a, &mut peft_a)?;
+            adapter.tensor_f32(&p.b, &mut peft_b)?;
+            let a_ref = match pair.shape {
+                PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
+                    factor::keep_columns(&peft_a, r, p.a.shape[1], vocab)
+                }
+                _ => peft_a.clone(),
+            };
+            let b_ref = factor::apply_rows(source.rows, &peft_b, p.b.shape[0], r, heads).map_err(|source| {
+                ConvertError::Rows { module: p.module.clone(), target: pair.target.clone(), source }
+            })?;
+            let check = Check {
+                a_file: &a_g,
+                b_file: b_g,
+                a_ref: &a_ref,
+                b_ref: &b_ref,
+                a_err: element_errors(&a_ref, inp, pair.a.ggml_type, 1.0),
+                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold),
+                runtime,
+                peft: source.peft_scaling,
+                r,
+                inp,
+                out,
+            };
+            let (worst, ratio, probed) = check.run(pair)?;
+            report.probed += usize::from(probed);
+            if worst > report.worst_error {
+                report.worst_error = worst;
+                report.worst_target = pair.target.clone();
+            }
+            report.worst_ratio = report.worst_ratio.max(ratio);
+        }
+        report.pairs += 1;
+    }
+    Ok(report)
+}
+
+/// Per-element bound on |encoded − exact| for a factor whose exact value is `x · fold` (f32 multiply then encode).
+fn element_errors(x: &[f32], row_len: usize, ty: GgmlType, fold: f64) -> Vec<f64> {
+    let folded = fold != 1.0 && (fold as f32) != 1.0;
+    let fold_err = if folded { 2f64.powi(-24) } else { 0.0 };
+    let mut out = Vec::with_capacity(x.len());
+    match ty {
+        GgmlType::Q8_0 => {
+            for row in x.chunks(row_len.max(1)) {
+                for block in row.chunks(32) {
+                    let amax = block.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs() * fold));
+                    // |x − q·f16(d)| ≤ d/2 + 127·d·2⁻¹¹ with d = amax/127, plus the fold's own rounding.
+                    let e = amax / 254.0 + amax * 2f64.powi(-11) * 1.01;
+                    out.extend(block.iter().map(|&v| e + f64::from(v).abs() * fold * fold_err));
+                }
+            }
+        }
+        _ => {
+            let (rel, abs) = match ty {
+                GgmlType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
+                GgmlType::BF16 => (2f64.powi(-8), 0.0),
+                _ => (0.0, 0.0),
+            };
+            out.extend(x.iter().map(|&v| {
+                let m = f64::from(v).abs() * fold;
+                m * (rel + fold_err) * 1.0001 + abs
+            }));
+        }
+    }
+    out
+}
+
+struct Check<'a> {
+    a_file: &'a [f32],
+    b_file: &'a [f32],
+    a_ref: &'a [f32],
+    b_ref: &'a [f32],
+    a_err: Vec<f64>,
+    b_err: Vec<f64>,
+    runtime: f64,
+    peft: f64,
+    r: usize,
+    inp: usize,
+    out: usize,
+}
+
+impl Check<'_> {
+    /// Returns (worst error, worst error/bound, probed?).
+    fn run(&self, pair: &PlannedPair) -> Result<(f64, f64, bool), ConvertError> {
+        let probed = self.r * self.inp * self.out > FULL_CHECK_MACS;
+        let mut worst = (0.0f64, 0.0f64);
+        if !probed {
+            let mut row_g = vec![0.0f64; self.inp];
+            let mut row_ref = vec![0.0f64; self.inp];
+            let mut row_bound = vec![0.0f64; self.inp];
+            for i in 0..self.out {
+                row_g.iter_mut().for_each(|x| *x = 0.0);
+                row_ref.iter_mut().for_each(|x| *x = 0.0);
+                row_bound.iter_mut().for_each(|x| *x = 0.0);
+                for k in 0..self.r {
+                    let bg = f64::from(self.b_file[i * self.r + k]) * self.runtime;
+                    let br = f64::from(self.b_ref[i * self.r + k]) * self.peft;
+                    let eb = self.b_err[i * self.r + k];
+                    let b_abs = f64::from(self.b_ref[i * self.r + k]).abs();
+                    for j in 0..self.inp {
+                        let ag = f64::from(self.a_file[k * self.inp + j]);
+                        let ar = f64::from(self.a_ref[k * self.inp + j]);
+                        row_g[j] += bg * ag;
+                        row_ref[j] += br * ar;
+                        let ea = self.a_err[k * self.inp + j];
+                        // eb is in folded units (the runtime factor turns them into ΔW units); see module docs.
+                        row_bound[j] += self.peft * b_abs * ea + self.runtime * eb * (ar.abs() + ea);
+                    }
+                }
+                for j in 0..self.inp {
+                    let scale_slack = row_ref[j].abs().max(1e-300) * 2f64.powi(-21);
+                    let magnitude_slack = 2f64.powi(-21) * self.magnitude(i, j);
+                    let bound = row_bound[j] + scale_slack + magnitude_slack + 1e-30;
+                    let err = (row_g[j] - row_ref[j]).abs();
+                    if err > bound || !err.is_finite() {
+                        return Err(fail(pair, i, j, err, bound));
+                    }
+                    worst.0 = worst.0.max(err);
+                    worst.1 = worst.1.max(err / bound);
+                }
+            }
+        } else {
+            for probe in 0..PROBES {
+                let x: Vec<f64> = (0..self.inp).map(|j| probe_value(probe, j)).collect();
+                let ax = |a: &[f32], k: usize| -> f64 {
+                    a[k * self.inp..(k + 1) * self.inp].iter().zip(&x).map(|(&v, &xv)| f64::from(v) * xv).sum()
+                };
+                let ax_g: Vec<f64> = (0..self.r).map(|k| ax(self.a_file, k)).collect();
+                let ax_ref: Vec<f64> = (0..self.r).map(|k| ax(self.a_ref, k)).collect();
+                let abs_ax: Vec<f64> = (0..self.r)
+                    .map(|k| {
+                        self.a_ref[k * self.inp..(k + 1) * self.inp]
+                            .iter()
+                            .zip(&x)
+                            .map(|(&v, &xv)| f64::from(v).abs() * xv.abs())
+                            .sum()
+                    })
+                    .collect();
+                let ea_x: Vec<f64> = (0..self.r)
+                    .map(|k| self.a_err[k * self.inp..(k + 1) * self.inp].iter().zip(&x).map(|(e, xv)| e * xv.abs()).sum())
+                    .collect();
+                for i in 0..self.out {
+                    let (mut yg, mut yr, mut bound, mut mag) = (0.0, 0.0, 0.0, 0.0);
+                    for k in 0..self.r {
+                        let b = f64::from(self.b_ref[i * self.r + k]);
+                        yg += f64::from(self.b_file[i * self.r + k]) * self.runtime * ax_g[k];
+                        yr += b * self.peft * ax_ref[k];
+                        let eb = self.b_err[i * self.r + k];
+                        bound += self.peft * b.abs() * ea_x[k] + self.runtime * eb * (abs_ax[k] + ea_x[k]);
+                        mag += (b * self.peft).abs() * abs_ax[k];
+                    }
+                    let bound = bound + mag * 2f64.powi(-21) + 1e-30;
+                    let err = (yg - yr).abs();
+                    if err > bound || !err.is_finite() {
+                        return Err(fail(pair, i, probe, err, bound));
+                    }
+                    worst.0 = worst.0.max(err);
+                    worst.1 = worst.1.max(err / bound);
+                }
+            }
+        }
+        Ok((worst.0, worst.1, probed))
+    }
+
+    /// Σ_k |s·B_ik|·|A_kj|: the scale of f32 accumulation and factor-rounding slack.
+    fn magnitude(&self, i: usize, j: usize) -> f64 {
+        (0..self.r)
+            .map(|k| {
+                (f64::from(self.b_ref[i * self.r + k]) * self.peft).abs()
+                    * f64::from(self.a_ref[k * self.inp + j]).abs()
+            })
+            .sum()
+    }
+}
+
+/// A deterministic pseudo-random value in [-1, 1) (splitmix64), so verification is reproducible.
+fn probe_value(probe: usize, j: usize) -> f64 {
+    let mut z = (probe as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_add(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+fn fail(pair: &PlannedPair, row: usize, col: usize, error: f64, bound: f64) -> ConvertError {
+    ConvertError::Verify {
+        target: pair.target.clone(),
+        dtype: format!("{}/{}", pair.a.ggml_type.name(), pair.b.ggml_type.name()),
+        error,
+        bound,
+        row,
+        col,
+    }
+}
