@@ -1,1 +1,390 @@
-//! (placeholder)
+//! The training side: a Hugging Face PEFT LoRA adapter directory (`adapter_config.json` +
+//! `adapter_model.safetensors`) read into typed pairs with PEFT's exact per-module scaling. The safetensors file is
+//! memory-mapped and validated at open; tensor data is only read when the converter asks for one tensor.
+
+pub mod config;
+pub mod scaling;
+pub mod tensors;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+pub use config::AdapterConfig;
+pub use scaling::Scaling;
+pub use tensors::{KeyKind, LoraPair, PairKind, SourceDtype, TensorRef};
+
+/// The adapter weights file PEFT writes.
+pub const SAFETENSORS_FILE: &str = "adapter_model.safetensors";
+/// The adapter configuration file PEFT writes.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The pickle file older PEFT versions (or `safe_serialization=False`) write.
+pub const PICKLE_FILE: &str = "adapter_model.bin";
+
+/// Why an adapter could not be read, or what it uses that a GGUF LoRA cannot express.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The directory lacks a file we need.
+    #[error("`{dir}` has no `{file}` (found: {found}); {hint}")]
+    MissingFile {
+        /// The adapter directory.
+        dir: PathBuf,
+        /// The missing file.
+        file: &'static str,
+        /// What is there.
+        found: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// Only a pickle checkpoint is present.
+    #[error(
+        "`{path}` is a pickle checkpoint, which can run arbitrary code when loaded, so lora-convert never reads it; \
+         re-save the adapter as safetensors: `PeftModel.from_pretrained(base, DIR).save_pretrained(OUT, \
+         safe_serialization=True)`, or `safetensors.torch.save_file(torch.load(\"{path}\", weights_only=True), \
+         \"adapter_model.safetensors\")` on a machine you trust"
+    )]
+    Pickle {
+        /// The pickle file.
+        path: PathBuf,
+    },
+    /// A file could not be read.
+    #[error("reading `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `adapter_config.json` is not valid JSON.
+    #[error("`{path}`:{line}:{column}: invalid JSON: {message}")]
+    ConfigJson {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A configuration field is missing or has the wrong type.
+    #[error("`{path}`: `{key}`: {message}")]
+    ConfigField {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration asks for something a GGUF LoRA cannot express.
+    #[error("`{path}`: `{key}` {message}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why, and what to do.
+        message: String,
+    },
+    /// The safetensors file is truncated or corrupt.
+    #[error("`{path}` is not a valid safetensors file ({source}); the file is truncated or corrupt — copy it again")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// Tensors in the file that a GGUF LoRA cannot carry.
+    #[error("`{path}`: tensor `{key}` {message}")]
+    UnsupportedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The first such key.
+        key: String,
+        /// Why, and what to do.
+        message: String,
+    },
+    /// Keys that are not LoRA factors at all.
+    #[error(
+        "`{path}`: {count} tensor(s) are not LoRA factors, e.g. {examples}; expected keys like \
+         `base_model.model.<module>.lora_A.weight` — is this a PEFT LoRA adapter?"
+    )]
+    UnknownTensors {
+        /// The file.
+        path: PathBuf,
+        /// How many.
+        count: usize,
+        /// A few of them.
+        examples: String,
+    },
+    /// A factor with an unsupported element type.
+    #[error("`{path}`: tensor `{key}` has dtype {dtype}; LoRA factors must be F32, F16 or BF16")]
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// One half of a pair is missing.
+    #[error("`{path}`: module `{module}` has {present} but no {missing}; the file is incomplete")]
+    HalfPair {
+        /// The file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// The half present.
+        present: &'static str,
+        /// The half missing.
+        missing: &'static str,
+    },
+    /// Factor shapes that do not form a LoRA pair.
+    #[error("`{path}`: module `{module}`: {message} (A `{a_key}` {a_shape:?}, B `{b_key}` {b_shape:?})")]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// What is wrong.
+        message: String,
+        /// A's key.
+        a_key: String,
+        /// A's shape.
+        a_shape: Vec<usize>,
+        /// B's key.
+        b_key: String,
+        /// B's shape.
+        b_shape: Vec<usize>,
+    },
+    /// A tensor holds NaN or infinity.
+    #[error(
+        "`{path}`: tensor `{key}` contains {what} at element {index} — the training diverged or the export is \
+         corrupt; export a good checkpoint"
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// "NaN" or "infinity".
+        what: &'static str,
+        /// Flat element index.
+        index: usize,
+    },
+}
+
+/// An opened adapter: configuration, pairs, and the memory-mapped weights.
+#[derive(Debug)]
+pub struct Adapter {
+    /// The adapter directory.
+    pub dir: PathBuf,
+    /// `adapter_config.json`.
+    pub config: AdapterConfig,
+    /// LoRA pairs, sorted by module path.
+    pub pairs: Vec<LoraPair>,
+    /// Copies of wrapped base layers found in the file and ignored (PEFT saves them next to embedding LoRAs).
+    pub ignored: Vec<String>,
+    path: PathBuf,
+    mmap: Mmap,
+    /// key → absolute byte range in the file.
+    ranges: BTreeMap<String, (usize, usize)>,
+}
+
+/// Open and validate a PEFT adapter directory.
+pub fn open(dir: &Path) -> Result<Adapter, Error> {
+    let config_path = dir.join(CONFIG_FILE);
+    let st_path = dir.join(SAFETENSORS_FILE);
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+    };
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    if !config_path.is_file() {
+        return Err(Error::MissingFile {
+            dir: dir.to_path_buf(),
+            file: CONFIG_FILE,
+            found: listing(),
+            hint: "point lora-convert at the directory PEFT's save_pretrained wrote",
+        });
+    }
+    if !st_path.is_file() {
+        if dir.join(PICKLE_FILE).is_file() {
+            return Err(Error::Pickle { path: dir.join(PICKLE_FILE) });
+        }
+        return Err(Error::MissingFile {
+            dir: dir.to_path_buf(),
+            file: SAFETENSORS_FILE,
+            found: listing(),
+            hint: "point lora-convert at the directory PEFT's save_pretrained wrote",
+        });
+    }
+    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io { path: config_path.clone(), source })?;
+    let config = AdapterConfig::from_json(&text, &config_path)?;
+
+    let file = File::open(&st_path).map_err(|source| Error::Io { path: st_path.clone(), source })?;
+    // SAFETY (of the mapping's contents, not memory safety): the file may change under us; we only read bytes and
+    // validate shapes and offsets first, so a concurrent writer can at worst give wrong numbers, never UB in our code.
+    let mmap = map(&file).map_err(|source| Error::Io { path: st_path.clone(), source })?;
+    let st_err = |source| Error::Safetensors { path: st_path.clone(), source };
+    // `deserialize` checks that the header's offsets cover the data exactly (no gaps, no trailing bytes).
+    SafeTensors::deserialize(&mmap).map_err(st_err)?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(st_err)?;
+    let data_start = header_len + 8;
+
+    let mut ranges = BTreeMap::new();
+    let mut halves: BTreeMap<(String, PairKind), (Option<TensorRef>, Option<TensorRef>)> = BTreeMap::new();
+    let mut ignored = Vec::new();
+    let mut unknown = Vec::new();
+    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> = metadata.tensors().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, info) in tensors {
+        let unsupported = |message: &str| Error::UnsupportedTensor {
+            path: st_path.clone(),
+            key: key.clone(),
+            message: message.to_string(),
+        };
+        match tensors::classify(&key) {
+            KeyKind::Factor { module, kind, is_a } => {
+                let dtype = match info.dtype {
+                    Dtype::F32 => SourceDtype::F32,
+                    Dtype::F16 => SourceDtype::F16,
+                    Dtype::BF16 => SourceDtype::BF16,
+                    other => return Err(Error::Dtype { path: st_path.clone(), key, dtype: format!("{other:?}") }),
+                };
+                let (start, end) = info.data_offsets;
+                ranges.insert(key.clone(), (data_start + start, data_start + end));
+                let t = TensorRef { key: key.clone(), dtype, shape: info.shape.clone() };
+                let slot = halves.entry((module, kind)).or_default();
+                if is_a { slot.0 = Some(t) } else { slot.1 = Some(t) }
+            }
+            KeyKind::BaseLayerCopy => ignored.push(key),
+            KeyKind::DoraMagnitude => {
+                return Err(unsupported(
+                    "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — merge the adapter into \
+                     the base model instead",
+                ));
+            }
+            KeyKind::LoraBias => {
+                return Err(unsupported("is a LoRA bias: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge"));
+            }
+            KeyKind::TrainableTokens => {
+                return Err(unsupported("is a trainable-token delta: llama.cpp cannot apply it — merge instead"));
+            }
+            KeyKind::FullWeight => {
+                return Err(unsupported(
+                    "is a full weight, not a LoRA factor (modules_to_save, or an embedding resized for added \
+                     tokens): llama.cpp cannot swap full tensors at run time — merge the adapter into the base, or \
+                     retrain without added tokens / modules_to_save",
+                ));
+            }
+            KeyKind::Unknown => unknown.push(key),
+        }
+    }
+    if !unknown.is_empty() {
+        let examples = unknown.iter().take(3).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        return Err(Error::UnknownTensors { path: st_path, count: unknown.len(), examples });
+    }
+
+    let mut pairs = Vec::with_capacity(halves.len());
+    for ((module, kind), (a, b)) in halves {
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (Some(_), None) => {
+                return Err(Error::HalfPair { path: st_path, module, present: "lora_A", missing: "lora_B" });
+            }
+            (None, _) => return Err(Error::HalfPair { path: st_path, module, present: "lora_B", missing: "lora_A" }),
+        };
+        let shape_err = |message: String| Error::Shape {
+            path: st_path.clone(),
+            module: module.clone(),
+            message,
+            a_key: a.key.clone(),
+            a_shape: a.shape.clone(),
+            b_key: b.key.clone(),
+            b_shape: b.shape.clone(),
+        };
+        let (&[ra, _], &[_, rb]) = (a.shape.as_slice(), b.shape.as_slice()) else {
+            return Err(shape_err("both factors must be 2-D".into()));
+        };
+        if ra != rb {
+            return Err(shape_err(format!("A has rank {ra} but B has rank {rb}")));
+        }
+        if ra == 0 || a.shape.contains(&0) || b.shape.contains(&0) {
+            return Err(shape_err("a factor is empty".into()));
+        }
+        let scaling = config.scaling_for(&module);
+        if scaling.rank as usize != ra {
+            return Err(shape_err(format!(
+                "the tensors have rank {ra} but adapter_config.json gives r = {} for this module (r / rank_pattern)",
+                scaling.rank
+            )));
+        }
+        pairs.push(LoraPair { module, kind, a, b, rank: ra, scaling });
+    }
+    Ok(Adapter { dir: dir.to_path_buf(), config, pairs, ignored, path: st_path, mmap, ranges })
+}
+
+#[allow(unsafe_code)]
+fn map(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: memmap2 requires that the file is not truncated while mapped; we hold it read-only for the
+    // duration of one conversion, as every safetensors reader does.
+    unsafe { Mmap::map(file) }
+}
+
+impl Adapter {
+    /// The weights file.
+    pub fn safetensors_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Raw little-endian bytes of a tensor.
+    pub fn tensor_bytes(&self, t: &TensorRef) -> &[u8] {
+        self.ranges.get(&t.key).and_then(|&(s, e)| self.mmap.get(s..e)).unwrap_or(&[])
+    }
+
+    /// A tensor widened exactly to f32 (into `out`, cleared first); NaN or infinity is an error naming the tensor.
+    pub fn tensor_f32(&self, t: &TensorRef, out: &mut Vec<f32>) -> Result<(), Error> {
+        let bytes = self.tensor_bytes(t);
+        out.clear();
+        out.reserve(bytes.len() / t.dtype.size());
+        match t.dtype {
+            SourceDtype::F32 => {
+                out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            }
+            SourceDtype::F16 => {
+                out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
+            }
+            SourceDtype::BF16 => {
+                out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()));
+            }
+        }
+        if let Some(index) = out.iter().position(|x| !x.is_finite()) {
+            let what = if out[index].is_nan() { "NaN" } else { "infinity" };
+            return Err(Error::NonFinite { path: self.path.clone(), key: t.key.clone(), what, index });
+        }
+        Ok(())
+    }
+
+    /// The one dtype of every factor, or None if they differ.
+    pub fn dtype(&self) -> Option<SourceDtype> {
+        let mut dtypes = self.pairs.iter().flat_map(|p| [p.a.dtype, p.b.dtype]);
+        let first = dtypes.next()?;
+        dtypes.all(|d| d == first).then_some(first)
+    }
+}

@@ -1,0 +1,140 @@
+//! What the generated name tables cannot say: which row transforms llama.cpp's converter applies per family, the
+//! fused modules it splits, the tensors it cannot take a LoRA for, and where its graph ignores one. Data only; every
+//! entry cites the converter class it mirrors (llama.cpp `conversion/*.py` at the commit in generated.rs).
+
+use super::target::{Heads, QkvPart, RowTransform};
+
+/// A fused HF module that llama.cpp splits into several GGUF tensors.
+pub struct Split {
+    /// The module template (`model.layers.{bid}.attention.wqkv`).
+    pub hf: &'static str,
+    /// Each target: GGUF template and the rows it keeps.
+    pub parts: &'static [(&'static str, RowTransform)],
+}
+
+/// The reviewed knowledge about one GGUF architecture.
+pub struct Review {
+    /// `general.architecture`.
+    pub arch: &'static str,
+    /// Row transforms by GGUF template (`blk.{bid}.attn_q`).
+    pub rows: &'static [(&'static str, RowTransform)],
+    /// Fused modules split into several targets.
+    pub splits: &'static [Split],
+    /// GGUF templates a LoRA cannot be converted for, with the reason.
+    pub unsupported: &'static [(&'static str, &'static str)],
+    /// GGUF templates whose LoRA llama.cpp loads but never applies (raw `ggml_mul_mat` in its graph builder).
+    pub no_effect: &'static [&'static str],
+    /// llama.cpp's converter stacks per-expert Linear weights (`experts.{xid}.…`) into `*_exps`.
+    pub stacks_experts: bool,
+    /// The family always shares the output head with the token embedding.
+    pub always_tied: bool,
+}
+
+const ROPE_QK: &[(&str, RowTransform)] = &[
+    ("blk.{bid}.attn_q", RowTransform::LlamaRope(Heads::Query)),
+    ("blk.{bid}.attn_k", RowTransform::LlamaRope(Heads::KeyValue)),
+];
+
+const PLAIN: Review = Review {
+    arch: "",
+    rows: &[],
+    splits: &[],
+    unsupported: &[],
+    no_effect: &[],
+    stacks_experts: false,
+    always_tied: false,
+};
+
+/// Reviewed families. An arch absent here converts only if none of its converter classes defines
+/// `modify_tensors` (a plain name map); otherwise it is refused until reviewed.
+pub static REVIEWED: &[Review] = &[
+    // LlamaModel (undo_permute) — llama.py: q/k permuted; block_sparse_moe.experts stacked (Mixtral).
+    Review { arch: "llama", rows: ROPE_QK, stacks_experts: true, ..PLAIN },
+    // Mistral3Model.Ministral3Model ⊂ LlamaModel — mistral3.py.
+    Review { arch: "mistral3", rows: ROPE_QK, ..PLAIN },
+    // GraniteModel ⊂ LlamaModel — granite.py.
+    Review { arch: "granite", rows: ROPE_QK, ..PLAIN },
+    // GraniteMoeModel — granite.py: shared_mlp.input_linear split into gate|up (dim -2 = rows).
+    Review {
+        arch: "granitemoe",
+        rows: ROPE_QK,
+        splits: &[Split {
+            hf: "model.layers.{bid}.shared_mlp.input_linear",
+            parts: &[
+                ("blk.{bid}.ffn_gate_shexp", RowTransform::Chunk { index: 0, count: 2 }),
+                ("blk.{bid}.ffn_up_shexp", RowTransform::Chunk { index: 1, count: 2 }),
+            ],
+        }],
+        unsupported: &[(
+            "blk.{bid}.ffn_gate_exps",
+            "GraniteMoE experts are 3-D ParallelExperts parameters, not Linear modules",
+        )],
+        ..PLAIN
+    },
+    // OlmoModel — olmo.py: its own copy of the llama permutation.
+    Review { arch: "olmo", rows: ROPE_QK, ..PLAIN },
+    Review { arch: "olmo2", ..PLAIN },
+    // OlmoeModel — olmo.py: mlp.experts.{xid}.* stacked.
+    Review { arch: "olmoe", stacks_experts: true, ..PLAIN },
+    // GPTNeoXModel — gptneox.py: query_key_value rows reordered per head.
+    Review { arch: "gptneox", rows: &[("blk.{bid}.attn_qkv", RowTransform::NeoxQkv)], ..PLAIN },
+    // FalconModel — falcon.py: query_key_value regrouped by kv group.
+    Review { arch: "falcon", rows: &[("blk.{bid}.attn_qkv", RowTransform::FalconQkv)], ..PLAIN },
+    // InternLM2Model — internlm.py: wqkv split into q, k, v; q and k permuted.
+    Review {
+        arch: "internlm2",
+        splits: &[Split {
+            hf: "model.layers.{bid}.attention.wqkv",
+            parts: &[
+                ("blk.{bid}.attn_q", RowTransform::InternLm2Qkv { part: QkvPart::Q, rope: true }),
+                ("blk.{bid}.attn_k", RowTransform::InternLm2Qkv { part: QkvPart::K, rope: true }),
+                ("blk.{bid}.attn_v", RowTransform::InternLm2Qkv { part: QkvPart::V, rope: false }),
+            ],
+        }],
+        ..PLAIN
+    },
+    // Qwen2Model / Qwen3Model: renames only. Qwen2MoeModel (Qwen3Moe reuses it): mlp.experts.{xid}.* stacked.
+    Review { arch: "qwen2", ..PLAIN },
+    Review { arch: "qwen3", ..PLAIN },
+    Review { arch: "qwen2moe", stacks_experts: true, ..PLAIN },
+    Review { arch: "qwen3moe", stacks_experts: true, ..PLAIN },
+    // GemmaModel / Gemma2Model / Gemma3Model: only norms (+1) and Gemma 3's embedding vocabulary cut, which the
+    // converter applies to the embedding LoRA itself; Gemma drops lm_head (tied).
+    Review { arch: "gemma", always_tied: true, ..PLAIN },
+    Review { arch: "gemma2", always_tied: true, ..PLAIN },
+    Review { arch: "gemma3", always_tied: true, ..PLAIN },
+    // Phi3MiniModel, Phi2Model, StarCoder2Model, StableLMModel (q/k layernorm stacking only): plain.
+    Review { arch: "phi3", ..PLAIN },
+    Review { arch: "phi2", ..PLAIN },
+    Review { arch: "starcoder2", ..PLAIN },
+    Review { arch: "stablelm", ..PLAIN },
+    // GPT2Model transposes the Conv1D base weight; PEFT's B·A is already (out, in), so the LoRA needs nothing.
+    Review { arch: "gpt2", ..PLAIN },
+    // CommandR2Model / Cohere2Model: biases dropped only; output tied (logit scale in the base).
+    Review { arch: "command-r", always_tied: true, ..PLAIN },
+    Review { arch: "cohere2", always_tied: true, ..PLAIN },
+    // DeepseekV2Model — deepseek.py: kv_b_proj split into per-head k_b (transposed) and v_b; experts stacked.
+    // llama.cpp's MLA graph (src/models/deepseek2.cpp) multiplies the attention weights with ggml_mul_mat directly.
+    Review {
+        arch: "deepseek2",
+        stacks_experts: true,
+        unsupported: &[(
+            "blk.{bid}.attn_kv_b",
+            "llama.cpp splits kv_b_proj into transposed per-head k_b and v_b, and its MLA attention ignores LoRA on \
+             them anyway; retrain without kv_b_proj",
+        )],
+        no_effect: &[
+            "blk.{bid}.attn_q",
+            "blk.{bid}.attn_q_a",
+            "blk.{bid}.attn_q_b",
+            "blk.{bid}.attn_kv_a_mqa",
+            "blk.{bid}.attn_k_b",
+            "blk.{bid}.attn_v_b",
+            "output",
+        ],
+        ..PLAIN
+    },
+];
+
+/// The review used for an unreviewed arch whose converter classes only rename (no `modify_tensors`).
+pub static REVIEWED_PLAIN: Review = PLAIN;

@@ -1,0 +1,393 @@
+//! `adapter_config.json`: the fields that change what the adapter computes, read strictly. Everything a GGUF
+//! LoRA cannot express is refused here with the key that causes it and what to do instead.
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use super::Error;
+use super::scaling::Scaling;
+
+/// `init_lora_weights` values whose adapter only works against a base model that PEFT modified at
+/// initialisation (peft 0.21.2 `tuners/lora/layer.py`: pissa/olora/corda/lora_ga subtract from the base weight,
+/// loftq replaces it with a quantised residual). `save_pretrained(path_initial_model_for_weight_conversion=…)`
+/// converts such adapters into plain LoRA and resets the value to `true` (`peft_model.py`).
+const BASE_MUTATING_INITS: &[&str] = &["pissa", "olora", "corda", "loftq", "lora_ga"];
+
+/// The configuration of a PEFT LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `peft_type` (always `LORA` once accepted).
+    pub peft_type: String,
+    /// `base_model_name_or_path`.
+    pub base_model_name_or_path: Option<String>,
+    /// `r`.
+    pub rank: u32,
+    /// `lora_alpha` (int or float in the file).
+    pub alpha: f64,
+    /// `use_rslora`.
+    pub use_rslora: bool,
+    /// `rank_pattern`, in file order (PEFT takes the first matching key).
+    pub rank_pattern: Vec<(String, u32)>,
+    /// `alpha_pattern`, in file order.
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// `fan_in_fan_out` (GPT-2 Conv1D); B·A is (out, in) either way, so it changes nothing for us.
+    pub fan_in_fan_out: bool,
+    /// `target_modules`, as written.
+    pub target_modules: Option<Value>,
+    /// `layers_to_transform`, as written.
+    pub layers_to_transform: Option<Value>,
+    /// `alora_invocation_tokens` (activated LoRA).
+    pub alora_invocation_tokens: Option<Vec<u32>>,
+    /// `task_type`.
+    pub task_type: Option<String>,
+    rank_regexes: Vec<Regex>,
+    alpha_regexes: Vec<Regex>,
+}
+
+impl AdapterConfig {
+    /// Parse and check `adapter_config.json` text.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
+        let value: Value = serde_json::from_str(text).map_err(|e| Error::ConfigJson {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        let Value::Object(map) = value else {
+            return Err(Error::ConfigField {
+                path: path.to_path_buf(),
+                key: "(top level)".into(),
+                message: "expected a JSON object".into(),
+            });
+        };
+        let cfg = Reader { path, map: &map };
+        cfg.check_refusals()?;
+
+        let peft_type = cfg.string("peft_type")?.unwrap_or_else(|| "LORA".into());
+        let rank = cfg.rank("r")?.ok_or_else(|| cfg.missing("r", "the LoRA rank"))?;
+        let alpha = cfg.number("lora_alpha")?.ok_or_else(|| cfg.missing("lora_alpha", "the LoRA alpha"))?;
+        let rank_pattern = cfg.pattern("rank_pattern", |key, v| {
+            v.as_u64().and_then(|r| u32::try_from(r).ok()).filter(|&r| r > 0).ok_or_else(|| {
+                cfg.field(&format!("rank_pattern.{key}"), format!("expected a positive integer rank, found {v}"))
+            })
+        })?;
+        let alpha_pattern = cfg.pattern("alpha_pattern", |key, v| {
+            v.as_f64().ok_or_else(|| cfg.field(&format!("alpha_pattern.{key}"), format!("expected a number, found {v}")))
+        })?;
+        let rank_regexes = compile_patterns(&cfg, "rank_pattern", rank_pattern.iter().map(|(k, _)| k))?;
+        let alpha_regexes = compile_patterns(&cfg, "alpha_pattern", alpha_pattern.iter().map(|(k, _)| k))?;
+        let alora_invocation_tokens = match map.get("alora_invocation_tokens") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or_else(|| cfg.field("alora_invocation_tokens", "expected a list of token ids".into()))?,
+            ),
+            Some(other) => {
+                return Err(cfg.field("alora_invocation_tokens", format!("expected a list of token ids, found {other}")));
+            }
+        };
+        Ok(AdapterConfig {
+            path: path.to_path_buf(),
+            peft_type,
+            base_model_name_or_path: cfg.string("base_model_name_or_path")?,
+            rank,
+            alpha,
+            use_rslora: cfg.boolean("use_rslora")?.unwrap_or(false),
+            rank_pattern,
+            alpha_pattern,
+            fan_in_fan_out: cfg.boolean("fan_in_fan_out")?.unwrap_or(false),
+            target_modules: map.get("target_modules").filter(|v| !v.is_null()).cloned(),
+            layers_to_transform: map.get("layers_to_transform").filter(|v| !v.is_null()).cloned(),
+            alora_invocation_tokens,
+            task_type: cfg.string("task_type")?,
+            rank_regexes,
+            alpha_regexes,
+        })
+    }
+
+    /// PEFT's scaling for `module` (the module path without `base_model.model.`).
+    ///
+    /// peft 0.21.2 `LoraModel._create_and_replace` looks up `get_pattern_key(pattern.keys(), current_key)`
+    /// (`utils/other.py`): the FIRST key (in file order) for which `re.match(rf"(.*\.)?({key})$", current_key)`
+    /// matches, i.e. the key is a regular expression that must match a whole dotted suffix of the module path.
+    pub fn scaling_for(&self, module: &str) -> Scaling {
+        let rank = first_match(&self.rank_regexes, module).map_or(self.rank, |i| self.rank_pattern[i].1);
+        let alpha = first_match(&self.alpha_regexes, module).map_or(self.alpha, |i| self.alpha_pattern[i].1);
+        Scaling { alpha, rank, rslora: self.use_rslora }
+    }
+}
+
+fn first_match(regexes: &[Regex], module: &str) -> Option<usize> {
+    regexes.iter().position(|re| re.is_match(module))
+}
+
+fn compile_patterns<'a>(
+    cfg: &Reader<'_>,
+    name: &str,
+    keys: impl Iterator<Item = &'a String>,
+) -> Result<Vec<Regex>, Error> {
+    keys.map(|key| {
+        // `re.match` anchors at the start; the pattern adds `$`; `(.*\.)?` allows any dotted prefix.
+        Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
+            cfg.field(
+                &format!("{name}.{key}"),
+                format!("this key is not a regular expression we can evaluate like Python's `re` ({e})"),
+            )
+        })
+    })
+    .collect()
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    map: &'a Map<String, Value>,
+}
+
+impl Reader<'_> {
+    fn field(&self, key: &str, message: String) -> Error {
+        Error::ConfigField { path: self.path.to_path_buf(), key: key.to_string(), message }
+    }
+
+    fn missing(&self, key: &str, what: &str) -> Error {
+        self.field(key, format!("missing ({what}); is this a PEFT LoRA adapter_config.json?"))
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.field(key, format!("expected a string, found {other}"))),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.field(key, format!("expected true or false, found {other}"))),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| self.field(key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    fn rank(&self, key: &str) -> Result<Option<u32>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|&r| r > 0)
+                .map(Some)
+                .ok_or_else(|| self.field(key, format!("expected a positive integer, found {v}"))),
+        }
+    }
+
+    fn pattern<T>(
+        &self,
+        key: &str,
+        value: impl Fn(&str, &Value) -> Result<T, Error>,
+    ) -> Result<Vec<(String, T)>, Error> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| Ok((k.clone(), value(k, v)?))).collect(),
+            Some(other) => Err(self.field(key, format!("expected an object of module pattern → value, found {other}"))),
+        }
+    }
+
+    /// Everything a GGUF LoRA adapter cannot express, checked before anything else.
+    fn check_refusals(&self) -> Result<(), Error> {
+        let refuse = |key: &str, message: &str| -> Result<(), Error> {
+            Err(Error::Unsupported { path: self.path.to_path_buf(), key: key.to_string(), message: message.to_string() })
+        };
+        if let Some(t) = self.string("peft_type")? {
+            if t != "LORA" {
+                let name = match t.as_str() {
+                    "LOHA" => "LoHa",
+                    "LOKR" => "LoKr",
+                    "IA3" => "IA³",
+                    "ADALORA" => "AdaLoRA",
+                    "VERA" => "VeRA",
+                    "BOFT" => "BOFT",
+                    "OFT" => "OFT",
+                    "FOURIERFT" => "FourierFT",
+                    _ => t.as_str(),
+                };
+                return Err(Error::Unsupported {
+                    path: self.path.to_path_buf(),
+                    key: "peft_type".into(),
+                    message: format!(
+                        "is `{t}` ({name}); llama.cpp only runs LoRA (B·A) adapters — merge this adapter into the \
+                         base model and convert the merged model instead"
+                    ),
+                });
+            }
+        }
+        if self.boolean("use_dora")? == Some(true) {
+            refuse(
+                "use_dora",
+                "is true: DoRA rescales each column of the merged weight by a learned magnitude, which a GGUF LoRA \
+                 cannot express — merge the adapter into the base model instead",
+            )?;
+        }
+        if self.boolean("lora_bias")? == Some(true) {
+            refuse("lora_bias", "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge")?;
+        }
+        if let Some(bias) = self.string("bias")? {
+            if bias != "none" {
+                refuse(
+                    "bias",
+                    &format!(
+                        "is `{bias}`: the adapter trains base biases, which a GGUF LoRA cannot carry — retrain with \
+                         bias=\"none\", or merge"
+                    ),
+                )?;
+            }
+        }
+        if let Some(m) = self.get("modules_to_save") {
+            if m.as_array().is_none_or(|a| !a.is_empty()) {
+                refuse(
+                    "modules_to_save",
+                    &format!(
+                        "is {m}: these modules are saved as full weights, and llama.cpp cannot swap full tensors at \
+                         run time — merge the adapter into the base, or retrain without modules_to_save"
+                    ),
+                )?;
+            }
+        }
+        if self.get("trainable_token_indices").is_some() {
+            refuse(
+                "trainable_token_indices",
+                "is set: trainable token deltas are not LoRA and llama.cpp cannot apply them — merge instead",
+            )?;
+        }
+        if let Some(t) = self.get("target_parameters") {
+            if t.as_array().is_none_or(|a| !a.is_empty()) {
+                refuse(
+                    "target_parameters",
+                    "is set: LoRA on fused 3-D expert parameters (transformers 5 MoE) is not supported yet — target \
+                     per-expert Linear modules, or merge",
+                )?;
+            }
+        }
+        if let Some(Value::String(init)) = self.get("init_lora_weights") {
+            let lower = init.to_ascii_lowercase();
+            if let Some(kind) = BASE_MUTATING_INITS.iter().find(|k| lower.starts_with(*k)) {
+                refuse(
+                    "init_lora_weights",
+                    &format!(
+                        "is `{init}`: a {kind} adapter only works with the base model PEFT modified at \
+                         initialisation; save it converted with `model.save_pretrained(out, \
+                         path_initial_model_for_weight_conversion=INIT_DIR)` (a plain LoRA of twice the rank) and \
+                         convert that"
+                    ),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<AdapterConfig, Error> {
+        AdapterConfig::from_json(json, Path::new("adapter_config.json"))
+    }
+
+    fn refusal(json: &str) -> String {
+        parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_plain_config_with_float_alpha() {
+        let c = parse(r#"{"peft_type":"LORA","r":8,"lora_alpha":12.5,"base_model_name_or_path":"x"}"#).unwrap();
+        assert_eq!((c.rank, c.alpha, c.use_rslora), (8, 12.5, false));
+        assert_eq!(c.scaling_for("model.layers.0.self_attn.q_proj").factor(), 1.5625);
+    }
+
+    #[test]
+    fn patterns_match_like_peft_first_key_wins() {
+        let c = parse(
+            r#"{"r":8,"lora_alpha":16,"rank_pattern":{"q_proj":4,"layers.1.self_attn.q_proj":2},
+                "alpha_pattern":{"layers\\.1\\..*proj":64,"v_proj":8}}"#,
+        )
+        .unwrap();
+        // `q_proj` comes first and matches layer 1 too: PEFT never reaches the layer-specific key.
+        assert_eq!(c.scaling_for("model.layers.1.self_attn.q_proj").rank, 4);
+        assert_eq!(c.scaling_for("model.layers.0.mlp.up_proj").rank, 8);
+        assert_eq!(c.scaling_for("model.layers.1.self_attn.v_proj").alpha, 64.0);
+        assert_eq!(c.scaling_for("model.layers.0.self_attn.v_proj").alpha, 8.0);
+        // A key must match a whole dotted suffix: `proj` does not match `q_proj`.
+        let c = parse(r#"{"r":8,"lora_alpha":16,"rank_pattern":{"proj":2}}"#).unwrap();
+        assert_eq!(c.scaling_for("model.layers.0.self_attn.q_proj").rank, 8);
+    }
+
+    #[test]
+    fn rejects_invalid_json_with_position() {
+        assert_eq!(
+            refusal("{\n  \"r\": 8,\n  \"lora_alpha\": }"),
+            "`adapter_config.json`:3:17: invalid JSON: expected value at line 3 column 17"
+        );
+    }
+
+    #[test]
+    fn rejects_missing_rank() {
+        assert!(refusal(r#"{"lora_alpha":16}"#).contains("`r`: missing"));
+    }
+
+    #[test]
+    fn rejects_non_lora_peft_type() {
+        let e = refusal(r#"{"peft_type":"LOHA","r":8,"lora_alpha":16}"#);
+        assert!(e.contains("`peft_type` is `LOHA` (LoHa)"), "{e}");
+    }
+
+    #[test]
+    fn rejects_dora() {
+        assert!(refusal(r#"{"r":8,"lora_alpha":16,"use_dora":true}"#).contains("`use_dora` is true: DoRA"));
+    }
+
+    #[test]
+    fn rejects_lora_bias_and_bias() {
+        assert!(refusal(r#"{"r":8,"lora_alpha":16,"lora_bias":true}"#).contains("`lora_bias`"));
+        assert!(refusal(r#"{"r":8,"lora_alpha":16,"bias":"all"}"#).contains("`bias` is `all`"));
+    }
+
+    #[test]
+    fn rejects_modules_to_save() {
+        assert!(refusal(r#"{"r":8,"lora_alpha":16,"modules_to_save":["lm_head"]}"#).contains("`modules_to_save`"));
+        assert!(parse(r#"{"r":8,"lora_alpha":16,"modules_to_save":[]}"#).is_ok());
+    }
+
+    #[test]
+    fn rejects_unconverted_pissa_but_not_converted() {
+        assert!(refusal(r#"{"r":8,"lora_alpha":16,"init_lora_weights":"pissa_niter_4"}"#).contains("pissa adapter"));
+        assert!(parse(r#"{"r":8,"lora_alpha":16,"init_lora_weights":true}"#).is_ok());
+        assert!(parse(r#"{"r":8,"lora_alpha":16,"init_lora_weights":"gaussian"}"#).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_pattern_regex() {
+        assert!(refusal(r#"{"r":8,"lora_alpha":16,"rank_pattern":{"(?<=x)q":2}}"#).contains("rank_pattern.(?<=x)q"));
+    }
+}
