@@ -49,11 +49,24 @@ const PLAIN: Review = Review {
 /// `modify_tensors` (a plain name map); otherwise it is refused until reviewed.
 pub static REVIEWED: &[Review] = &[
     // LlamaModel (undo_permute) — llama.py: q/k permuted; block_sparse_moe.experts stacked (Mixtral).
-    Review { arch: "llama", rows: ROPE_QK, stacks_experts: true, ..PLAIN },
+    Review {
+        arch: "llama",
+        rows: ROPE_QK,
+        stacks_experts: true,
+        ..PLAIN
+    },
     // Mistral3Model.Ministral3Model ⊂ LlamaModel — mistral3.py.
-    Review { arch: "mistral3", rows: ROPE_QK, ..PLAIN },
+    Review {
+        arch: "mistral3",
+        rows: ROPE_QK,
+        ..PLAIN
+    },
     // GraniteModel ⊂ LlamaModel — granite.py.
-    Review { arch: "granite", rows: ROPE_QK, ..PLAIN },
+    Review {
+        arch: "granite",
+        rows: ROPE_QK,
+        ..PLAIN
+    },
     // GraniteMoeModel — granite.py: shared_mlp.input_linear split into gate|up (dim -2 = rows).
     Review {
         arch: "granitemoe",
@@ -61,8 +74,14 @@ pub static REVIEWED: &[Review] = &[
         splits: &[Split {
             hf: "model.layers.{bid}.shared_mlp.input_linear",
             parts: &[
-                ("blk.{bid}.ffn_gate_shexp", RowTransform::Chunk { index: 0, count: 2 }),
-                ("blk.{bid}.ffn_up_shexp", RowTransform::Chunk { index: 1, count: 2 }),
+                (
+                    "blk.{bid}.ffn_gate_shexp",
+                    RowTransform::Chunk { index: 0, count: 2 },
+                ),
+                (
+                    "blk.{bid}.ffn_up_shexp",
+                    RowTransform::Chunk { index: 1, count: 2 },
+                ),
             ],
         }],
         unsupported: &[(
@@ -72,47 +91,133 @@ pub static REVIEWED: &[Review] = &[
         ..PLAIN
     },
     // OlmoModel — olmo.py: its own copy of the llama permutation.
-    Review { arch: "olmo", rows: ROPE_QK, ..PLAIN },
-    Review { arch: "olmo2", ..PLAIN },
+    Review {
+        arch: "olmo",
+        rows: ROPE_QK,
+        ..PLAIN
+    },
+    Review {
+        arch: "olmo2",
+        ..PLAIN
+    },
     // OlmoeModel — olmo.py: mlp.experts.{xid}.* stacked.
-    Review { arch: "olmoe", stacks_experts: true, ..PLAIN },
+    Review {
+        arch: "olmoe",
+        stacks_experts: true,
+        ..PLAIN
+    },
     // GPTNeoXModel — gptneox.py: query_key_value rows reordered per head.
-    Review { arch: "gptneox", rows: &[("blk.{bid}.attn_qkv", RowTransform::NeoxQkv)], ..PLAIN },
+    Review {
+        arch: "gptneox",
+        rows: &[("blk.{bid}.attn_qkv", RowTransform::NeoxQkv)],
+        ..PLAIN
+    },
     // FalconModel — falcon.py: query_key_value regrouped by kv group.
-    Review { arch: "falcon", rows: &[("blk.{bid}.attn_qkv", RowTransform::FalconQkv)], ..PLAIN },
+    Review {
+        arch: "falcon",
+        rows: &[("blk.{bid}.attn_qkv", RowTransform::FalconQkv)],
+        ..PLAIN
+    },
     // InternLM2Model — internlm.py: wqkv split into q, k, v; q and k permuted.
     Review {
         arch: "internlm2",
         splits: &[Split {
             hf: "model.layers.{bid}.attention.wqkv",
             parts: &[
-                ("blk.{bid}.attn_q", RowTransform::InternLm2Qkv { part: QkvPart::Q, rope: true }),
-                ("blk.{bid}.attn_k", RowTransform::InternLm2Qkv { part: QkvPart::K, rope: true }),
-                ("blk.{bid}.attn_v", RowTransform::InternLm2Qkv { part: QkvPart::V, rope: false }),
+                (
+                    "blk.{bid}.attn_q",
+                    RowTransform::InternLm2Qkv {
+                        part: QkvPart::Q,
+                        rope: true,
+                    },
+                ),
+                (
+                    "blk.{bid}.attn_k",
+                    RowTransform::InternLm2Qkv {
+                        part: QkvPart::K,
+                        rope: true,
+                    },
+                ),
+                (
+                    "blk.{bid}.attn_v",
+                    RowTransform::InternLm2Qkv {
+                        part: QkvPart::V,
+                        rope: false,
+                    },
+                ),
             ],
         }],
         ..PLAIN
     },
     // Qwen2Model / Qwen3Model: renames only. Qwen2MoeModel (Qwen3Moe reuses it): mlp.experts.{xid}.* stacked.
-    Review { arch: "qwen2", ..PLAIN },
-    Review { arch: "qwen3", ..PLAIN },
-    Review { arch: "qwen2moe", stacks_experts: true, ..PLAIN },
-    Review { arch: "qwen3moe", stacks_experts: true, ..PLAIN },
+    Review {
+        arch: "qwen2",
+        ..PLAIN
+    },
+    Review {
+        arch: "qwen3",
+        ..PLAIN
+    },
+    Review {
+        arch: "qwen2moe",
+        stacks_experts: true,
+        ..PLAIN
+    },
+    Review {
+        arch: "qwen3moe",
+        stacks_experts: true,
+        ..PLAIN
+    },
     // GemmaModel / Gemma2Model / Gemma3Model: only norms (+1) and Gemma 3's embedding vocabulary cut, which the
     // converter applies to the embedding LoRA itself; Gemma drops lm_head (tied).
-    Review { arch: "gemma", always_tied: true, ..PLAIN },
-    Review { arch: "gemma2", always_tied: true, ..PLAIN },
-    Review { arch: "gemma3", always_tied: true, ..PLAIN },
+    Review {
+        arch: "gemma",
+        always_tied: true,
+        ..PLAIN
+    },
+    Review {
+        arch: "gemma2",
+        always_tied: true,
+        ..PLAIN
+    },
+    Review {
+        arch: "gemma3",
+        always_tied: true,
+        ..PLAIN
+    },
     // Phi3MiniModel, Phi2Model, StarCoder2Model, StableLMModel (q/k layernorm stacking only): plain.
-    Review { arch: "phi3", ..PLAIN },
-    Review { arch: "phi2", ..PLAIN },
-    Review { arch: "starcoder2", ..PLAIN },
-    Review { arch: "stablelm", ..PLAIN },
+    Review {
+        arch: "phi3",
+        ..PLAIN
+    },
+    Review {
+        arch: "phi2",
+        ..PLAIN
+    },
+    Review {
+        arch: "starcoder2",
+        ..PLAIN
+    },
+    Review {
+        arch: "stablelm",
+        ..PLAIN
+    },
     // GPT2Model transposes the Conv1D base weight; PEFT's B·A is already (out, in), so the LoRA needs nothing.
-    Review { arch: "gpt2", ..PLAIN },
+    Review {
+        arch: "gpt2",
+        ..PLAIN
+    },
     // CommandR2Model / Cohere2Model: biases dropped only; output tied (logit scale in the base).
-    Review { arch: "command-r", always_tied: true, ..PLAIN },
-    Review { arch: "cohere2", always_tied: true, ..PLAIN },
+    Review {
+        arch: "command-r",
+        always_tied: true,
+        ..PLAIN
+    },
+    Review {
+        arch: "cohere2",
+        always_tied: true,
+        ..PLAIN
+    },
     // DeepseekV2Model — deepseek.py: kv_b_proj split into per-head k_b (transposed) and v_b; experts stacked.
     // llama.cpp's MLA graph (src/models/deepseek2.cpp) multiplies the attention weights with ggml_mul_mat directly.
     Review {

@@ -72,15 +72,28 @@ pub enum GeometryError {
 
 /// Read `config.json` (or the directory holding it).
 pub fn from_hf_config(path: &Path) -> Result<Geometry, GeometryError> {
-    let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-    let text = std::fs::read_to_string(&file).map_err(|source| GeometryError::Io { path: file.clone(), source })?;
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| GeometryError::Io {
+        path: file.clone(),
+        source,
+    })?;
     from_json(&text, &file)
 }
 
 /// Parse config.json text.
 pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
-    let json_err = |line, column, message| GeometryError::Json { path: path.to_path_buf(), line, column, message };
-    let value: Value = serde_json::from_str(text).map_err(|e| json_err(e.line(), e.column(), e.to_string()))?;
+    let json_err = |line, column, message| GeometryError::Json {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    };
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| json_err(e.line(), e.column(), e.to_string()))?;
     let Value::Object(mut top) = value else {
         return Err(json_err(1, 1, "expected a JSON object".into()));
     };
@@ -89,14 +102,25 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
             top.insert("text_config".into(), v);
         }
     }
-    if let Some(v) = top.get("thinker_config").and_then(|t| t.get("text_config")).cloned() {
+    if let Some(v) = top
+        .get("thinker_config")
+        .and_then(|t| t.get("text_config"))
+        .cloned()
+    {
         top.insert("text_config".into(), v);
     }
     let text_config = top.get("text_config").and_then(Value::as_object).cloned();
     let arch_of = |m: &Map<String, Value>| {
-        m.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str).map(String::from)
+        m.get("architectures")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(String::from)
     };
-    let hf_architecture = text_config.as_ref().and_then(arch_of).or_else(|| arch_of(&top));
+    let hf_architecture = text_config
+        .as_ref()
+        .and_then(arch_of)
+        .or_else(|| arch_of(&top));
     let mut hp = top.clone();
     if let Some(tc) = &text_config {
         for (k, v) in tc {
@@ -104,30 +128,51 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
         }
     }
     let r = Reader { path, map: &hp };
-    let gguf_arch = hf_architecture.as_deref().and_then(super::gguf_arch_for_hf).map(String::from);
+    let gguf_arch = hf_architecture
+        .as_deref()
+        .and_then(super::gguf_arch_for_hf)
+        .map(String::from);
     let n_head = r.u32(&["num_attention_heads", "n_head", "num_heads", "n_heads"])?;
     let n_head_kv = if gguf_arch.as_deref() == Some("falcon") {
         // conversion/falcon.py: find_hparam(["num_kv_heads", "n_head_kv"]) or 1.
         Some(r.u32(&["num_kv_heads", "n_head_kv"])?.unwrap_or(1))
     } else {
-        r.u32(&["num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_head_kv"])?.or(n_head)
+        r.u32(&[
+            "num_key_value_heads",
+            "n_kv_heads",
+            "num_kv_heads",
+            "n_head_kv",
+        ])?
+        .or(n_head)
     };
     // The tie flag may sit at the top level of a multimodal config (Gemma 3) or in its text config.
     let tie_word_embeddings = match hp.get("tie_word_embeddings") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
-        Some(other) => return Err(r.field("tie_word_embeddings", format!("expected true or false, found {other}"))),
+        Some(other) => {
+            return Err(r.field(
+                "tie_word_embeddings",
+                format!("expected true or false, found {other}"),
+            ));
+        }
     };
     Ok(Geometry {
         hf_architecture,
         gguf_arch,
         n_layer: r.u32(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"])?,
-        n_embd: r.u32(&["hidden_size", "n_embd", "d_model", "n_embed"])?.map(u64::from),
+        n_embd: r
+            .u32(&["hidden_size", "n_embd", "d_model", "n_embed"])?
+            .map(u64::from),
         n_head,
         n_head_kv,
         head_dim: r.u32(&["head_dim"])?,
         n_vocab: r.u32(&["vocab_size", "padded_vocab_size"])?.map(u64::from),
-        n_expert: r.u32(&["num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"])?,
+        n_expert: r.u32(&[
+            "num_local_experts",
+            "num_experts",
+            "n_routed_experts",
+            "moe_num_experts",
+        ])?,
         tie_word_embeddings,
     })
 }
@@ -139,7 +184,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn field(&self, key: &str, message: String) -> GeometryError {
-        GeometryError::Field { path: self.path.to_path_buf(), key: key.to_string(), message }
+        GeometryError::Field {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        }
     }
 
     /// The first of `keys` present and non-null, as a u32.
@@ -152,7 +201,9 @@ impl Reader<'_> {
                         .as_u64()
                         .and_then(|x| u32::try_from(x).ok())
                         .map(Some)
-                        .ok_or_else(|| self.field(key, format!("expected a non-negative integer, found {v}")));
+                        .ok_or_else(|| {
+                            self.field(key, format!("expected a non-negative integer, found {v}"))
+                        });
                 }
             }
         }

@@ -90,12 +90,17 @@ fn all() -> &'static [Family] {
     FAMILIES.get_or_init(|| {
         let mut out = Vec::new();
         for generated in ARCHES {
-            let hf: Vec<_> = HF_ARCHITECTURES.iter().filter(|h| h.gguf_arch == generated.name).collect();
+            let hf: Vec<_> = HF_ARCHITECTURES
+                .iter()
+                .filter(|h| h.gguf_arch == generated.name)
+                .collect();
             if hf.is_empty() {
                 continue; // gguf-py knows it, but convert_hf_to_gguf.py converts no text model to it
             }
-            let mut custom_classes: Vec<&'static str> =
-                hf.iter().flat_map(|h| h.custom_modify.iter().copied()).collect();
+            let mut custom_classes: Vec<&'static str> = hf
+                .iter()
+                .flat_map(|h| h.custom_modify.iter().copied())
+                .collect();
             custom_classes.sort_unstable();
             custom_classes.dedup();
             out.push(Family {
@@ -128,7 +133,10 @@ pub fn by_hf_architecture(name: &str) -> Option<&'static Family> {
 
 /// The GGUF architecture an HF `architectures[0]` converts to.
 pub fn gguf_arch_for_hf(name: &str) -> Option<&'static str> {
-    HF_ARCHITECTURES.iter().find(|h| h.hf == name).map(|h| h.gguf_arch)
+    HF_ARCHITECTURES
+        .iter()
+        .find(|h| h.hf == name)
+        .map(|h| h.gguf_arch)
 }
 
 /// HF module template → GGUF template, built exactly like gguf-py's `TensorNameMap(arch)` (later entries win).
@@ -137,7 +145,11 @@ fn name_map(family: &Family) -> &'static HashMap<&'static str, &'static str> {
     let maps = MAPS.get_or_init(|| all().iter().map(|_| OnceLock::new()).collect());
     maps[family.index].get_or_init(|| {
         let mut map = HashMap::new();
-        let roles = family.generated.roles.iter().filter_map(|&i| ROLES.get(usize::from(i)));
+        let roles = family
+            .generated
+            .roles
+            .iter()
+            .filter_map(|&i| ROLES.get(usize::from(i)));
         for role in roles.chain(family.generated.overrides) {
             map.insert(role.gguf, role.gguf);
             for hf in role.hf {
@@ -150,21 +162,46 @@ fn name_map(family: &Family) -> &'static HashMap<&'static str, &'static str> {
 
 /// Prefixes and fragments llama.cpp's `TextModel.filter_tensors` drops as multimodal (conversion/base.py).
 const NOT_TEXT_PREFIXES: &[&str] = &[
-    "mlp", "vit.", "vpm.", "siglip2.", "conformer.", "merger.", "resampler.", "sound_encoder.", "sound_projection.",
+    "mlp",
+    "vit.",
+    "vpm.",
+    "siglip2.",
+    "conformer.",
+    "merger.",
+    "resampler.",
+    "sound_encoder.",
+    "sound_projection.",
     "speech_embeddings.",
 ];
 const NOT_TEXT_FRAGMENTS: &[&str] = &[
-    "visual.", "vision.", "audio.", "talker.", "vision_", "audio_", "token2wav.", "code2wav.", "projector.",
-    "pre_mm_projector_norm", "image_newline", "view_seperator", "patch_embed", "patch_embedding", "patch_merger.",
-    "patch_merge_mlp.", "model.connector.",
+    "visual.",
+    "vision.",
+    "audio.",
+    "talker.",
+    "vision_",
+    "audio_",
+    "token2wav.",
+    "code2wav.",
+    "projector.",
+    "pre_mm_projector_norm",
+    "image_newline",
+    "view_seperator",
+    "patch_embed",
+    "patch_embedding",
+    "patch_merger.",
+    "patch_merge_mlp.",
+    "model.connector.",
 ];
 
 impl Family {
     /// Map a PEFT module path to the GGUF targets it contributes to.
     pub fn map_module(&self, module: &str) -> Result<Vec<Target>, MapError> {
-        if NOT_TEXT_PREFIXES.iter().any(|p| module.starts_with(p)) || NOT_TEXT_FRAGMENTS.iter().any(|f| module.contains(f))
+        if NOT_TEXT_PREFIXES.iter().any(|p| module.starts_with(p))
+            || NOT_TEXT_FRAGMENTS.iter().any(|f| module.contains(f))
         {
-            return Err(MapError::NotText { module: module.to_string() });
+            return Err(MapError::NotText {
+                module: module.to_string(),
+            });
         }
         // ModelBase.filter_tensors: `language_model.` is removed wherever it occurs.
         let name = module.replace("language_model.", "");
@@ -185,7 +222,12 @@ impl Family {
             return Ok(split
                 .parts
                 .iter()
-                .map(|&(gguf, rows)| Target { name: tensor_name(gguf, block), block, rows, layout: Layout::Linear })
+                .map(|&(gguf, rows)| Target {
+                    name: tensor_name(gguf, block),
+                    block,
+                    rows,
+                    layout: Layout::Linear,
+                })
                 .collect());
         }
         let map = name_map(self);
@@ -194,35 +236,59 @@ impl Family {
             Some((merged, xid)) => match map.get(merged.as_str()) {
                 Some(g) if g.ends_with("_exps") => {
                     if !review.stacks_experts {
-                        return Err(MapError::Experts { module: module.to_string(), arch: self.gguf_arch });
+                        return Err(MapError::Experts {
+                            module: module.to_string(),
+                            arch: self.gguf_arch,
+                        });
                     }
                     (*g, Some(xid))
                 }
                 _ => return Err(self.unmapped(module)),
             },
-            None => match map.get(template.as_str()).or_else(|| map.get(name.as_str())) {
+            None => match map
+                .get(template.as_str())
+                .or_else(|| map.get(name.as_str()))
+            {
                 Some(g) => (*g, None),
                 None => return Err(self.unmapped(module)),
             },
         };
         if let Some(&(_, reason)) = review.unsupported.iter().find(|(g, _)| *g == gguf) {
-            return Err(MapError::Unsupported { module: module.to_string(), arch: self.gguf_arch, reason });
+            return Err(MapError::Unsupported {
+                module: module.to_string(),
+                arch: self.gguf_arch,
+                reason,
+            });
         }
-        let rows = review.rows.iter().find(|(g, _)| *g == gguf).map_or(RowTransform::Identity, |&(_, r)| r);
+        let rows = review
+            .rows
+            .iter()
+            .find(|(g, _)| *g == gguf)
+            .map_or(RowTransform::Identity, |&(_, r)| r);
         let layout = match expert {
             Some(index) => Layout::Expert { index },
             None if gguf == "token_embd" => Layout::Embedding,
             None => Layout::Linear,
         };
-        Ok(vec![Target { name: tensor_name(gguf, block), block, rows, layout }])
+        Ok(vec![Target {
+            name: tensor_name(gguf, block),
+            block,
+            rows,
+            layout,
+        }])
     }
 
     /// Whether llama.cpp's graph ignores a LoRA on this GGUF tensor (`blk.3.attn_q.weight`).
     pub fn no_effect(&self, gguf_tensor: &str) -> bool {
-        let Some(review) = self.review else { return false };
+        let Some(review) = self.review else {
+            return false;
+        };
         let stem = gguf_tensor.strip_suffix(".weight").unwrap_or(gguf_tensor);
         let (template, _, _) = templated(stem);
-        review.no_effect.iter().any(|t| *t == template || *t == stem)
+        review
+            .no_effect
+            .iter()
+            .any(|t| *t == template || *t == stem)
     }
 
     /// Whether the family always ties its output head to the token embedding.
@@ -237,7 +303,10 @@ impl Family {
 
     /// HF architectures that convert to this family.
     pub fn hf_architectures(&self) -> impl Iterator<Item = &'static str> + '_ {
-        HF_ARCHITECTURES.iter().filter(|h| h.gguf_arch == self.gguf_arch).map(|h| h.hf)
+        HF_ARCHITECTURES
+            .iter()
+            .filter(|h| h.gguf_arch == self.gguf_arch)
+            .map(|h| h.hf)
     }
 
     fn unmapped(&self, module: &str) -> MapError {
@@ -246,14 +315,20 @@ impl Family {
             .roles
             .iter()
             .filter_map(|&i| ROLES.get(usize::from(i)))
-            .filter(|r| r.gguf.contains("attn_q") || r.gguf.contains("ffn_down") || r.gguf == "token_embd")
+            .filter(|r| {
+                r.gguf.contains("attn_q") || r.gguf.contains("ffn_down") || r.gguf == "token_embd"
+            })
             .filter_map(|r| r.hf.first().copied())
             .collect();
         known.truncate(4);
         MapError::Unmapped {
             module: module.to_string(),
             arch: self.gguf_arch,
-            known: known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+            known: known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 }

@@ -1,7 +1,11 @@
 use super::*;
 
 fn names(f: &Family, module: &str) -> Vec<(String, RowTransform, Layout)> {
-    f.map_module(module).unwrap().into_iter().map(|t| (t.name, t.rows, t.layout)).collect()
+    f.map_module(module)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.rows, t.layout))
+        .collect()
 }
 
 fn one(arch: &str, module: &str) -> (String, RowTransform, Layout) {
@@ -16,7 +20,12 @@ fn every_hf_architecture_names_a_known_gguf_arch_once() {
     let mut seen = std::collections::BTreeSet::new();
     for h in HF_ARCHITECTURES {
         assert!(seen.insert(h.hf), "{} listed twice", h.hf);
-        assert!(ARCHES.iter().any(|a| a.name == h.gguf_arch), "{} → unknown arch {}", h.hf, h.gguf_arch);
+        assert!(
+            ARCHES.iter().any(|a| a.name == h.gguf_arch),
+            "{} → unknown arch {}",
+            h.hf,
+            h.gguf_arch
+        );
     }
     assert!(HF_ARCHITECTURES.len() > 200);
 }
@@ -24,14 +33,41 @@ fn every_hf_architecture_names_a_known_gguf_arch_once() {
 #[test]
 fn required_families_are_supported() {
     for arch in [
-        "llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma", "gemma2", "gemma3", "phi3", "phi2",
-        "starcoder2", "gptneox", "falcon", "granite", "granitemoe", "olmo", "olmo2", "olmoe", "command-r", "cohere2",
-        "internlm2", "stablelm", "gpt2", "deepseek2",
+        "llama",
+        "mistral3",
+        "qwen2",
+        "qwen2moe",
+        "qwen3",
+        "qwen3moe",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "phi2",
+        "starcoder2",
+        "gptneox",
+        "falcon",
+        "granite",
+        "granitemoe",
+        "olmo",
+        "olmo2",
+        "olmoe",
+        "command-r",
+        "cohere2",
+        "internlm2",
+        "stablelm",
+        "gpt2",
+        "deepseek2",
     ] {
         let f = by_gguf_arch(arch).unwrap_or_else(|| panic!("{arch} missing"));
         assert!(f.is_supported(), "{arch}");
     }
-    for hf in ["MistralForCausalLM", "MixtralForCausalLM", "Gemma3ForConditionalGeneration", "RWForCausalLM"] {
+    for hf in [
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Gemma3ForConditionalGeneration",
+        "RWForCausalLM",
+    ] {
         assert!(by_hf_architecture(hf).is_some(), "{hf}");
     }
 }
@@ -41,74 +77,177 @@ fn llama_permutes_q_and_k_only() {
     let rope = |h| RowTransform::LlamaRope(h);
     assert_eq!(
         one("llama", "model.layers.3.self_attn.q_proj"),
-        ("blk.3.attn_q.weight".into(), rope(Heads::Query), Layout::Linear)
+        (
+            "blk.3.attn_q.weight".into(),
+            rope(Heads::Query),
+            Layout::Linear
+        )
     );
-    assert_eq!(one("llama", "model.layers.3.self_attn.k_proj").1, rope(Heads::KeyValue));
-    assert_eq!(one("llama", "model.layers.3.self_attn.v_proj").1, RowTransform::Identity);
-    assert_eq!(one("llama", "model.layers.0.self_attn.o_proj").0, "blk.0.attn_output.weight");
-    assert_eq!(one("llama", "model.layers.1.mlp.gate_proj").0, "blk.1.ffn_gate.weight");
-    assert_eq!(one("llama", "model.layers.1.mlp.up_proj").0, "blk.1.ffn_up.weight");
-    assert_eq!(one("llama", "model.layers.1.mlp.down_proj").0, "blk.1.ffn_down.weight");
-    assert_eq!(one("llama", "model.embed_tokens"), ("token_embd.weight".into(), RowTransform::Identity, Layout::Embedding));
+    assert_eq!(
+        one("llama", "model.layers.3.self_attn.k_proj").1,
+        rope(Heads::KeyValue)
+    );
+    assert_eq!(
+        one("llama", "model.layers.3.self_attn.v_proj").1,
+        RowTransform::Identity
+    );
+    assert_eq!(
+        one("llama", "model.layers.0.self_attn.o_proj").0,
+        "blk.0.attn_output.weight"
+    );
+    assert_eq!(
+        one("llama", "model.layers.1.mlp.gate_proj").0,
+        "blk.1.ffn_gate.weight"
+    );
+    assert_eq!(
+        one("llama", "model.layers.1.mlp.up_proj").0,
+        "blk.1.ffn_up.weight"
+    );
+    assert_eq!(
+        one("llama", "model.layers.1.mlp.down_proj").0,
+        "blk.1.ffn_down.weight"
+    );
+    assert_eq!(
+        one("llama", "model.embed_tokens"),
+        (
+            "token_embd.weight".into(),
+            RowTransform::Identity,
+            Layout::Embedding
+        )
+    );
     assert_eq!(one("llama", "lm_head").0, "output.weight");
 }
 
 #[test]
 fn qwen2_does_not_permute() {
-    assert_eq!(one("qwen2", "model.layers.0.self_attn.q_proj").1, RowTransform::Identity);
+    assert_eq!(
+        one("qwen2", "model.layers.0.self_attn.q_proj").1,
+        RowTransform::Identity
+    );
 }
 
 #[test]
 fn mixtral_experts_stack() {
     assert_eq!(
         one("llama", "model.layers.1.block_sparse_moe.experts.5.w1"),
-        ("blk.1.ffn_gate_exps.weight".into(), RowTransform::Identity, Layout::Expert { index: 5 })
+        (
+            "blk.1.ffn_gate_exps.weight".into(),
+            RowTransform::Identity,
+            Layout::Expert { index: 5 }
+        )
     );
-    assert_eq!(one("llama", "model.layers.1.block_sparse_moe.experts.0.w2").0, "blk.1.ffn_down_exps.weight");
-    assert_eq!(one("llama", "model.layers.1.block_sparse_moe.gate").0, "blk.1.ffn_gate_inp.weight");
-    assert_eq!(one("qwen2moe", "model.layers.0.mlp.experts.3.up_proj").0, "blk.0.ffn_up_exps.weight");
-    assert_eq!(one("qwen2moe", "model.layers.0.mlp.shared_expert.up_proj").0, "blk.0.ffn_up_shexp.weight");
-    assert_eq!(one("qwen2moe", "model.layers.0.mlp.shared_expert_gate").0, "blk.0.ffn_gate_inp_shexp.weight");
+    assert_eq!(
+        one("llama", "model.layers.1.block_sparse_moe.experts.0.w2").0,
+        "blk.1.ffn_down_exps.weight"
+    );
+    assert_eq!(
+        one("llama", "model.layers.1.block_sparse_moe.gate").0,
+        "blk.1.ffn_gate_inp.weight"
+    );
+    assert_eq!(
+        one("qwen2moe", "model.layers.0.mlp.experts.3.up_proj").0,
+        "blk.0.ffn_up_exps.weight"
+    );
+    assert_eq!(
+        one("qwen2moe", "model.layers.0.mlp.shared_expert.up_proj").0,
+        "blk.0.ffn_up_shexp.weight"
+    );
+    assert_eq!(
+        one("qwen2moe", "model.layers.0.mlp.shared_expert_gate").0,
+        "blk.0.ffn_gate_inp_shexp.weight"
+    );
 }
 
 #[test]
 fn fused_families() {
-    assert_eq!(one("phi3", "model.layers.0.self_attn.qkv_proj").0, "blk.0.attn_qkv.weight");
-    assert_eq!(one("phi3", "model.layers.0.mlp.gate_up_proj").0, "blk.0.ffn_up.weight");
+    assert_eq!(
+        one("phi3", "model.layers.0.self_attn.qkv_proj").0,
+        "blk.0.attn_qkv.weight"
+    );
+    assert_eq!(
+        one("phi3", "model.layers.0.mlp.gate_up_proj").0,
+        "blk.0.ffn_up.weight"
+    );
     assert_eq!(
         one("gptneox", "gpt_neox.layers.1.attention.query_key_value"),
-        ("blk.1.attn_qkv.weight".into(), RowTransform::NeoxQkv, Layout::Linear)
+        (
+            "blk.1.attn_qkv.weight".into(),
+            RowTransform::NeoxQkv,
+            Layout::Linear
+        )
     );
-    assert_eq!(one("falcon", "transformer.h.0.self_attention.query_key_value").1, RowTransform::FalconQkv);
-    assert_eq!(one("gpt2", "transformer.h.0.attn.c_attn"), ("blk.0.attn_qkv.weight".into(), RowTransform::Identity, Layout::Linear));
-    assert_eq!(one("gpt2", "transformer.h.0.mlp.c_fc").0, "blk.0.ffn_up.weight");
+    assert_eq!(
+        one("falcon", "transformer.h.0.self_attention.query_key_value").1,
+        RowTransform::FalconQkv
+    );
+    assert_eq!(
+        one("gpt2", "transformer.h.0.attn.c_attn"),
+        (
+            "blk.0.attn_qkv.weight".into(),
+            RowTransform::Identity,
+            Layout::Linear
+        )
+    );
+    assert_eq!(
+        one("gpt2", "transformer.h.0.mlp.c_fc").0,
+        "blk.0.ffn_up.weight"
+    );
     let f = by_gguf_arch("internlm2").unwrap();
-    let parts: Vec<String> = names(f, "model.layers.2.attention.wqkv").into_iter().map(|t| t.0).collect();
-    assert_eq!(parts, ["blk.2.attn_q.weight", "blk.2.attn_k.weight", "blk.2.attn_v.weight"]);
+    let parts: Vec<String> = names(f, "model.layers.2.attention.wqkv")
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            "blk.2.attn_q.weight",
+            "blk.2.attn_k.weight",
+            "blk.2.attn_v.weight"
+        ]
+    );
     let f = by_gguf_arch("granitemoe").unwrap();
-    let parts: Vec<String> = names(f, "model.layers.0.shared_mlp.input_linear").into_iter().map(|t| t.0).collect();
-    assert_eq!(parts, ["blk.0.ffn_gate_shexp.weight", "blk.0.ffn_up_shexp.weight"]);
+    let parts: Vec<String> = names(f, "model.layers.0.shared_mlp.input_linear")
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(
+        parts,
+        ["blk.0.ffn_gate_shexp.weight", "blk.0.ffn_up_shexp.weight"]
+    );
 }
 
 #[test]
 fn multimodal_prefixes_are_stripped_and_towers_refused() {
-    assert_eq!(one("gemma3", "model.language_model.layers.0.self_attn.q_proj").0, "blk.0.attn_q.weight");
+    assert_eq!(
+        one("gemma3", "model.language_model.layers.0.self_attn.q_proj").0,
+        "blk.0.attn_q.weight"
+    );
     let f = by_gguf_arch("gemma3").unwrap();
-    let e = f.map_module("model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj").unwrap_err();
+    let e = f
+        .map_module("model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj")
+        .unwrap_err();
     assert!(matches!(e, MapError::NotText { .. }), "{e}");
 }
 
 #[test]
 fn unmapped_lists_examples() {
     let f = by_gguf_arch("llama").unwrap();
-    let e = f.map_module("model.layers.0.self_attn.rotary_emb").unwrap_err();
-    assert!(e.to_string().contains("`model.layers.{bid}.self_attn.q_proj`"), "{e}");
+    let e = f
+        .map_module("model.layers.0.self_attn.rotary_emb")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`model.layers.{bid}.self_attn.q_proj`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn deepseek_kv_b_refused_and_mla_marked_no_effect() {
     let f = by_gguf_arch("deepseek2").unwrap();
-    let e = f.map_module("model.layers.0.self_attn.kv_b_proj").unwrap_err();
+    let e = f
+        .map_module("model.layers.0.self_attn.kv_b_proj")
+        .unwrap_err();
     assert!(matches!(e, MapError::Unsupported { .. }), "{e}");
     assert!(f.no_effect("blk.4.attn_q_a.weight"));
     assert!(!f.no_effect("blk.4.attn_output.weight"));
@@ -124,7 +263,10 @@ fn geometry_reads_nested_text_config_and_falcon_kv_default() {
     )
     .unwrap();
     assert_eq!(g.gguf_arch.as_deref(), Some("gemma3"));
-    assert_eq!((g.n_head, g.n_head_kv, g.n_vocab, g.tie_word_embeddings), (Some(4), Some(1), Some(262144), Some(true)));
+    assert_eq!(
+        (g.n_head, g.n_head_kv, g.n_vocab, g.tie_word_embeddings),
+        (Some(4), Some(1), Some(262144), Some(true))
+    );
     let g = geometry::from_json(
         r#"{"architectures":["FalconForCausalLM"],"num_attention_heads":8,"hidden_size":64}"#,
         Path::new("config.json"),

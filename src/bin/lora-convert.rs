@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use lora_gguf::convert::{self, OutType, Options, Summary};
+use lora_gguf::convert::{self, Options, OutType, Summary};
 
 /// Convert a PEFT LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the base.
 #[derive(Parser, Debug)]
@@ -129,14 +129,25 @@ fn print_summary(s: &Summary, verbose: bool) {
         eprintln!("warning: {w}");
     }
     let ranks: Vec<String> = s.ranks.iter().map(ToString::to_string).collect();
-    let scalings: Vec<String> = s.scalings.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+    let scalings: Vec<String> = s
+        .scalings
+        .iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect();
     let types: Vec<String> = s.types.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
     println!("wrote {} ({} bytes)", s.output.display(), s.bytes);
     println!("  family    {} (checked against {})", s.arch, s.base);
     println!("  pairs     {} (rank {})", s.pairs, ranks.join(", "));
-    println!("  scaling   PEFT s = {}; adapter.lora.alpha = {}", scalings.join(", "), s.alpha);
+    println!(
+        "  scaling   PEFT s = {}; adapter.lora.alpha = {}",
+        scalings.join(", "),
+        s.alpha
+    );
     if s.folded > 0 {
-        println!("            {} pairs carry their own factor folded into lora_b (per-module scaling)", s.folded);
+        println!(
+            "            {} pairs carry their own factor folded into lora_b (per-module scaling)",
+            s.folded
+        );
     }
     println!("  tensors   {}", types.join(", "));
     if let Some(v) = &s.verify {
@@ -146,7 +157,11 @@ fn print_summary(s: &Summary, verbose: bool) {
             v.worst_error,
             v.worst_target,
             v.worst_ratio * 100.0,
-            if v.probed > 0 { format!("; {} large targets checked through probe vectors", v.probed) } else { String::new() }
+            if v.probed > 0 {
+                format!("; {} large targets checked through probe vectors", v.probed)
+            } else {
+                String::new()
+            }
         );
     }
     let _ = verbose;

@@ -63,7 +63,10 @@ impl BaseModel {
     /// Read a base model GGUF header (no weights).
     pub fn from_gguf(path: &Path) -> Result<Self, BaseError> {
         let file = GgufFile::open(path)?;
-        let not_a_model = |what: String| BaseError::NotAModel { path: path.to_path_buf(), what };
+        let not_a_model = |what: String| BaseError::NotAModel {
+            path: path.to_path_buf(),
+            what,
+        };
         if file.get_str(keys::GENERAL_TYPE) == Some("adapter") {
             return Err(not_a_model(
                 "this is a LoRA adapter, not a base model — pass the model the adapter was trained on".into(),
@@ -71,19 +74,33 @@ impl BaseModel {
         }
         let arch = file
             .architecture()
-            .ok_or_else(|| not_a_model("no `general.architecture` key: not a llama.cpp model file".into()))?
+            .ok_or_else(|| {
+                not_a_model("no `general.architecture` key: not a llama.cpp model file".into())
+            })?
             .to_string();
-        let tensors: BTreeMap<String, Vec<u64>> =
-            file.tensors.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
+        let tensors: BTreeMap<String, Vec<u64>> = file
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone()))
+            .collect();
         let n_head = uniform_u64(&file, &keys::arch_key(&arch, "attention.head_count"));
-        let n_head_kv = uniform_u64(&file, &keys::arch_key(&arch, "attention.head_count_kv")).or(n_head);
+        let n_head_kv =
+            uniform_u64(&file, &keys::arch_key(&arch, "attention.head_count_kv")).or(n_head);
         let heads = match (n_head, n_head_kv) {
-            (Some(q), Some(kv)) => Some(HeadCounts { n_head: to_u32(q), n_head_kv: to_u32(kv) }),
+            (Some(q), Some(kv)) => Some(HeadCounts {
+                n_head: to_u32(q),
+                n_head_kv: to_u32(kv),
+            }),
             _ => None,
         };
-        let n_vocab = tensors.get("token_embd.weight").and_then(|d| d.get(1).copied());
-        let n_expert = file.get_u64(&keys::arch_key(&arch, "expert_count")).filter(|&e| e > 0);
-        let tied = tensors.contains_key("token_embd.weight") && !tensors.contains_key("output.weight");
+        let n_vocab = tensors
+            .get("token_embd.weight")
+            .and_then(|d| d.get(1).copied());
+        let n_expert = file
+            .get_u64(&keys::arch_key(&arch, "expert_count"))
+            .filter(|&e| e > 0);
+        let tied =
+            tensors.contains_key("token_embd.weight") && !tensors.contains_key("output.weight");
         Ok(BaseModel {
             source: BaseSource::Gguf(path.to_path_buf()),
             gguf_arch: Some(arch),
@@ -99,7 +116,10 @@ impl BaseModel {
     /// Read a Hugging Face `config.json` (or the directory holding it).
     pub fn from_hf_config(path: &Path) -> Result<Self, BaseError> {
         let g: Geometry = geometry::from_hf_config(path)?;
-        let heads = g.n_head.map(|q| HeadCounts { n_head: q, n_head_kv: g.n_head_kv.unwrap_or(q) });
+        let heads = g.n_head.map(|q| HeadCounts {
+            n_head: q,
+            n_head_kv: g.n_head_kv.unwrap_or(q),
+        });
         Ok(BaseModel {
             source: BaseSource::HfConfig(path.to_path_buf()),
             gguf_arch: g.gguf_arch,
@@ -127,7 +147,11 @@ fn uniform_u64(file: &GgufFile, key: &str) -> Option<u64> {
         return Some(x);
     }
     let arr = v.as_array()?;
-    let mut values = arr.values.iter().filter_map(|v| v.as_u64()).filter(|&x| x > 0);
+    let mut values = arr
+        .values
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .filter(|&x| x > 0);
     let first = values.next()?;
     values.all(|x| x == first).then_some(first)
 }

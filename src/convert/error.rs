@@ -141,7 +141,9 @@ pub enum ConvertError {
         n_expert: u64,
     },
     /// Expert LoRAs of one stacked tensor with different ranks cannot be stacked.
-    #[error("`{target}`: experts have different LoRA ranks ({ranks}); a stacked GGUF tensor needs one rank")]
+    #[error(
+        "`{target}`: experts have different LoRA ranks ({ranks}); a stacked GGUF tensor needs one rank"
+    )]
     ExpertRanks {
         /// The GGUF target.
         target: String,
@@ -149,7 +151,9 @@ pub enum ConvertError {
         ranks: String,
     },
     /// Two PEFT modules map to the same GGUF tensor.
-    #[error("modules `{first}` and `{second}` both map to `{target}`; a GGUF adapter holds one pair per tensor")]
+    #[error(
+        "modules `{first}` and `{second}` both map to `{target}`; a GGUF adapter holds one pair per tensor"
+    )]
     DuplicateTarget {
         /// The GGUF target.
         target: String,
@@ -159,7 +163,9 @@ pub enum ConvertError {
         second: String,
     },
     /// The module's kind does not fit the target (an embedding LoRA on a linear weight or the reverse).
-    #[error("module `{module}` → `{target}`: a {found} LoRA pair cannot target a {expected} tensor")]
+    #[error(
+        "module `{module}` → `{target}`: a {found} LoRA pair cannot target a {expected} tensor"
+    )]
     KindMismatch {
         /// The PEFT module path.
         module: String,

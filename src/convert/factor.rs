@@ -49,7 +49,11 @@ pub fn apply_rows(
 
 /// For every output row, the input row it comes from. Every transform llama.cpp applies to LoRA-able weights is a
 /// row gather, so one index table describes it; `apply_rows` and the verifier share it.
-pub fn row_sources(t: RowTransform, rows: usize, heads: HeadCounts) -> Result<Vec<usize>, RowsMismatch> {
+pub fn row_sources(
+    t: RowTransform,
+    rows: usize,
+    heads: HeadCounts,
+) -> Result<Vec<usize>, RowsMismatch> {
     let n_head = heads.n_head as usize;
     let n_kv = heads.n_head_kv as usize;
     match t {
@@ -144,7 +148,12 @@ struct GroupedQkv {
     hd: usize,
 }
 
-fn grouped_qkv(rows: usize, n_head: usize, n_kv: usize, transform: &'static str) -> Result<GroupedQkv, RowsMismatch> {
+fn grouped_qkv(
+    rows: usize,
+    n_head: usize,
+    n_kv: usize,
+    transform: &'static str,
+) -> Result<GroupedQkv, RowsMismatch> {
     let bad = || RowsMismatch {
         transform,
         rows,
@@ -159,7 +168,11 @@ fn grouped_qkv(rows: usize, n_head: usize, n_kv: usize, transform: &'static str)
         return Err(bad());
     }
     let hd = rows / (n_kv * per_group_heads);
-    Ok(GroupedQkv { groups: n_kv, q_per_kv, hd })
+    Ok(GroupedQkv {
+        groups: n_kv,
+        q_per_kv,
+        hd,
+    })
 }
 
 impl GroupedQkv {
@@ -214,26 +227,38 @@ pub fn scale_in_place(m: &mut [f32], factor: f32) {
 mod tests {
     use super::*;
 
-    const H: HeadCounts = HeadCounts { n_head: 4, n_head_kv: 2 };
+    const H: HeadCounts = HeadCounts {
+        n_head: 4,
+        n_head_kv: 2,
+    };
 
     /// numpy reference: w.reshape(n, 2, rows//n//2).swapaxes(1, 2).reshape(rows) on arange(rows)
     #[test]
     fn llama_rope_matches_numpy_reference() {
         // n = 2 heads of 8 rows: numpy gives [0,4,1,5,2,6,3,7, 8,12,9,13,10,14,11,15]
         let s = row_sources(RowTransform::LlamaRope(Heads::KeyValue), 16, H).unwrap();
-        assert_eq!(s, vec![0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]);
+        assert_eq!(
+            s,
+            vec![0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]
+        );
     }
 
     #[test]
     fn llama_rope_rejects_rows_not_divisible_by_heads() {
         let err = row_sources(RowTransform::LlamaRope(Heads::Query), 12, H).unwrap_err();
-        assert_eq!(err.to_string(), "rotary q/k permutation: 12 output rows do not split into 4 heads of even size");
+        assert_eq!(
+            err.to_string(),
+            "rotary q/k permutation: 12 output rows do not split into 4 heads of even size"
+        );
     }
 
     /// numpy: qkv = arange(3*nh*hd).reshape(nh, 3, hd); cat(qkv[:,0], qkv[:,1], qkv[:,2]) with nh=2, hd=2
     #[test]
     fn neox_qkv_matches_numpy_reference() {
-        let h = HeadCounts { n_head: 2, n_head_kv: 2 };
+        let h = HeadCounts {
+            n_head: 2,
+            n_head_kv: 2,
+        };
         let s = row_sources(RowTransform::NeoxQkv, 12, h).unwrap();
         assert_eq!(s, vec![0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]);
     }
@@ -248,13 +273,25 @@ mod tests {
     #[test]
     fn internlm2_split_takes_a_part_then_permutes() {
         // groups of (2 q heads, k, v) with hd = 2: rows per group 8.
-        let v = RowTransform::InternLm2Qkv { part: QkvPart::V, rope: false };
+        let v = RowTransform::InternLm2Qkv {
+            part: QkvPart::V,
+            rope: false,
+        };
         assert_eq!(row_sources(v, 16, H).unwrap(), vec![6, 7, 14, 15]);
-        let k = RowTransform::InternLm2Qkv { part: QkvPart::K, rope: true };
+        let k = RowTransform::InternLm2Qkv {
+            part: QkvPart::K,
+            rope: true,
+        };
         // k rows [4,5,12,13]; permutation with 2 heads of hd 2 is the identity (hd/2 = 1)
         assert_eq!(row_sources(k, 16, H).unwrap(), vec![4, 5, 12, 13]);
-        let q = RowTransform::InternLm2Qkv { part: QkvPart::Q, rope: false };
-        assert_eq!(row_sources(q, 16, H).unwrap(), vec![0, 1, 2, 3, 8, 9, 10, 11]);
+        let q = RowTransform::InternLm2Qkv {
+            part: QkvPart::Q,
+            rope: false,
+        };
+        assert_eq!(
+            row_sources(q, 16, H).unwrap(),
+            vec![0, 1, 2, 3, 8, 9, 10, 11]
+        );
     }
 
     #[test]

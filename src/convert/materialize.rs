@@ -16,7 +16,11 @@ pub struct Factors {
 }
 
 /// Build the output factors of `pair`.
-pub fn materialize(adapter: &Adapter, pair: &PlannedPair, heads: HeadCounts) -> Result<Factors, ConvertError> {
+pub fn materialize(
+    adapter: &Adapter,
+    pair: &PlannedPair,
+    heads: HeadCounts,
+) -> Result<Factors, ConvertError> {
     let (r, inp, out) = (pair.rank, pair.in_features, pair.out_features);
     let mut a_src = Vec::new();
     let mut b_src = Vec::new();
@@ -26,7 +30,16 @@ pub fn materialize(adapter: &Adapter, pair: &PlannedPair, heads: HeadCounts) -> 
             let p = &adapter.pairs[s.pair];
             adapter.tensor_f32(&p.a, &mut a_src)?;
             adapter.tensor_f32(&p.b, &mut b_src)?;
-            let b = transformed_b(&b_src, p.b.shape[0], r, s.rows, s.fold, heads, &pair.target, &p.module)?;
+            let b = transformed_b(
+                &b_src,
+                p.b.shape[0],
+                r,
+                s.rows,
+                s.fold,
+                heads,
+                &pair.target,
+                &p.module,
+            )?;
             Ok(Factors { a: a_src, b })
         }
         PairShape::Embedding { vocab } => {
@@ -35,9 +48,22 @@ pub fn materialize(adapter: &Adapter, pair: &PlannedPair, heads: HeadCounts) -> 
             adapter.tensor_f32(&p.a, &mut a_src)?;
             adapter.tensor_f32(&p.b, &mut b_src)?;
             let a_vocab = p.a.shape[1];
-            let a = if vocab < a_vocab { factor::keep_columns(&a_src, r, a_vocab, vocab) } else { a_src };
+            let a = if vocab < a_vocab {
+                factor::keep_columns(&a_src, r, a_vocab, vocab)
+            } else {
+                a_src
+            };
             let a = factor::transpose(&a, r, vocab);
-            let b = transformed_b(&b_src, p.b.shape[0], r, s.rows, s.fold, heads, &pair.target, &p.module)?;
+            let b = transformed_b(
+                &b_src,
+                p.b.shape[0],
+                r,
+                s.rows,
+                s.fold,
+                heads,
+                &pair.target,
+                &p.module,
+            )?;
             Ok(Factors { a, b })
         }
         PairShape::Experts { n_expert } => {
@@ -48,7 +74,16 @@ pub fn materialize(adapter: &Adapter, pair: &PlannedPair, heads: HeadCounts) -> 
                 let p = &adapter.pairs[s.pair];
                 adapter.tensor_f32(&p.a, &mut a_src)?;
                 adapter.tensor_f32(&p.b, &mut b_src)?;
-                let bt = transformed_b(&b_src, p.b.shape[0], r, s.rows, s.fold, heads, &pair.target, &p.module)?;
+                let bt = transformed_b(
+                    &b_src,
+                    p.b.shape[0],
+                    r,
+                    s.rows,
+                    s.fold,
+                    heads,
+                    &pair.target,
+                    &p.module,
+                )?;
                 a[e * r * inp..(e + 1) * r * inp].copy_from_slice(&a_src);
                 b[e * out * r..(e + 1) * out * r].copy_from_slice(&bt);
             }
@@ -68,11 +103,12 @@ fn transformed_b(
     target: &str,
     module: &str,
 ) -> Result<Vec<f32>, ConvertError> {
-    let mut out = factor::apply_rows(t, b, rows, rank, heads).map_err(|source| ConvertError::Rows {
-        module: module.to_string(),
-        target: target.to_string(),
-        source,
-    })?;
+    let mut out =
+        factor::apply_rows(t, b, rows, rank, heads).map_err(|source| ConvertError::Rows {
+            module: module.to_string(),
+            target: target.to_string(),
+            source,
+        })?;
     factor::scale_in_place(&mut out, fold as f32);
     Ok(out)
 }

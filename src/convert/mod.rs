@@ -77,29 +77,38 @@ pub struct Summary {
 /// Convert one adapter. On error nothing is left at `opts.output`.
 pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
     if opts.output.exists() && !opts.force {
-        return Err(ConvertError::OutputExists { path: opts.output.clone() });
+        return Err(ConvertError::OutputExists {
+            path: opts.output.clone(),
+        });
     }
     let adapter = peft::open(&opts.adapter_dir)?;
     let base = resolve_base(opts, &adapter)?;
     let family = resolve_family(opts.arch.as_deref(), &base)?;
     let plan = plan::plan(&adapter, family, &base, opts.outtype)?;
-    let heads = base.heads.unwrap_or(HeadCounts { n_head: 1, n_head_kv: 1 });
+    let heads = base.heads.unwrap_or(HeadCounts {
+        n_head: 1,
+        n_head_kv: 1,
+    });
 
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;
-        let bytes = write::write_atomically(&opts.output, opts.force, &plan, &adapter, heads, |tmp| {
-            if opts.verify {
-                report = Some(verify::verify(tmp, &plan, &adapter, heads)?);
-            }
-            Ok(())
-        })?;
+        let bytes =
+            write::write_atomically(&opts.output, opts.force, &plan, &adapter, heads, |tmp| {
+                if opts.verify {
+                    report = Some(verify::verify(tmp, &plan, &adapter, heads)?);
+                }
+                Ok(())
+            })?;
         Ok((bytes, report))
     };
     let (bytes, verify) = match opts.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build()
-            .map_err(|e| ConvertError::Io { path: opts.output.clone(), source: std::io::Error::other(e) })?
+            .map_err(|e| ConvertError::Io {
+                path: opts.output.clone(),
+                source: std::io::Error::other(e),
+            })?
             .install(run)?,
         None => run()?,
     };
@@ -121,7 +130,9 @@ pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, Conv
         (None, Some(config)) => Ok(BaseModel::from_hf_config(config)?),
         (None, None) => {
             let why = match adapter.config.base_model_name_or_path.as_deref() {
-                None | Some("") => "adapter_config.json has no `base_model_name_or_path`".to_string(),
+                None | Some("") => {
+                    "adapter_config.json has no `base_model_name_or_path`".to_string()
+                }
                 Some(name) => {
                     let dir = resolve_relative(&adapter.dir, name);
                     if dir.join("config.json").is_file() {
@@ -140,11 +151,18 @@ pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, Conv
 
 fn resolve_relative(adapter_dir: &Path, name: &str) -> PathBuf {
     let p = PathBuf::from(name);
-    if p.is_absolute() || p.exists() { p } else { adapter_dir.join(p) }
+    if p.is_absolute() || p.exists() {
+        p
+    } else {
+        adapter_dir.join(p)
+    }
 }
 
 /// Pick the family from `--arch` and the base, refusing disagreement.
-pub fn resolve_family(requested: Option<&str>, base: &BaseModel) -> Result<&'static arch::Family, ConvertError> {
+pub fn resolve_family(
+    requested: Option<&str>,
+    base: &BaseModel,
+) -> Result<&'static arch::Family, ConvertError> {
     let base_arch = base.gguf_arch.as_deref();
     if let (Some(req), Some(b)) = (requested, base_arch) {
         if req != b {
@@ -154,15 +172,26 @@ pub fn resolve_family(requested: Option<&str>, base: &BaseModel) -> Result<&'sta
             });
         }
     }
-    let supported = || arch::families().map(|f| f.gguf_arch).collect::<Vec<_>>().join(", ");
+    let supported = || {
+        arch::families()
+            .map(|f| f.gguf_arch)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let name = match requested.or(base_arch) {
         Some(n) => n,
         None => {
             let what = match &base.hf_architecture {
-                Some(hf) => format!("`{hf}` (from {}) is not a text architecture llama.cpp converts", base.describe()),
+                Some(hf) => format!(
+                    "`{hf}` (from {}) is not a text architecture llama.cpp converts",
+                    base.describe()
+                ),
                 None => format!("{} names no architecture", base.describe()),
             };
-            return Err(ConvertError::UnknownArchitecture { what, supported: supported() });
+            return Err(ConvertError::UnknownArchitecture {
+                what,
+                supported: supported(),
+            });
         }
     };
     arch::by_gguf_arch(name).ok_or_else(|| ConvertError::UnknownArchitecture {
@@ -181,7 +210,9 @@ fn summarize(
 ) -> Summary {
     let mut scalings = BTreeMap::new();
     for p in &adapter.pairs {
-        *scalings.entry(format!("{}", p.scaling.factor())).or_insert(0) += 1;
+        *scalings
+            .entry(format!("{}", p.scaling.factor()))
+            .or_insert(0) += 1;
     }
     let mut types = BTreeMap::new();
     for p in &plan.pairs {
@@ -196,7 +227,11 @@ fn summarize(
         pairs: plan.pairs.len(),
         ranks: plan.pairs.iter().map(|p| p.rank).collect(),
         scalings,
-        folded: plan.pairs.iter().filter(|p| p.sources.iter().any(|s| (s.fold as f32) != 1.0)).count(),
+        folded: plan
+            .pairs
+            .iter()
+            .filter(|p| p.sources.iter().any(|s| (s.fold as f32) != 1.0))
+            .count(),
         types,
         bytes,
         warnings: plan.warnings.clone(),

@@ -124,7 +124,9 @@ pub fn plan(
     outtype: OutType,
 ) -> Result<Plan, ConvertError> {
     if adapter.pairs.is_empty() {
-        return Err(ConvertError::Empty { dir: adapter.dir.clone() });
+        return Err(ConvertError::Empty {
+            dir: adapter.dir.clone(),
+        });
     }
     let mut warnings = Vec::new();
     let alpha = choose_alpha(&adapter.pairs);
@@ -134,13 +136,22 @@ pub fn plan(
     for (index, pair) in adapter.pairs.iter().enumerate() {
         let targets = family
             .map_module(&pair.module)
-            .map_err(|source| ConvertError::Map { module: pair.module.clone(), source })?;
+            .map_err(|source| ConvertError::Map {
+                module: pair.module.clone(),
+                source,
+            })?;
         let peft_scaling = pair.scaling.factor();
         let c = peft_scaling * pair.rank as f64;
         let fold = c / f64::from(alpha);
         for target in targets {
             check_tied(pair, &target, base)?;
-            let source = PlannedSource { pair: index, expert: None, rows: target.rows, peft_scaling, fold };
+            let source = PlannedSource {
+                pair: index,
+                expert: None,
+                rows: target.rows,
+                peft_scaling,
+                fold,
+            };
             let planned = plan_one(pair, &target, base, source)?;
             if family.no_effect(&target.name) {
                 warnings.push(format!(
@@ -150,7 +161,9 @@ pub fn plan(
                 ));
             }
             match (planned.shape, by_target.get(&target.name)) {
-                (PairShape::Experts { .. }, Some(&at)) => merge_expert(&mut pairs[at], planned, &adapter.pairs)?,
+                (PairShape::Experts { .. }, Some(&at)) => {
+                    merge_expert(&mut pairs[at], planned, &adapter.pairs)?
+                }
                 (_, Some(&at)) => {
                     let first = adapter.pairs[pairs[at].sources[0].pair].module.clone();
                     return Err(ConvertError::DuplicateTarget {
@@ -186,12 +199,25 @@ pub fn plan(
                 }
             }
         }
-        p.a = TensorSpec { name: format!("{}.lora_a", p.target), dims: a_dims, ggml_type: a_type };
-        p.b = TensorSpec { name: format!("{}.lora_b", p.target), dims: b_dims, ggml_type: b_type };
+        p.a = TensorSpec {
+            name: format!("{}.lora_a", p.target),
+            dims: a_dims,
+            ggml_type: a_type,
+        };
+        p.b = TensorSpec {
+            name: format!("{}.lora_b", p.target),
+            dims: b_dims,
+            ggml_type: b_type,
+        };
     }
     for p in &pairs {
         if let PairShape::Embedding { vocab } = p.shape {
-            let a_vocab = adapter.pairs[p.sources[0].pair].a.shape.get(1).copied().unwrap_or(vocab);
+            let a_vocab = adapter.pairs[p.sources[0].pair]
+                .a
+                .shape
+                .get(1)
+                .copied()
+                .unwrap_or(vocab);
             if vocab < a_vocab {
                 warnings.push(format!(
                     "`{}`: the adapter covers {a_vocab} vocabulary rows, the base has {vocab}; the padding rows \
@@ -201,7 +227,12 @@ pub fn plan(
             }
         }
     }
-    Ok(Plan { arch: family.gguf_arch, alpha, pairs, warnings })
+    Ok(Plan {
+        arch: family.gguf_arch,
+        alpha,
+        pairs,
+        warnings,
+    })
 }
 
 /// α = the c_m = s_m·r_m shared by the most pairs (ties: the smallest), as f32.
@@ -222,9 +253,16 @@ fn choose_alpha(pairs: &[LoraPair]) -> f32 {
     best.map_or(1.0, |(c, _)| c)
 }
 
-fn heads_for(base: &BaseModel, pair: &LoraPair, target: &Target) -> Result<HeadCounts, ConvertError> {
+fn heads_for(
+    base: &BaseModel,
+    pair: &LoraPair,
+    target: &Target,
+) -> Result<HeadCounts, ConvertError> {
     match target.rows {
-        RowTransform::Identity | RowTransform::Chunk { .. } => Ok(HeadCounts { n_head: 1, n_head_kv: 1 }),
+        RowTransform::Identity | RowTransform::Chunk { .. } => Ok(HeadCounts {
+            n_head: 1,
+            n_head_kv: 1,
+        }),
         _ => base.heads.ok_or_else(|| ConvertError::NeedHeads {
             module: pair.module.clone(),
             target: target.name.clone(),
@@ -242,7 +280,9 @@ fn check_tied(pair: &LoraPair, target: &Target, base: &BaseModel) -> Result<(), 
             "llama.cpp then applies the embedding's LoRA to the output projection too and aborts at the first \
              decode (GGML_ASSERT ggml_can_mul_mat)"
         }
-        "output.weight" => "the base has no `output.weight`, so llama.cpp refuses to load this adapter",
+        "output.weight" => {
+            "the base has no `output.weight`, so llama.cpp refuses to load this adapter"
+        }
         _ => return Ok(()),
     };
     Err(ConvertError::TiedEmbedding {
@@ -262,7 +302,13 @@ fn plan_one(
     let heads = heads_for(base, pair, target)?;
     let (b_rows, rank) = (dim(&pair.b.shape, 0), pair.rank);
     let a_cols = dim(&pair.a.shape, 1);
-    let kind_name = |k: PairKind| if k == PairKind::Embedding { "embedding" } else { "linear" };
+    let kind_name = |k: PairKind| {
+        if k == PairKind::Embedding {
+            "embedding"
+        } else {
+            "linear"
+        }
+    };
     let (expected, is_embedding) = match target.layout {
         Layout::Embedding => ("embedding", true),
         Layout::Linear | Layout::Expert { .. } => ("linear", false),
@@ -275,16 +321,20 @@ fn plan_one(
             found: kind_name(pair.kind),
         });
     }
-    let out_features = factor::output_rows(target.rows, b_rows, heads).map_err(|source| ConvertError::Rows {
-        module: pair.module.clone(),
-        target: target.name.clone(),
-        source,
-    })?;
+    let out_features =
+        factor::output_rows(target.rows, b_rows, heads).map_err(|source| ConvertError::Rows {
+            module: pair.module.clone(),
+            target: target.name.clone(),
+            source,
+        })?;
     let (shape, in_features, expert) = match target.layout {
         Layout::Linear => (PairShape::Linear, a_cols, None),
         Layout::Embedding => {
             let vocab = match base.n_vocab {
-                Some(v) if (v as usize) < a_cols && base.gguf_arch.as_deref().is_some_and(truncates_vocab) => {
+                Some(v)
+                    if (v as usize) < a_cols
+                        && base.gguf_arch.as_deref().is_some_and(truncates_vocab) =>
+                {
                     v as usize
                 }
                 _ => a_cols,
@@ -305,7 +355,11 @@ fn plan_one(
             (PairShape::Experts { n_expert }, a_cols, Some(index))
         }
     };
-    let placeholder = TensorSpec { name: String::new(), dims: Vec::new(), ggml_type: GgmlType::F32 };
+    let placeholder = TensorSpec {
+        name: String::new(),
+        dims: Vec::new(),
+        ggml_type: GgmlType::F32,
+    };
     Ok(PlannedPair {
         target: target.name.clone(),
         block: target.block,
@@ -325,11 +379,25 @@ fn truncates_vocab(arch: &str) -> bool {
     arch.starts_with("gemma")
 }
 
-fn merge_expert(into: &mut PlannedPair, next: PlannedPair, pairs: &[LoraPair]) -> Result<(), ConvertError> {
-    if into.rank != next.rank || into.in_features != next.in_features || into.out_features != next.out_features {
-        let mut ranks: Vec<String> = into.sources.iter().map(|s| pairs[s.pair].rank.to_string()).collect();
+fn merge_expert(
+    into: &mut PlannedPair,
+    next: PlannedPair,
+    pairs: &[LoraPair],
+) -> Result<(), ConvertError> {
+    if into.rank != next.rank
+        || into.in_features != next.in_features
+        || into.out_features != next.out_features
+    {
+        let mut ranks: Vec<String> = into
+            .sources
+            .iter()
+            .map(|s| pairs[s.pair].rank.to_string())
+            .collect();
         ranks.push(next.rank.to_string());
-        return Err(ConvertError::ExpertRanks { target: into.target.clone(), ranks: ranks.join(", ") });
+        return Err(ConvertError::ExpertRanks {
+            target: into.target.clone(),
+            ranks: ranks.join(", "),
+        });
     }
     for s in next.sources {
         if let Some(dup) = into.sources.iter().find(|x| x.expert == s.expert) {
@@ -345,7 +413,12 @@ fn merge_expert(into: &mut PlannedPair, next: PlannedPair, pairs: &[LoraPair]) -
     Ok(())
 }
 
-fn check_experts(p: &PlannedPair, n_expert: usize, base: &BaseModel, pairs: &[LoraPair]) -> Result<(), ConvertError> {
+fn check_experts(
+    p: &PlannedPair,
+    n_expert: usize,
+    base: &BaseModel,
+    pairs: &[LoraPair],
+) -> Result<(), ConvertError> {
     for s in &p.sources {
         let e = s.expert.unwrap_or(0);
         if e >= n_expert {
@@ -366,13 +439,21 @@ fn ggml_dims(p: &PlannedPair) -> (Vec<u64>, Vec<u64>) {
     match p.shape {
         PairShape::Linear => (vec![i, r], vec![r, o]),
         PairShape::Embedding { vocab } => (vec![r, vocab as u64], vec![r, o]),
-        PairShape::Experts { n_expert } => (vec![i, r, n_expert as u64], vec![r, o, n_expert as u64]),
+        PairShape::Experts { n_expert } => {
+            (vec![i, r, n_expert as u64], vec![r, o, n_expert as u64])
+        }
     }
 }
 
 /// Compare the implied base tensor shape with the base GGUF (when we have one).
-fn check_base_shape(p: &mut PlannedPair, base: &BaseModel, pairs: &[LoraPair]) -> Result<(), ConvertError> {
-    let Some(tensors) = &base.tensors else { return Ok(()) };
+fn check_base_shape(
+    p: &mut PlannedPair,
+    base: &BaseModel,
+    pairs: &[LoraPair],
+) -> Result<(), ConvertError> {
+    let Some(tensors) = &base.tensors else {
+        return Ok(());
+    };
     let module = pairs[p.sources[0].pair].module.clone();
     let Some(found) = tensors.get(&p.target) else {
         return Err(ConvertError::TargetMissing {
@@ -389,7 +470,14 @@ fn check_base_shape(p: &mut PlannedPair, base: &BaseModel, pairs: &[LoraPair]) -
         PairShape::Experts { .. } => {
             let e = found.get(2).copied().unwrap_or(0);
             // The stack is as deep as the base's expert count: experts without a LoRA are zero-filled.
-            if let Some(&deepest) = p.sources.iter().filter_map(|s| s.expert).collect::<Vec<_>>().iter().max() {
+            if let Some(&deepest) = p
+                .sources
+                .iter()
+                .filter_map(|s| s.expert)
+                .collect::<Vec<_>>()
+                .iter()
+                .max()
+            {
                 if deepest as u64 >= e {
                     return Err(ConvertError::ExpertCount {
                         module,
@@ -399,7 +487,9 @@ fn check_base_shape(p: &mut PlannedPair, base: &BaseModel, pairs: &[LoraPair]) -
                     });
                 }
             }
-            p.shape = PairShape::Experts { n_expert: e as usize };
+            p.shape = PairShape::Experts {
+                n_expert: e as usize,
+            };
             vec![p.in_features as u64, p.out_features as u64, e]
         }
     };

@@ -35,7 +35,12 @@ pub struct VerifyReport {
 }
 
 /// Check every pair of `plan` in the file at `path` against the adapter.
-pub fn verify(path: &Path, plan: &Plan, adapter: &Adapter, heads: HeadCounts) -> Result<VerifyReport, ConvertError> {
+pub fn verify(
+    path: &Path,
+    plan: &Plan,
+    adapter: &Adapter,
+    heads: HeadCounts,
+) -> Result<VerifyReport, ConvertError> {
     let file = GgufFile::open(path)?;
     let mut report = VerifyReport::default();
     let mut peft_a = Vec::new();
@@ -61,7 +66,13 @@ pub fn verify(path: &Path, plan: &Plan, adapter: &Adapter, heads: HeadCounts) ->
             let Some(source) = source else {
                 // A zero-filled expert must read back as exactly zero.
                 if let Some(i) = a_g.iter().chain(b_g).position(|&x| x != 0.0) {
-                    return Err(fail(pair, i, 0, f64::from(a_g.iter().chain(b_g).nth(i).copied().unwrap_or(0.0)), 0.0));
+                    return Err(fail(
+                        pair,
+                        i,
+                        0,
+                        f64::from(a_g.iter().chain(b_g).nth(i).copied().unwrap_or(0.0)),
+                        0.0,
+                    ));
                 }
                 continue;
             };
@@ -74,9 +85,13 @@ pub fn verify(path: &Path, plan: &Plan, adapter: &Adapter, heads: HeadCounts) ->
                 }
                 _ => peft_a.clone(),
             };
-            let b_ref = factor::apply_rows(source.rows, &peft_b, p.b.shape[0], r, heads).map_err(|source| {
-                ConvertError::Rows { module: p.module.clone(), target: pair.target.clone(), source }
-            })?;
+            let b_ref = factor::apply_rows(source.rows, &peft_b, p.b.shape[0], r, heads).map_err(
+                |source| ConvertError::Rows {
+                    module: p.module.clone(),
+                    target: pair.target.clone(),
+                    source,
+                },
+            )?;
             let check = Check {
                 a_file: &a_g,
                 b_file: b_g,
@@ -112,10 +127,16 @@ fn element_errors(x: &[f32], row_len: usize, ty: GgmlType, fold: f64) -> Vec<f64
         GgmlType::Q8_0 => {
             for row in x.chunks(row_len.max(1)) {
                 for block in row.chunks(32) {
-                    let amax = block.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs() * fold));
+                    let amax = block
+                        .iter()
+                        .fold(0.0f64, |m, &v| m.max(f64::from(v).abs() * fold));
                     // |x − q·f16(d)| ≤ d/2 + 127·d·2⁻¹¹ with d = amax/127, plus the fold's own rounding.
                     let e = amax / 254.0 + amax * 2f64.powi(-11) * 1.01;
-                    out.extend(block.iter().map(|&v| e + f64::from(v).abs() * fold * fold_err));
+                    out.extend(
+                        block
+                            .iter()
+                            .map(|&v| e + f64::from(v).abs() * fold * fold_err),
+                    );
                 }
             }
         }
@@ -173,7 +194,8 @@ impl Check<'_> {
                         row_ref[j] += br * ar;
                         let ea = self.a_err[k * self.inp + j];
                         // eb is in folded units (the runtime factor turns them into ΔW units); see module docs.
-                        row_bound[j] += self.peft * b_abs * ea + self.runtime * eb * (ar.abs() + ea);
+                        row_bound[j] +=
+                            self.peft * b_abs * ea + self.runtime * eb * (ar.abs() + ea);
                     }
                 }
                 for j in 0..self.inp {
@@ -192,7 +214,11 @@ impl Check<'_> {
             for probe in 0..PROBES {
                 let x: Vec<f64> = (0..self.inp).map(|j| probe_value(probe, j)).collect();
                 let ax = |a: &[f32], k: usize| -> f64 {
-                    a[k * self.inp..(k + 1) * self.inp].iter().zip(&x).map(|(&v, &xv)| f64::from(v) * xv).sum()
+                    a[k * self.inp..(k + 1) * self.inp]
+                        .iter()
+                        .zip(&x)
+                        .map(|(&v, &xv)| f64::from(v) * xv)
+                        .sum()
                 };
                 let ax_g: Vec<f64> = (0..self.r).map(|k| ax(self.a_file, k)).collect();
                 let ax_ref: Vec<f64> = (0..self.r).map(|k| ax(self.a_ref, k)).collect();
@@ -206,7 +232,13 @@ impl Check<'_> {
                     })
                     .collect();
                 let ea_x: Vec<f64> = (0..self.r)
-                    .map(|k| self.a_err[k * self.inp..(k + 1) * self.inp].iter().zip(&x).map(|(e, xv)| e * xv.abs()).sum())
+                    .map(|k| {
+                        self.a_err[k * self.inp..(k + 1) * self.inp]
+                            .iter()
+                            .zip(&x)
+                            .map(|(e, xv)| e * xv.abs())
+                            .sum()
+                    })
                     .collect();
                 for i in 0..self.out {
                     let (mut yg, mut yr, mut bound, mut mag) = (0.0, 0.0, 0.0, 0.0);
@@ -215,7 +247,8 @@ impl Check<'_> {
                         yg += f64::from(self.b_file[i * self.r + k]) * self.runtime * ax_g[k];
                         yr += b * self.peft * ax_ref[k];
                         let eb = self.b_err[i * self.r + k];
-                        bound += self.peft * b.abs() * ea_x[k] + self.runtime * eb * (abs_ax[k] + ea_x[k]);
+                        bound += self.peft * b.abs() * ea_x[k]
+                            + self.runtime * eb * (abs_ax[k] + ea_x[k]);
                         mag += (b * self.peft).abs() * abs_ax[k];
                     }
                     let bound = bound + mag * 2f64.powi(-21) + 1e-30;
@@ -244,7 +277,8 @@ impl Check<'_> {
 
 /// A deterministic pseudo-random value in [-1, 1) (splitmix64), so verification is reproducible.
 fn probe_value(probe: usize, j: usize) -> f64 {
-    let mut z = (probe as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_add(0xD1B5_4A32_D192_ED03);
+    let mut z = (probe as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (j as u64).wrapping_add(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;

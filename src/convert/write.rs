@@ -14,16 +14,31 @@ use crate::peft::Adapter;
 /// The metadata written, in order (general.architecture first, as gguf-py does).
 pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
     let mut kv = vec![
-        (keys::GENERAL_ARCHITECTURE.to_string(), Value::String(plan.arch.to_string())),
-        (keys::GENERAL_TYPE.to_string(), Value::String("adapter".into())),
+        (
+            keys::GENERAL_ARCHITECTURE.to_string(),
+            Value::String(plan.arch.to_string()),
+        ),
+        (
+            keys::GENERAL_TYPE.to_string(),
+            Value::String("adapter".into()),
+        ),
         (keys::ADAPTER_TYPE.to_string(), Value::String("lora".into())),
     ];
-    let name = adapter.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = adapter
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !name.is_empty() {
         kv.push((keys::GENERAL_NAME.to_string(), Value::String(name)));
     }
     kv.push((keys::ADAPTER_LORA_ALPHA.to_string(), Value::F32(plan.alpha)));
-    if let Some(tokens) = adapter.config.alora_invocation_tokens.as_ref().filter(|t| !t.is_empty()) {
+    if let Some(tokens) = adapter
+        .config
+        .alora_invocation_tokens
+        .as_ref()
+        .filter(|t| !t.is_empty())
+    {
         kv.push((
             keys::ADAPTER_ALORA_INVOCATION_TOKENS.to_string(),
             Value::Array(gguf::value::Array {
@@ -32,7 +47,10 @@ pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
             }),
         ));
     }
-    kv.push((keys::GENERAL_QUANTIZATION_VERSION.to_string(), Value::U32(2)));
+    kv.push((
+        keys::GENERAL_QUANTIZATION_VERSION.to_string(),
+        Value::U32(2),
+    ));
     kv
 }
 
@@ -43,7 +61,11 @@ pub fn write_gguf<W: Write>(
     adapter: &Adapter,
     heads: HeadCounts,
 ) -> Result<W, ConvertError> {
-    let specs: Vec<gguf::TensorSpec> = plan.pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
+    let specs: Vec<gguf::TensorSpec> = plan
+        .pairs
+        .iter()
+        .flat_map(|p| [p.a.clone(), p.b.clone()])
+        .collect();
     let mut writer = Writer::new(out, &metadata(plan, adapter), &specs)?;
     let mut bytes = Vec::new();
     for pair in &plan.pairs {
@@ -67,15 +89,24 @@ pub fn write_atomically(
     heads: HeadCounts,
     finish: impl FnOnce(&Path) -> Result<(), ConvertError>,
 ) -> Result<u64, ConvertError> {
-    let io = |source| ConvertError::Io { path: path.to_path_buf(), source };
+    let io = |source| ConvertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if path.exists() && !force {
-        return Err(ConvertError::OutputExists { path: path.to_path_buf() });
+        return Err(ConvertError::OutputExists {
+            path: path.to_path_buf(),
+        });
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new().prefix(".lora-convert-").suffix(".tmp").tempfile_in(dir).map_err(io)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".lora-convert-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
     let buffered = BufWriter::with_capacity(1 << 20, tmp.as_file());
     let mut buffered = write_gguf(buffered, plan, adapter, heads)?;
     buffered.flush().map_err(io)?;

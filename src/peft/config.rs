@@ -68,18 +68,35 @@ impl AdapterConfig {
         cfg.check_refusals()?;
 
         let peft_type = cfg.string("peft_type")?.unwrap_or_else(|| "LORA".into());
-        let rank = cfg.rank("r")?.ok_or_else(|| cfg.missing("r", "the LoRA rank"))?;
-        let alpha = cfg.number("lora_alpha")?.ok_or_else(|| cfg.missing("lora_alpha", "the LoRA alpha"))?;
+        let rank = cfg
+            .rank("r")?
+            .ok_or_else(|| cfg.missing("r", "the LoRA rank"))?;
+        let alpha = cfg
+            .number("lora_alpha")?
+            .ok_or_else(|| cfg.missing("lora_alpha", "the LoRA alpha"))?;
         let rank_pattern = cfg.pattern("rank_pattern", |key, v| {
-            v.as_u64().and_then(|r| u32::try_from(r).ok()).filter(|&r| r > 0).ok_or_else(|| {
-                cfg.field(&format!("rank_pattern.{key}"), format!("expected a positive integer rank, found {v}"))
-            })
+            v.as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|&r| r > 0)
+                .ok_or_else(|| {
+                    cfg.field(
+                        &format!("rank_pattern.{key}"),
+                        format!("expected a positive integer rank, found {v}"),
+                    )
+                })
         })?;
         let alpha_pattern = cfg.pattern("alpha_pattern", |key, v| {
-            v.as_f64().ok_or_else(|| cfg.field(&format!("alpha_pattern.{key}"), format!("expected a number, found {v}")))
+            v.as_f64().ok_or_else(|| {
+                cfg.field(
+                    &format!("alpha_pattern.{key}"),
+                    format!("expected a number, found {v}"),
+                )
+            })
         })?;
-        let rank_regexes = compile_patterns(&cfg, "rank_pattern", rank_pattern.iter().map(|(k, _)| k))?;
-        let alpha_regexes = compile_patterns(&cfg, "alpha_pattern", alpha_pattern.iter().map(|(k, _)| k))?;
+        let rank_regexes =
+            compile_patterns(&cfg, "rank_pattern", rank_pattern.iter().map(|(k, _)| k))?;
+        let alpha_regexes =
+            compile_patterns(&cfg, "alpha_pattern", alpha_pattern.iter().map(|(k, _)| k))?;
         let alora_invocation_tokens = match map.get("alora_invocation_tokens") {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(
@@ -87,10 +104,18 @@ impl AdapterConfig {
                     .iter()
                     .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
                     .collect::<Option<Vec<u32>>>()
-                    .ok_or_else(|| cfg.field("alora_invocation_tokens", "expected a list of token ids".into()))?,
+                    .ok_or_else(|| {
+                        cfg.field(
+                            "alora_invocation_tokens",
+                            "expected a list of token ids".into(),
+                        )
+                    })?,
             ),
             Some(other) => {
-                return Err(cfg.field("alora_invocation_tokens", format!("expected a list of token ids, found {other}")));
+                return Err(cfg.field(
+                    "alora_invocation_tokens",
+                    format!("expected a list of token ids, found {other}"),
+                ));
             }
         };
         Ok(AdapterConfig {
@@ -104,7 +129,10 @@ impl AdapterConfig {
             alpha_pattern,
             fan_in_fan_out: cfg.boolean("fan_in_fan_out")?.unwrap_or(false),
             target_modules: map.get("target_modules").filter(|v| !v.is_null()).cloned(),
-            layers_to_transform: map.get("layers_to_transform").filter(|v| !v.is_null()).cloned(),
+            layers_to_transform: map
+                .get("layers_to_transform")
+                .filter(|v| !v.is_null())
+                .cloned(),
             alora_invocation_tokens,
             task_type: cfg.string("task_type")?,
             rank_regexes,
@@ -118,9 +146,15 @@ impl AdapterConfig {
     /// (`utils/other.py`): the FIRST key (in file order) for which `re.match(rf"(.*\.)?({key})$", current_key)`
     /// matches, i.e. the key is a regular expression that must match a whole dotted suffix of the module path.
     pub fn scaling_for(&self, module: &str) -> Scaling {
-        let rank = first_match(&self.rank_regexes, module).map_or(self.rank, |i| self.rank_pattern[i].1);
-        let alpha = first_match(&self.alpha_regexes, module).map_or(self.alpha, |i| self.alpha_pattern[i].1);
-        Scaling { alpha, rank, rslora: self.use_rslora }
+        let rank =
+            first_match(&self.rank_regexes, module).map_or(self.rank, |i| self.rank_pattern[i].1);
+        let alpha = first_match(&self.alpha_regexes, module)
+            .map_or(self.alpha, |i| self.alpha_pattern[i].1);
+        Scaling {
+            alpha,
+            rank,
+            rslora: self.use_rslora,
+        }
     }
 }
 
@@ -138,7 +172,9 @@ fn compile_patterns<'a>(
         Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
             cfg.field(
                 &format!("{name}.{key}"),
-                format!("this key is not a regular expression we can evaluate like Python's `re` ({e})"),
+                format!(
+                    "this key is not a regular expression we can evaluate like Python's `re` ({e})"
+                ),
             )
         })
     })
@@ -152,11 +188,18 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn field(&self, key: &str, message: String) -> Error {
-        Error::ConfigField { path: self.path.to_path_buf(), key: key.to_string(), message }
+        Error::ConfigField {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        }
     }
 
     fn missing(&self, key: &str, what: &str) -> Error {
-        self.field(key, format!("missing ({what}); is this a PEFT LoRA adapter_config.json?"))
+        self.field(
+            key,
+            format!("missing ({what}); is this a PEFT LoRA adapter_config.json?"),
+        )
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
@@ -209,15 +252,25 @@ impl Reader<'_> {
     ) -> Result<Vec<(String, T)>, Error> {
         match self.get(key) {
             None => Ok(Vec::new()),
-            Some(Value::Object(m)) => m.iter().map(|(k, v)| Ok((k.clone(), value(k, v)?))).collect(),
-            Some(other) => Err(self.field(key, format!("expected an object of module pattern → value, found {other}"))),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), value(k, v)?)))
+                .collect(),
+            Some(other) => Err(self.field(
+                key,
+                format!("expected an object of module pattern → value, found {other}"),
+            )),
         }
     }
 
     /// Everything a GGUF LoRA adapter cannot express, checked before anything else.
     fn check_refusals(&self) -> Result<(), Error> {
         let refuse = |key: &str, message: &str| -> Result<(), Error> {
-            Err(Error::Unsupported { path: self.path.to_path_buf(), key: key.to_string(), message: message.to_string() })
+            Err(Error::Unsupported {
+                path: self.path.to_path_buf(),
+                key: key.to_string(),
+                message: message.to_string(),
+            })
         };
         if let Some(t) = self.string("peft_type")? {
             if t != "LORA" {
@@ -250,7 +303,10 @@ impl Reader<'_> {
             )?;
         }
         if self.boolean("lora_bias")? == Some(true) {
-            refuse("lora_bias", "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge")?;
+            refuse(
+                "lora_bias",
+                "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
+            )?;
         }
         if let Some(bias) = self.string("bias")? {
             if bias != "none" {
@@ -321,9 +377,14 @@ mod tests {
 
     #[test]
     fn reads_plain_config_with_float_alpha() {
-        let c = parse(r#"{"peft_type":"LORA","r":8,"lora_alpha":12.5,"base_model_name_or_path":"x"}"#).unwrap();
+        let c =
+            parse(r#"{"peft_type":"LORA","r":8,"lora_alpha":12.5,"base_model_name_or_path":"x"}"#)
+                .unwrap();
         assert_eq!((c.rank, c.alpha, c.use_rslora), (8, 12.5, false));
-        assert_eq!(c.scaling_for("model.layers.0.self_attn.q_proj").factor(), 1.5625);
+        assert_eq!(
+            c.scaling_for("model.layers.0.self_attn.q_proj").factor(),
+            1.5625
+        );
     }
 
     #[test]
@@ -364,7 +425,10 @@ mod tests {
 
     #[test]
     fn rejects_dora() {
-        assert!(refusal(r#"{"r":8,"lora_alpha":16,"use_dora":true}"#).contains("`use_dora` is true: DoRA"));
+        assert!(
+            refusal(r#"{"r":8,"lora_alpha":16,"use_dora":true}"#)
+                .contains("`use_dora` is true: DoRA")
+        );
     }
 
     #[test]
@@ -375,19 +439,28 @@ mod tests {
 
     #[test]
     fn rejects_modules_to_save() {
-        assert!(refusal(r#"{"r":8,"lora_alpha":16,"modules_to_save":["lm_head"]}"#).contains("`modules_to_save`"));
+        assert!(
+            refusal(r#"{"r":8,"lora_alpha":16,"modules_to_save":["lm_head"]}"#)
+                .contains("`modules_to_save`")
+        );
         assert!(parse(r#"{"r":8,"lora_alpha":16,"modules_to_save":[]}"#).is_ok());
     }
 
     #[test]
     fn rejects_unconverted_pissa_but_not_converted() {
-        assert!(refusal(r#"{"r":8,"lora_alpha":16,"init_lora_weights":"pissa_niter_4"}"#).contains("pissa adapter"));
+        assert!(
+            refusal(r#"{"r":8,"lora_alpha":16,"init_lora_weights":"pissa_niter_4"}"#)
+                .contains("pissa adapter")
+        );
         assert!(parse(r#"{"r":8,"lora_alpha":16,"init_lora_weights":true}"#).is_ok());
         assert!(parse(r#"{"r":8,"lora_alpha":16,"init_lora_weights":"gaussian"}"#).is_ok());
     }
 
     #[test]
     fn rejects_bad_pattern_regex() {
-        assert!(refusal(r#"{"r":8,"lora_alpha":16,"rank_pattern":{"(?<=x)q":2}}"#).contains("rank_pattern.(?<=x)q"));
+        assert!(
+            refusal(r#"{"r":8,"lora_alpha":16,"rank_pattern":{"(?<=x)q":2}}"#)
+                .contains("rank_pattern.(?<=x)q")
+        );
     }
 }

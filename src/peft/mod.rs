@@ -93,7 +93,9 @@ pub enum Error {
         message: String,
     },
     /// The safetensors file is truncated or corrupt.
-    #[error("`{path}` is not a valid safetensors file ({source}); the file is truncated or corrupt — copy it again")]
+    #[error(
+        "`{path}` is not a valid safetensors file ({source}); the file is truncated or corrupt — copy it again"
+    )]
     Safetensors {
         /// The file.
         path: PathBuf,
@@ -147,7 +149,9 @@ pub enum Error {
         missing: &'static str,
     },
     /// Factor shapes that do not form a LoRA pair.
-    #[error("`{path}`: module `{module}`: {message} (A `{a_key}` {a_shape:?}, B `{b_key}` {b_shape:?})")]
+    #[error(
+        "`{path}`: module `{module}`: {message} (A `{a_key}` {a_shape:?}, B `{b_key}` {b_shape:?})"
+    )]
     Shape {
         /// The file.
         path: PathBuf,
@@ -204,10 +208,18 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
     let st_path = dir.join(SAFETENSORS_FILE);
     let listing = || {
         let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
-        if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+        if names.is_empty() {
+            "nothing".to_string()
+        } else {
+            names.join(", ")
+        }
     };
     if !dir.is_dir() {
         return Err(Error::Io {
@@ -225,7 +237,9 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
     }
     if !st_path.is_file() {
         if dir.join(PICKLE_FILE).is_file() {
-            return Err(Error::Pickle { path: dir.join(PICKLE_FILE) });
+            return Err(Error::Pickle {
+                path: dir.join(PICKLE_FILE),
+            });
         }
         return Err(Error::MissingFile {
             dir: dir.to_path_buf(),
@@ -234,24 +248,38 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             hint: "point lora-convert at the directory PEFT's save_pretrained wrote",
         });
     }
-    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io { path: config_path.clone(), source })?;
+    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+        path: config_path.clone(),
+        source,
+    })?;
     let config = AdapterConfig::from_json(&text, &config_path)?;
 
-    let file = File::open(&st_path).map_err(|source| Error::Io { path: st_path.clone(), source })?;
+    let file = File::open(&st_path).map_err(|source| Error::Io {
+        path: st_path.clone(),
+        source,
+    })?;
     // SAFETY (of the mapping's contents, not memory safety): the file may change under us; we only read bytes and
     // validate shapes and offsets first, so a concurrent writer can at worst give wrong numbers, never UB in our code.
-    let mmap = map(&file).map_err(|source| Error::Io { path: st_path.clone(), source })?;
-    let st_err = |source| Error::Safetensors { path: st_path.clone(), source };
+    let mmap = map(&file).map_err(|source| Error::Io {
+        path: st_path.clone(),
+        source,
+    })?;
+    let st_err = |source| Error::Safetensors {
+        path: st_path.clone(),
+        source,
+    };
     // `deserialize` checks that the header's offsets cover the data exactly (no gaps, no trailing bytes).
     SafeTensors::deserialize(&mmap).map_err(st_err)?;
     let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(st_err)?;
     let data_start = header_len + 8;
 
     let mut ranges = BTreeMap::new();
-    let mut halves: BTreeMap<(String, PairKind), (Option<TensorRef>, Option<TensorRef>)> = BTreeMap::new();
+    let mut halves: BTreeMap<(String, PairKind), (Option<TensorRef>, Option<TensorRef>)> =
+        BTreeMap::new();
     let mut ignored = Vec::new();
     let mut unknown = Vec::new();
-    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> = metadata.tensors().into_iter().collect();
+    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
+        metadata.tensors().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, info) in tensors {
         let unsupported = |message: &str| Error::UnsupportedTensor {
@@ -265,13 +293,27 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                     Dtype::F32 => SourceDtype::F32,
                     Dtype::F16 => SourceDtype::F16,
                     Dtype::BF16 => SourceDtype::BF16,
-                    other => return Err(Error::Dtype { path: st_path.clone(), key, dtype: format!("{other:?}") }),
+                    other => {
+                        return Err(Error::Dtype {
+                            path: st_path.clone(),
+                            key,
+                            dtype: format!("{other:?}"),
+                        });
+                    }
                 };
                 let (start, end) = info.data_offsets;
                 ranges.insert(key.clone(), (data_start + start, data_start + end));
-                let t = TensorRef { key: key.clone(), dtype, shape: info.shape.clone() };
+                let t = TensorRef {
+                    key: key.clone(),
+                    dtype,
+                    shape: info.shape.clone(),
+                };
                 let slot = halves.entry((module, kind)).or_default();
-                if is_a { slot.0 = Some(t) } else { slot.1 = Some(t) }
+                if is_a {
+                    slot.0 = Some(t)
+                } else {
+                    slot.1 = Some(t)
+                }
             }
             KeyKind::BaseLayerCopy => ignored.push(key),
             KeyKind::DoraMagnitude => {
@@ -281,10 +323,14 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                 ));
             }
             KeyKind::LoraBias => {
-                return Err(unsupported("is a LoRA bias: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge"));
+                return Err(unsupported(
+                    "is a LoRA bias: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
+                ));
             }
             KeyKind::TrainableTokens => {
-                return Err(unsupported("is a trainable-token delta: llama.cpp cannot apply it — merge instead"));
+                return Err(unsupported(
+                    "is a trainable-token delta: llama.cpp cannot apply it — merge instead",
+                ));
             }
             KeyKind::FullWeight => {
                 return Err(unsupported(
@@ -297,8 +343,17 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         }
     }
     if !unknown.is_empty() {
-        let examples = unknown.iter().take(3).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-        return Err(Error::UnknownTensors { path: st_path, count: unknown.len(), examples });
+        let examples = unknown
+            .iter()
+            .take(3)
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::UnknownTensors {
+            path: st_path,
+            count: unknown.len(),
+            examples,
+        });
     }
 
     let mut pairs = Vec::with_capacity(halves.len());
@@ -306,9 +361,21 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
             (Some(_), None) => {
-                return Err(Error::HalfPair { path: st_path, module, present: "lora_A", missing: "lora_B" });
+                return Err(Error::HalfPair {
+                    path: st_path,
+                    module,
+                    present: "lora_A",
+                    missing: "lora_B",
+                });
             }
-            (None, _) => return Err(Error::HalfPair { path: st_path, module, present: "lora_B", missing: "lora_A" }),
+            (None, _) => {
+                return Err(Error::HalfPair {
+                    path: st_path,
+                    module,
+                    present: "lora_B",
+                    missing: "lora_A",
+                });
+            }
         };
         let shape_err = |message: String| Error::Shape {
             path: st_path.clone(),
@@ -335,9 +402,24 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                 scaling.rank
             )));
         }
-        pairs.push(LoraPair { module, kind, a, b, rank: ra, scaling });
+        pairs.push(LoraPair {
+            module,
+            kind,
+            a,
+            b,
+            rank: ra,
+            scaling,
+        });
     }
-    Ok(Adapter { dir: dir.to_path_buf(), config, pairs, ignored, path: st_path, mmap, ranges })
+    Ok(Adapter {
+        dir: dir.to_path_buf(),
+        config,
+        pairs,
+        ignored,
+        path: st_path,
+        mmap,
+        ranges,
+    })
 }
 
 #[allow(unsafe_code)]
@@ -355,7 +437,10 @@ impl Adapter {
 
     /// Raw little-endian bytes of a tensor.
     pub fn tensor_bytes(&self, t: &TensorRef) -> &[u8] {
-        self.ranges.get(&t.key).and_then(|&(s, e)| self.mmap.get(s..e)).unwrap_or(&[])
+        self.ranges
+            .get(&t.key)
+            .and_then(|&(s, e)| self.mmap.get(s..e))
+            .unwrap_or(&[])
     }
 
     /// A tensor widened exactly to f32 (into `out`, cleared first); NaN or infinity is an error naming the tensor.
@@ -365,18 +450,39 @@ impl Adapter {
         out.reserve(bytes.len() / t.dtype.size());
         match t.dtype {
             SourceDtype::F32 => {
-                out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                out.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
             }
             SourceDtype::F16 => {
-                out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
+                out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                );
             }
             SourceDtype::BF16 => {
-                out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()));
+                out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+                );
             }
         }
         if let Some(index) = out.iter().position(|x| !x.is_finite()) {
-            let what = if out[index].is_nan() { "NaN" } else { "infinity" };
-            return Err(Error::NonFinite { path: self.path.clone(), key: t.key.clone(), what, index });
+            let what = if out[index].is_nan() {
+                "NaN"
+            } else {
+                "infinity"
+            };
+            return Err(Error::NonFinite {
+                path: self.path.clone(),
+                key: t.key.clone(),
+                what,
+                index,
+            });
         }
         Ok(())
     }

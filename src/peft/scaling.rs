@@ -16,7 +16,11 @@ impl Scaling {
     /// The factor, in the same f64 arithmetic as Python.
     pub fn factor(&self) -> f64 {
         let r = f64::from(self.rank);
-        if self.rslora { self.alpha / r.sqrt() } else { self.alpha / r }
+        if self.rslora {
+            self.alpha / r.sqrt()
+        } else {
+            self.alpha / r
+        }
     }
 }
 
@@ -26,14 +30,46 @@ mod tests {
 
     #[test]
     fn plain_is_alpha_over_rank() {
-        assert_eq!(Scaling { alpha: 16.0, rank: 8, rslora: false }.factor(), 2.0);
-        assert_eq!(Scaling { alpha: 12.5, rank: 8, rslora: false }.factor(), 1.5625);
+        assert_eq!(
+            Scaling {
+                alpha: 16.0,
+                rank: 8,
+                rslora: false
+            }
+            .factor(),
+            2.0
+        );
+        assert_eq!(
+            Scaling {
+                alpha: 12.5,
+                rank: 8,
+                rslora: false
+            }
+            .factor(),
+            1.5625
+        );
     }
 
     #[test]
     fn rslora_is_alpha_over_sqrt_rank() {
-        assert_eq!(Scaling { alpha: 16.0, rank: 16, rslora: true }.factor(), 4.0);
+        assert_eq!(
+            Scaling {
+                alpha: 16.0,
+                rank: 16,
+                rslora: true
+            }
+            .factor(),
+            4.0
+        );
         // Python: 16 / math.sqrt(8) == 5.65685424949238
-        assert_eq!(Scaling { alpha: 16.0, rank: 8, rslora: true }.factor(), 5.656_854_249_492_38);
+        assert_eq!(
+            Scaling {
+                alpha: 16.0,
+                rank: 8,
+                rslora: true
+            }
+            .factor(),
+            5.656_854_249_492_38
+        );
     }
 }

@@ -99,7 +99,12 @@ pub fn classify(key: &str) -> KeyKind {
     if parts.contains(&"token_adapter") || rest.contains("trainable_tokens_delta") {
         return KeyKind::TrainableTokens;
     }
-    let lora_at = parts.iter().rposition(|p| matches!(*p, "lora_A" | "lora_B" | "lora_embedding_A" | "lora_embedding_B"));
+    let lora_at = parts.iter().rposition(|p| {
+        matches!(
+            *p,
+            "lora_A" | "lora_B" | "lora_embedding_A" | "lora_embedding_B"
+        )
+    });
     if let Some(i) = lora_at {
         let module = parts[..i].join(".");
         let tail = &parts[i + 1..];
@@ -110,10 +115,22 @@ pub fn classify(key: &str) -> KeyKind {
         let is_a = part.ends_with('A');
         if part.starts_with("lora_embedding") {
             // `lora_embedding_A` or `lora_embedding_A.<adapter name>`
-            return if tail.len() <= 1 { KeyKind::Factor { module, kind: PairKind::Embedding, is_a } } else { KeyKind::Unknown };
+            return if tail.len() <= 1 {
+                KeyKind::Factor {
+                    module,
+                    kind: PairKind::Embedding,
+                    is_a,
+                }
+            } else {
+                KeyKind::Unknown
+            };
         }
         return match tail {
-            ["weight"] | [_, "weight"] => KeyKind::Factor { module, kind: PairKind::Linear, is_a },
+            ["weight"] | [_, "weight"] => KeyKind::Factor {
+                module,
+                kind: PairKind::Linear,
+                is_a,
+            },
             ["bias"] | [_, "bias"] => KeyKind::LoraBias,
             _ => KeyKind::Unknown,
         };
@@ -132,29 +149,69 @@ mod tests {
     use super::*;
 
     fn factor(module: &str, kind: PairKind, is_a: bool) -> KeyKind {
-        KeyKind::Factor { module: module.into(), kind, is_a }
+        KeyKind::Factor {
+            module: module.into(),
+            kind,
+            is_a,
+        }
     }
 
     #[test]
     fn parses_the_key_variants_seen_in_the_wild() {
         let q = "model.layers.0.self_attn.q_proj";
-        assert_eq!(classify(&format!("base_model.model.{q}.lora_A.weight")), factor(q, PairKind::Linear, true));
-        assert_eq!(classify(&format!("{q}.lora_B.weight")), factor(q, PairKind::Linear, false));
-        assert_eq!(classify(&format!("base_model.model.{q}.lora_A.default.weight")), factor(q, PairKind::Linear, true));
+        assert_eq!(
+            classify(&format!("base_model.model.{q}.lora_A.weight")),
+            factor(q, PairKind::Linear, true)
+        );
+        assert_eq!(
+            classify(&format!("{q}.lora_B.weight")),
+            factor(q, PairKind::Linear, false)
+        );
+        assert_eq!(
+            classify(&format!("base_model.model.{q}.lora_A.default.weight")),
+            factor(q, PairKind::Linear, true)
+        );
         let e = "model.embed_tokens";
-        assert_eq!(classify(&format!("base_model.model.{e}.lora_embedding_A")), factor(e, PairKind::Embedding, true));
-        assert_eq!(classify(&format!("{e}.lora_embedding_B.default")), factor(e, PairKind::Embedding, false));
+        assert_eq!(
+            classify(&format!("base_model.model.{e}.lora_embedding_A")),
+            factor(e, PairKind::Embedding, true)
+        );
+        assert_eq!(
+            classify(&format!("{e}.lora_embedding_B.default")),
+            factor(e, PairKind::Embedding, false)
+        );
         let mm = "model.language_model.layers.0.mlp.up_proj";
-        assert_eq!(classify(&format!("base_model.model.{mm}.lora_A.weight")), factor(mm, PairKind::Linear, true));
+        assert_eq!(
+            classify(&format!("base_model.model.{mm}.lora_A.weight")),
+            factor(mm, PairKind::Linear, true)
+        );
     }
 
     #[test]
     fn classifies_what_is_not_a_factor() {
-        assert_eq!(classify("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"), KeyKind::DoraMagnitude);
-        assert_eq!(classify("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"), KeyKind::LoraBias);
-        assert_eq!(classify("base_model.model.model.embed_tokens.base_layer.weight"), KeyKind::BaseLayerCopy);
-        assert_eq!(classify("base_model.model.lm_head.weight"), KeyKind::FullWeight);
-        assert_eq!(classify("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"), KeyKind::TrainableTokens);
-        assert_eq!(classify("base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a"), KeyKind::Unknown);
+        assert_eq!(
+            classify("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
+            KeyKind::DoraMagnitude
+        );
+        assert_eq!(
+            classify("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
+            KeyKind::LoraBias
+        );
+        assert_eq!(
+            classify("base_model.model.model.embed_tokens.base_layer.weight"),
+            KeyKind::BaseLayerCopy
+        );
+        assert_eq!(
+            classify("base_model.model.lm_head.weight"),
+            KeyKind::FullWeight
+        );
+        assert_eq!(
+            classify("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"),
+            KeyKind::TrainableTokens
+        );
+        assert_eq!(
+            classify("base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a"),
+            KeyKind::Unknown
+        );
     }
 }
