@@ -72,7 +72,7 @@ pub fn row_sources(
                 rows,
                 what: format!("3 × {n_head} heads"),
             };
-            if n_head == 0 || rows % (3 * n_head) != 0 {
+            if n_head == 0 || !rows.is_multiple_of(3 * n_head) {
                 return Err(mismatch());
             }
             let hd = rows / (3 * n_head);
@@ -106,7 +106,7 @@ pub fn row_sources(
         }
         RowTransform::Chunk { index, count } => {
             let (index, count) = (index as usize, count as usize);
-            if count == 0 || rows % count != 0 || index >= count {
+            if count == 0 || !rows.is_multiple_of(count) || index >= count {
                 return Err(RowsMismatch {
                     transform: "fused projection split",
                     rows,
@@ -121,7 +121,7 @@ pub fn row_sources(
 
 /// `LlamaModel.permute`: reshape(n, 2, hd/2) → swapaxes(1, 2): out row h·hd + 2i + j ← in row h·hd + j·hd/2 + i.
 fn llama_rope_sources(rows: usize, n: usize) -> Result<Vec<usize>, RowsMismatch> {
-    if n == 0 || rows % (2 * n) != 0 {
+    if n == 0 || !rows.is_multiple_of(2 * n) {
         return Err(RowsMismatch {
             transform: "rotary q/k permutation",
             rows,
@@ -159,12 +159,12 @@ fn grouped_qkv(
         rows,
         what: format!("{n_kv} groups of ({n_head}/{n_kv} query heads + key + value)"),
     };
-    if n_kv == 0 || n_head % n_kv != 0 {
+    if n_kv == 0 || !n_head.is_multiple_of(n_kv) {
         return Err(bad());
     }
     let q_per_kv = n_head / n_kv;
     let per_group_heads = q_per_kv + 2;
-    if rows % (n_kv * per_group_heads) != 0 {
+    if !rows.is_multiple_of(n_kv * per_group_heads) {
         return Err(bad());
     }
     let hd = rows / (n_kv * per_group_heads);

@@ -164,13 +164,13 @@ pub fn resolve_family(
     base: &BaseModel,
 ) -> Result<&'static arch::Family, ConvertError> {
     let base_arch = base.gguf_arch.as_deref();
-    if let (Some(req), Some(b)) = (requested, base_arch) {
-        if req != b {
-            return Err(ConvertError::ArchMismatch {
-                left: format!("--arch is `{req}`"),
-                right: format!("the base {} is `{b}`", base.describe()),
-            });
-        }
+    if let (Some(req), Some(b)) = (requested, base_arch)
+        && req != b
+    {
+        return Err(ConvertError::ArchMismatch {
+            left: format!("--arch is `{req}`"),
+            right: format!("the base {} is `{b}`", base.describe()),
+        });
     }
     let supported = || {
         arch::families()

@@ -37,7 +37,7 @@ impl OutType {
             OutType::F32 => GgmlType::F32,
             OutType::F16 => GgmlType::F16,
             OutType::Bf16 => GgmlType::BF16,
-            OutType::Q8_0 if ne0 % 32 == 0 => GgmlType::Q8_0,
+            OutType::Q8_0 if ne0.is_multiple_of(32) => GgmlType::Q8_0,
             OutType::Q8_0 => GgmlType::F16,
             OutType::Auto => match source {
                 Some(SourceDtype::F16) => GgmlType::F16,
@@ -477,15 +477,14 @@ fn check_base_shape(
                 .collect::<Vec<_>>()
                 .iter()
                 .max()
+                && deepest as u64 >= e
             {
-                if deepest as u64 >= e {
-                    return Err(ConvertError::ExpertCount {
-                        module,
-                        expert: deepest,
-                        base: base.describe(),
-                        n_expert: e,
-                    });
-                }
+                return Err(ConvertError::ExpertCount {
+                    module,
+                    expert: deepest,
+                    base: base.describe(),
+                    n_expert: e,
+                });
             }
             p.shape = PairShape::Experts {
                 n_expert: e as usize,

@@ -87,7 +87,7 @@ ggml_types! {
 /// Bytes of a tensor of `dims` (ggml `ne`), or None on overflow or when ne[0] is not a whole number of blocks.
 pub fn tensor_nbytes(ty: GgmlType, dims: &[u64]) -> Option<u64> {
     let ne0 = *dims.first().unwrap_or(&1);
-    if ne0 % ty.block_size() != 0 {
+    if !ne0.is_multiple_of(ty.block_size()) {
         return None;
     }
     let rows = dims
@@ -167,7 +167,7 @@ pub fn encode_parallel(
 fn check_encodable(ty: GgmlType, len: usize, row_len: usize) -> Result<(), Error> {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Ok(()),
-        GgmlType::Q8_0 if row_len % QK8_0 == 0 && len % QK8_0 == 0 => Ok(()),
+        GgmlType::Q8_0 if row_len.is_multiple_of(QK8_0) && len.is_multiple_of(QK8_0) => Ok(()),
         GgmlType::Q8_0 => Err(Error::BlockSize {
             ty: ty.name(),
             row_len: row_len as u64,

@@ -272,28 +272,28 @@ impl Reader<'_> {
                 message: message.to_string(),
             })
         };
-        if let Some(t) = self.string("peft_type")? {
-            if t != "LORA" {
-                let name = match t.as_str() {
-                    "LOHA" => "LoHa",
-                    "LOKR" => "LoKr",
-                    "IA3" => "IA³",
-                    "ADALORA" => "AdaLoRA",
-                    "VERA" => "VeRA",
-                    "BOFT" => "BOFT",
-                    "OFT" => "OFT",
-                    "FOURIERFT" => "FourierFT",
-                    _ => t.as_str(),
-                };
-                return Err(Error::Unsupported {
-                    path: self.path.to_path_buf(),
-                    key: "peft_type".into(),
-                    message: format!(
-                        "is `{t}` ({name}); llama.cpp only runs LoRA (B·A) adapters — merge this adapter into the \
+        if let Some(t) = self.string("peft_type")?
+            && t != "LORA"
+        {
+            let name = match t.as_str() {
+                "LOHA" => "LoHa",
+                "LOKR" => "LoKr",
+                "IA3" => "IA³",
+                "ADALORA" => "AdaLoRA",
+                "VERA" => "VeRA",
+                "BOFT" => "BOFT",
+                "OFT" => "OFT",
+                "FOURIERFT" => "FourierFT",
+                _ => t.as_str(),
+            };
+            return Err(Error::Unsupported {
+                path: self.path.to_path_buf(),
+                key: "peft_type".into(),
+                message: format!(
+                    "is `{t}` ({name}); llama.cpp only runs LoRA (B·A) adapters — merge this adapter into the \
                          base model and convert the merged model instead"
-                    ),
-                });
-            }
+                ),
+            });
         }
         if self.boolean("use_dora")? == Some(true) {
             refuse(
@@ -308,27 +308,27 @@ impl Reader<'_> {
                 "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
             )?;
         }
-        if let Some(bias) = self.string("bias")? {
-            if bias != "none" {
-                refuse(
-                    "bias",
-                    &format!(
-                        "is `{bias}`: the adapter trains base biases, which a GGUF LoRA cannot carry — retrain with \
+        if let Some(bias) = self.string("bias")?
+            && bias != "none"
+        {
+            refuse(
+                "bias",
+                &format!(
+                    "is `{bias}`: the adapter trains base biases, which a GGUF LoRA cannot carry — retrain with \
                          bias=\"none\", or merge"
-                    ),
-                )?;
-            }
+                ),
+            )?;
         }
-        if let Some(m) = self.get("modules_to_save") {
-            if m.as_array().is_none_or(|a| !a.is_empty()) {
-                refuse(
-                    "modules_to_save",
-                    &format!(
-                        "is {m}: these modules are saved as full weights, and llama.cpp cannot swap full tensors at \
+        if let Some(m) = self.get("modules_to_save")
+            && m.as_array().is_none_or(|a| !a.is_empty())
+        {
+            refuse(
+                "modules_to_save",
+                &format!(
+                    "is {m}: these modules are saved as full weights, and llama.cpp cannot swap full tensors at \
                          run time — merge the adapter into the base, or retrain without modules_to_save"
-                    ),
-                )?;
-            }
+                ),
+            )?;
         }
         if self.get("trainable_token_indices").is_some() {
             refuse(
@@ -336,14 +336,14 @@ impl Reader<'_> {
                 "is set: trainable token deltas are not LoRA and llama.cpp cannot apply them — merge instead",
             )?;
         }
-        if let Some(t) = self.get("target_parameters") {
-            if t.as_array().is_none_or(|a| !a.is_empty()) {
-                refuse(
-                    "target_parameters",
-                    "is set: LoRA on fused 3-D expert parameters (transformers 5 MoE) is not supported yet — target \
+        if let Some(t) = self.get("target_parameters")
+            && t.as_array().is_none_or(|a| !a.is_empty())
+        {
+            refuse(
+                "target_parameters",
+                "is set: LoRA on fused 3-D expert parameters (transformers 5 MoE) is not supported yet — target \
                      per-expert Linear modules, or merge",
-                )?;
-            }
+            )?;
         }
         if let Some(Value::String(init)) = self.get("init_lora_weights") {
             let lower = init.to_ascii_lowercase();

@@ -24,7 +24,10 @@ fn read_f32(path: &Path) -> Vec<f32> {
 }
 
 /// The same metadata and tensors tools/gguf_oracle.py gives gguf-py's GGUFWriter.
-fn tiny_lora() -> (Vec<(String, Value)>, Vec<(TensorSpec, Vec<f32>)>) {
+type Metadata = Vec<(String, Value)>;
+type Tensors = Vec<(TensorSpec, Vec<f32>)>;
+
+fn tiny_lora() -> (Metadata, Tensors) {
     let s = |x: &str| Value::String(x.into());
     let metadata = vec![
         ("general.architecture".into(), s("llama")),
@@ -327,8 +330,6 @@ fn offsets_beyond_4_gib_are_64_bit() {
         ggml_type: GgmlType::F32,
     };
     let h = header_bytes(&[], &[big.clone(), small.clone()]).unwrap();
-    let bytes = std::fs::File::create(tempfile::NamedTempFile::new().unwrap().path()).ok();
-    drop(bytes);
     // Sparse file: header, then a hole up to the end of the second tensor.
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), &h).unwrap();
