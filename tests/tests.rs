@@ -1,1 +1,11 @@
+//! One integration-test binary (ripgrep style). Each module reads like a section of the README.
 
+// Shared helpers: fixture paths, running the binaries, the test model.
+mod common;
+
+// `lora-convert` against every fixture: bytes vs llama.cpp's own converter, refusals, CLI behaviour.
+mod convert_cli;
+
+// Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
+#[cfg(feature = "validate")]
+mod convert_logits;

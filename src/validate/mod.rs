@@ -1,3 +1,5 @@
 //! The drift gate: golden prompts, the llama.cpp engine, metrics, and the verdict.
+pub mod engine;
 pub mod golden;
+pub mod precheck;
 pub mod results;

@@ -36,18 +36,32 @@ pub struct AdapterFit {
 /// Check `adapter` against `base`; all problems are returned, not just the first.
 pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, Vec<Mismatch>> {
     let mut problems = Vec::new();
-    let mut bad = |subject: &str, message: String| problems.push(Mismatch { subject: subject.to_string(), message });
+    let mut bad = |subject: &str, message: String| {
+        problems.push(Mismatch {
+            subject: subject.to_string(),
+            message,
+        })
+    };
 
     match adapter.get_str(keys::GENERAL_TYPE) {
         Some("adapter") => {}
         other => bad(
             keys::GENERAL_TYPE,
-            format!("is {:?}, expected \"adapter\" — is this a model rather than a LoRA adapter?", other.unwrap_or("")),
+            format!(
+                "is {:?}, expected \"adapter\" — is this a model rather than a LoRA adapter?",
+                other.unwrap_or("")
+            ),
         ),
     }
     match adapter.get_str(keys::ADAPTER_TYPE) {
         Some("lora") => {}
-        other => bad(keys::ADAPTER_TYPE, format!("is {:?}, llama.cpp only loads \"lora\"", other.unwrap_or(""))),
+        other => bad(
+            keys::ADAPTER_TYPE,
+            format!(
+                "is {:?}, llama.cpp only loads \"lora\"",
+                other.unwrap_or("")
+            ),
+        ),
     }
     let base_arch = base.architecture().unwrap_or("");
     match adapter.architecture() {
@@ -66,15 +80,22 @@ pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, 
         Some(v) => {
             bad(
                 keys::ADAPTER_LORA_ALPHA,
-                format!("has type {:?}; llama.cpp aborts unless it is FLOAT32 — reconvert the adapter", v.value_type()),
+                format!(
+                    "has type {:?}; llama.cpp aborts unless it is FLOAT32 — reconvert the adapter",
+                    v.value_type()
+                ),
             );
             0.0
         }
     };
 
-    let base_tensors: BTreeMap<&str, &[u64]> =
-        base.tensors.iter().map(|t| (t.name.as_str(), t.dims.as_slice())).collect();
-    let tied = base_tensors.contains_key("token_embd.weight") && !base_tensors.contains_key("output.weight");
+    let base_tensors: BTreeMap<&str, &[u64]> = base
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dims.as_slice()))
+        .collect();
+    let tied = base_tensors.contains_key("token_embd.weight")
+        && !base_tensors.contains_key("output.weight");
     let mut halves: BTreeMap<&str, (Option<&[u64]>, Option<&[u64]>)> = BTreeMap::new();
     for t in &adapter.tensors {
         if let Some(base_name) = t.name.strip_suffix(".lora_a") {
@@ -82,7 +103,10 @@ pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, 
         } else if let Some(base_name) = t.name.strip_suffix(".lora_b") {
             halves.entry(base_name).or_default().1 = Some(&t.dims);
         } else if !t.name.ends_with("_norm.weight") {
-            bad(&t.name, "unexpected tensor name suffix: llama.cpp refuses the adapter".into());
+            bad(
+                &t.name,
+                "unexpected tensor name suffix: llama.cpp refuses the adapter".into(),
+            );
         }
     }
     let mut ranks = Vec::new();
@@ -92,7 +116,13 @@ pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, 
             continue;
         };
         let Some(w) = base_tensors.get(name) else {
-            bad(name, format!("no such tensor in the base ({} tensors, arch `{base_arch}`): wrong base model?", base.tensors.len()));
+            bad(
+                name,
+                format!(
+                    "no such tensor in the base ({} tensors, arch `{base_arch}`): wrong base model?",
+                    base.tensors.len()
+                ),
+            );
             continue;
         };
         if *name == "token_embd.weight" && tied {
@@ -111,12 +141,22 @@ pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, 
             d(w, 0) == d(a, 0) && d(w, 1) == d(b, 1) && d(a, 1) == d(b, 0)
         };
         if !fits {
-            bad(name, format!("lora_a ne {a:?} and lora_b ne {b:?} do not fit the base tensor ne {w:?}"));
+            bad(
+                name,
+                format!("lora_a ne {a:?} and lora_b ne {b:?} do not fit the base tensor ne {w:?}"),
+            );
             continue;
         }
         // llama.cpp does not compare the expert dimension (#29128): a wrong count corrupts memory.
         if w.len() == 3 && (d(a, 2) != d(w, 2) || d(b, 2) != d(w, 2)) {
-            bad(name, format!("the adapter has {} experts, the base has {}", d(a, 2), d(w, 2)));
+            bad(
+                name,
+                format!(
+                    "the adapter has {} experts, the base has {}",
+                    d(a, 2),
+                    d(w, 2)
+                ),
+            );
             continue;
         }
         if !ranks.contains(&d(b, 0)) {
@@ -124,5 +164,13 @@ pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, 
         }
     }
     ranks.sort_unstable();
-    if problems.is_empty() { Ok(AdapterFit { pairs: halves.len(), alpha, ranks }) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(AdapterFit {
+            pairs: halves.len(),
+            alpha,
+            ranks,
+        })
+    } else {
+        Err(problems)
+    }
 }

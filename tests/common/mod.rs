@@ -1,0 +1,79 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `fixtures/cases/<case>`.
+pub fn case_dir(case: &str) -> PathBuf {
+    root().join("fixtures/cases").join(case)
+}
+
+/// `fixtures/cases/<case>/case.json`.
+pub fn case_info(case: &str) -> Value {
+    let text = std::fs::read_to_string(case_dir(case).join("case.json")).expect("case.json");
+    serde_json::from_str(&text).expect("case.json is JSON")
+}
+
+/// The base a case was made on.
+pub fn base_of(case: &str) -> String {
+    case_info(case)["base"].as_str().expect("base").to_string()
+}
+
+/// `fixtures/bases/<base>/base.gguf`.
+pub fn base_gguf(base: &str) -> PathBuf {
+    root().join("fixtures/bases").join(base).join("base.gguf")
+}
+
+/// `fixtures/bases/<base>` (its config.json).
+pub fn base_config(base: &str) -> PathBuf {
+    root().join("fixtures/bases").join(base)
+}
+
+/// Every case directory name with `expect` = `want`.
+pub fn cases(want: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join("fixtures/cases"))
+        .expect("fixtures/cases")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|c| case_info(c)["expect"] == want)
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `lora-convert` binary.
+pub fn lora_convert() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("lora-convert").expect("binary")
+}
+
+/// Read a safetensors file's F32/I32 tensor as f32 values.
+pub fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let t = st.tensor(name).expect("tensor");
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| match t.dtype() {
+            safetensors::Dtype::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
+            _ => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        })
+        .collect();
+    (t.shape().to_vec(), data)
+}
+
+/// Largest absolute elementwise difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

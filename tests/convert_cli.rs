@@ -1,0 +1,210 @@
+//! `lora-convert` on the committed fixtures, without llama.cpp: tensors byte-identical to llama.cpp's own converter
+//! where that converter is right, every refusal with its message and exit status 2, and no file left behind.
+
+use crate::common::*;
+use lora_gguf::gguf::GgufFile;
+
+fn convert(case: &str, outtype: &str, out: &std::path::Path) -> assert_cmd::assert::Assert {
+    let base = base_of(case);
+    lora_convert()
+        .arg(case_dir(case))
+        .arg("-o")
+        .arg(out)
+        .arg("--base")
+        .arg(base_gguf(&base))
+        .arg("--outtype")
+        .arg(outtype)
+        .arg("--verify")
+        .assert()
+}
+
+/// Every tensor (name, order, type, shape, bytes) equals the reference converter's.
+fn assert_same_tensors(ours: &std::path::Path, reference: &std::path::Path) {
+    let a = GgufFile::open(ours).unwrap();
+    let b = GgufFile::open(reference).unwrap();
+    let names = |f: &GgufFile| f.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b), "tensor order");
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((x.ggml_type, &x.dims), (y.ggml_type, &y.dims), "{}", x.name);
+        assert!(
+            a.read_tensor_bytes(&x.name).unwrap() == b.read_tensor_bytes(&y.name).unwrap(),
+            "{} bytes",
+            x.name
+        );
+    }
+    assert_eq!(
+        a.get_f64("adapter.lora.alpha"),
+        b.get_f64("adapter.lora.alpha")
+    );
+    assert_eq!(a.architecture(), b.architecture());
+}
+
+#[test]
+fn tensors_match_llama_cpp_converter_where_it_is_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for case in cases("ok") {
+        for outtype in ["f32", "f16", "bf16", "q8_0"] {
+            let reference = case_dir(&case).join(format!("reference-converter-{outtype}.gguf"));
+            if !reference.exists() {
+                continue;
+            }
+            let out = dir.path().join(format!("{case}-{outtype}.gguf"));
+            convert(&case, outtype, &out).success();
+            assert_same_tensors(&out, &reference);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} reference files found");
+}
+
+#[test]
+fn conversion_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    convert("llama-patterns", "q8_0", &a).success();
+    convert("llama-patterns", "q8_0", &b).success();
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn every_refused_case_exits_2_with_its_reason_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = cases("refused");
+    assert!(refused.len() >= 9, "{refused:?}");
+    for case in refused {
+        let out = dir.path().join(format!("{case}.gguf"));
+        let want = case_info(&case)["error_contains"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let assert = convert(&case, "auto", &out).code(2);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(stderr.starts_with("error: "), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&want),
+            "{case}: expected `{want}` in: {stderr}"
+        );
+        assert!(!out.exists(), "{case}: output left behind");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(
+            leftovers.is_empty(),
+            "{case}: temporary files left behind: {leftovers:?}"
+        );
+    }
+}
+
+#[test]
+fn rslora_alpha_is_scaled_by_sqrt_r() {
+    // r = 16, alpha = 16, use_rslora: PEFT's s = 16/√16 = 4; llama.cpp computes alpha/r, so alpha must be 64.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.gguf");
+    convert("llama-rslora", "f32", &out).success();
+    assert_eq!(
+        GgufFile::open(&out).unwrap().get_f64("adapter.lora.alpha"),
+        Some(64.0)
+    );
+}
+
+#[test]
+fn truncated_safetensors_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    let src = case_dir("llama");
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        adapter.join("adapter_config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        adapter.join("adapter_model.safetensors"),
+        &bytes[..bytes.len() - 100],
+    )
+    .unwrap();
+    let out = dir.path().join("out.gguf");
+    let a = lora_convert()
+        .arg(&adapter)
+        .arg("-o")
+        .arg(&out)
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("adapter_model.safetensors` is not a valid safetensors file"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn wrong_base_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let a = lora_convert()
+        .arg(case_dir("llama"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--base")
+        .arg(base_gguf("qwen2"))
+        .arg("--arch")
+        .arg("llama")
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("architecture mismatch: --arch is `llama` but the base"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn missing_base_says_which_flag_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = lora_convert()
+        .arg(case_dir("llama"))
+        .arg("-o")
+        .arg(dir.path().join("o.gguf"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("`base_model_name_or_path` is `tiny-llama`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pass `--base BASE.gguf`"), "{stderr}");
+}
+
+#[test]
+fn base_config_works_without_a_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    lora_convert()
+        .arg(case_dir("llama"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--base-config")
+        .arg(base_config("llama"))
+        .arg("--outtype")
+        .arg("f32")
+        .assert()
+        .success();
+    assert_same_tensors(
+        &out,
+        &case_dir("llama").join("reference-converter-f32.gguf"),
+    );
+}
+
+#[test]
+fn existing_output_needs_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    std::fs::write(&out, b"keep me").unwrap();
+    let a = convert("llama", "f32", &out).code(2);
+    assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("exists; pass --force"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+}

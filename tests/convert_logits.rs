@@ -1,0 +1,148 @@
+//! The proof that conversion is exact: each fixture adapter, converted by `lora-convert`, loaded in real llama.cpp
+//! on its base, gives the logits PyTorch+PEFT gave — at scale 1.0 and at 0.5 (every PEFT scaling halved).
+//! Tolerance: the adapted logits may differ from PyTorch by at most twice what llama.cpp's base model alone differs
+//! (kernels differ; the adapter must not add error of its own), plus the output type's rounding for f16/bf16/q8_0.
+
+use std::path::Path;
+
+use crate::common::*;
+use lora_gguf::convert::{self, Options, OutType};
+use lora_gguf::validate::engine::logits_for_tokens;
+
+struct Outcome {
+    base_err: f32,
+    err_1: f32,
+    err_05: f32,
+    effect: f32,
+}
+
+fn run(case: &str, outtype: OutType, dir: &Path) -> Outcome {
+    let base = base_of(case);
+    let out = dir.join(format!("{case}-{outtype:?}.gguf"));
+    convert::convert(&Options {
+        adapter_dir: case_dir(case),
+        output: out.clone(),
+        base: Some(base_gguf(&base)),
+        base_config: None,
+        outtype,
+        arch: None,
+        force: true,
+        verify: true,
+        threads: Some(1),
+    })
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let reference = case_dir(case).join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, torch_base) = read_tensor(&reference, "logits_base");
+    let (_, torch_1) = read_tensor(&reference, "logits_scale_1");
+    let (_, torch_05) = read_tensor(&reference, "logits_scale_0_5");
+    let got = logits_for_tokens(&base_gguf(&base), Some(&out), &[1.0, 0.5], &tokens, 2)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    Outcome {
+        base_err: max_abs_diff(&got[0], &torch_base),
+        err_1: max_abs_diff(&got[1], &torch_1),
+        err_05: max_abs_diff(&got[2], &torch_05),
+        effect: max_abs_diff(&torch_1, &torch_base),
+    }
+}
+
+fn check(case: &str, outtype: OutType, extra: f32) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(case, outtype, dir.path());
+    let limit = 2.0 * o.base_err.max(1e-4) + extra;
+    eprintln!(
+        "{case:20} {outtype:?}: base |Δ| {:.2e}, scale 1 |Δ| {:.2e}, scale 0.5 |Δ| {:.2e}, limit {:.2e}, adapter effect {:.2}",
+        o.base_err, o.err_1, o.err_05, limit, o.effect
+    );
+    assert!(
+        o.effect > 0.1,
+        "{case}: the fixture adapter barely moves the logits ({})",
+        o.effect
+    );
+    assert!(
+        o.err_1 <= limit,
+        "{case} {outtype:?} scale 1.0: |Δlogit| {} > {limit}",
+        o.err_1
+    );
+    assert!(
+        o.err_05 <= limit,
+        "{case} {outtype:?} scale 0.5: |Δlogit| {} > {limit}",
+        o.err_05
+    );
+}
+
+macro_rules! family_tests {
+    ($($name:ident => $case:literal,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                check($case, OutType::F32, 0.0);
+            }
+        )*
+    };
+}
+
+family_tests! {
+    llama => "llama",
+    mistral => "mistral",
+    qwen2 => "qwen2",
+    qwen3 => "qwen3",
+    gemma2 => "gemma2",
+    gemma3 => "gemma3",
+    phi3 => "phi3",
+    gptneox => "gptneox",
+    falcon => "falcon",
+    starcoder2 => "starcoder2",
+    gpt2_fan_in_fan_out => "gpt2",
+    granite => "granite",
+    stablelm => "stablelm",
+    olmo2 => "olmo2",
+    llama_rslora => "llama-rslora",
+    llama_rank_and_alpha_patterns => "llama-patterns",
+    llama_embed_tokens_and_lm_head => "llama-embed-lmhead",
+    llama_bf16_adapter => "llama-bf16",
+    llama_f16_adapter => "llama-f16",
+    llama_layers_to_transform => "llama-layers",
+    llama_float_alpha => "llama-float-alpha",
+}
+
+#[test]
+fn llama_output_types_within_their_rounding() {
+    check("llama", OutType::F16, 1e-2);
+    check("llama", OutType::Bf16, 6e-2);
+    check("llama", OutType::Q8_0, 6e-2);
+}
+
+#[test]
+fn every_ok_fixture_has_a_logits_test() {
+    let listed = [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "gptneox",
+        "falcon",
+        "starcoder2",
+        "gpt2",
+        "granite",
+        "stablelm",
+        "olmo2",
+        "llama-rslora",
+        "llama-patterns",
+        "llama-embed-lmhead",
+        "llama-bf16",
+        "llama-f16",
+        "llama-layers",
+        "llama-float-alpha",
+    ];
+    for case in cases("ok") {
+        assert!(
+            listed.contains(&case.as_str()),
+            "fixture `{case}` has no logits test"
+        );
+    }
+}
