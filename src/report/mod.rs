@@ -1,1 +1,515 @@
-//! Reports.
+//! Reports of a validation run: text for people (per-scale table, worst prompts with a word diff), JSON with a
+//! versioned schema (golden-prompts/README.md), JUnit XML (one test case per prompt × scale) and Markdown for a CI
+//! step summary. Every format carries the timings.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use crate::validate::gate::Verdict;
+use crate::validate::golden::GoldenSet;
+use crate::validate::results::RunMeasurements;
+
+/// Version of the JSON report schema; bumped on any incompatible change.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+    /// For CI test views.
+    Junit,
+    /// For CI step summaries.
+    Markdown,
+}
+
+/// What the run was about.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportMeta {
+    /// The base model path.
+    pub base: String,
+    /// Adapter paths with their own scales.
+    pub adapters: Vec<(String, f32)>,
+    /// Tool name and version.
+    pub tool_version: String,
+}
+
+/// Render a report.
+pub fn render(
+    format: Format,
+    set: &GoldenSet,
+    run: &RunMeasurements,
+    verdict: &Verdict,
+    meta: &ReportMeta,
+    color: bool,
+) -> String {
+    match format {
+        Format::Text => text(set, run, verdict, meta, color),
+        Format::Json => {
+            serde_json::to_string_pretty(&json_value(run, verdict, meta)).unwrap_or_default() + "\n"
+        }
+        Format::Junit => junit(run, verdict, meta),
+        Format::Markdown => markdown(run, verdict, meta),
+    }
+}
+
+fn base_text<'a>(run: &'a RunMeasurements, id: &str) -> &'a str {
+    run.base
+        .iter()
+        .find(|b| b.prompt_id == id)
+        .map_or("", |b| b.text.as_str())
+}
+
+/// A word-level diff of base vs adapted text: `[-removed-]{+added+}` or ANSI colours.
+pub fn word_diff(base: &str, adapted: &str, color: bool) -> String {
+    let diff = similar::TextDiff::from_words(base, adapted);
+    let mut out = String::new();
+    for change in diff.iter_all_changes() {
+        let v = change.value();
+        match (change.tag(), color) {
+            (similar::ChangeTag::Equal, _) => out.push_str(v),
+            (similar::ChangeTag::Delete, true) => write!(out, "\x1b[31;9m{v}\x1b[0m").unwrap_or(()),
+            (similar::ChangeTag::Insert, true) => write!(out, "\x1b[32m{v}\x1b[0m").unwrap_or(()),
+            (similar::ChangeTag::Delete, false) => write!(out, "[-{v}-]").unwrap_or(()),
+            (similar::ChangeTag::Insert, false) => write!(out, "{{+{v}+}}").unwrap_or(()),
+        }
+    }
+    out
+}
+
+fn timings_line(run: &RunMeasurements) -> String {
+    let t = &run.timings;
+    let passes: Vec<String> = t
+        .passes
+        .iter()
+        .map(|p| {
+            let name = p.scale.map_or("base".to_string(), |s| format!("×{s}"));
+            format!(
+                "{name} {:.0} prompt tok/s, {:.0} gen tok/s",
+                p.prompt_tokens_per_s, p.gen_tokens_per_s
+            )
+        })
+        .collect();
+    format!(
+        "model load {:.0} ms, adapter load {:.1} ms, adapter switch {:.3} ms, total {:.1} s; {}",
+        t.model_load_ms,
+        t.adapter_load_ms,
+        t.adapter_switch_ms,
+        t.total_ms / 1000.0,
+        passes.join("; ")
+    )
+}
+
+fn text(
+    set: &GoldenSet,
+    run: &RunMeasurements,
+    verdict: &Verdict,
+    meta: &ReportMeta,
+    color: bool,
+) -> String {
+    let mut o = String::new();
+    let adapters: Vec<String> = meta
+        .adapters
+        .iter()
+        .map(|(p, s)| format!("{p} ×{s}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "lora-validate: {} on {}",
+        adapters.join(" + "),
+        meta.base
+    );
+    let _ = writeln!(
+        o,
+        "{} prompts ({} control, {} target); engine self-check max |Δlogit| at scale 0 = {}; noise floor KL = {:.1e}",
+        set.prompts.len(),
+        set.prompts
+            .iter()
+            .filter(|p| p.kind == crate::validate::golden::PromptKind::Control)
+            .count(),
+        set.prompts
+            .iter()
+            .filter(|p| p.kind == crate::validate::golden::PromptKind::Target)
+            .count(),
+        run.scale_zero_max_abs_logit_delta,
+        run.noise_floor_kl_max
+    );
+    let _ = writeln!(
+        o,
+        "\n  scale  control KL mean  control KL max  control top-1  target KL mean  changed  expect-fail"
+    );
+    for s in &verdict.per_scale {
+        let _ = writeln!(
+            o,
+            "  {:>5}  {:>15.4}  {:>14.4}  {:>13.3}  {:>14.4}  {:>6.0}%  {:>11}",
+            s.scale,
+            s.control_kl_mean,
+            s.control_kl_max,
+            s.control_top1,
+            s.target_kl_mean,
+            s.changed_fraction * 100.0,
+            s.expectation_failures
+        );
+    }
+    let top = run
+        .settings
+        .scales
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut worst: Vec<_> = run
+        .measurements
+        .iter()
+        .filter(|m| m.scale == top && m.first_divergence.is_some())
+        .collect();
+    worst.sort_by(|a, b| b.kl_mean.total_cmp(&a.kl_mean));
+    if !worst.is_empty() {
+        let _ = writeln!(o, "\nmost moved prompts at scale {top}:");
+        for m in worst.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  {} (KL mean {:.4}, first divergence at token {}):",
+                m.prompt_id,
+                m.kl_mean,
+                m.first_divergence.unwrap_or(0)
+            );
+            let _ = writeln!(
+                o,
+                "    {}",
+                word_diff(base_text(run, &m.prompt_id), &m.adapted_text, color)
+                    .replace('\n', "\n    ")
+            );
+        }
+    }
+    for w in &verdict.warnings {
+        let _ = writeln!(o, "\nwarning: {w}");
+    }
+    if !verdict.failures.is_empty() {
+        let _ = writeln!(o, "\nfailures:");
+        for f in &verdict.failures {
+            let _ = writeln!(o, "  - {}", f.message);
+        }
+    }
+    let _ = writeln!(o, "\ntimings: {}", timings_line(run));
+    let _ = writeln!(o, "\n{}", if verdict.passed { "PASS" } else { "FAIL" });
+    o
+}
+
+/// The JSON report as a value (schema version `JSON_SCHEMA_VERSION`).
+pub fn json_value(
+    run: &RunMeasurements,
+    verdict: &Verdict,
+    meta: &ReportMeta,
+) -> serde_json::Value {
+    json!({
+        "schema_version": JSON_SCHEMA_VERSION,
+        "tool": meta.tool_version,
+        "base": meta.base,
+        "adapters": meta.adapters.iter().map(|(p, s)| json!({"path": p, "scale": s})).collect::<Vec<_>>(),
+        "passed": verdict.passed,
+        "failures": verdict.failures,
+        "warnings": verdict.warnings,
+        "per_scale": verdict.per_scale,
+        "prompts": verdict.prompts,
+        "measurements": run.measurements,
+        "base_continuations": run.base,
+        "engine": {
+            "settings": run.settings,
+            "scale_zero_max_abs_logit_delta": run.scale_zero_max_abs_logit_delta,
+            "noise_floor_kl_max": run.noise_floor_kl_max,
+        },
+        "timings": run.timings,
+    })
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => {
+                o.push_str(&format!("&#x{:x};", c as u32))
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String {
+    let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let total_failures = verdict.failures.len();
+    let _ = writeln!(
+        o,
+        "<testsuites name=\"lora-validate\" tests=\"{}\" failures=\"{total_failures}\" time=\"{:.3}\">",
+        verdict.prompts.len(),
+        run.timings.total_ms / 1000.0
+    );
+    for s in &run.settings.scales {
+        let cases: Vec<_> = verdict.prompts.iter().filter(|p| p.scale == *s).collect();
+        let fails = cases.iter().filter(|p| !p.passed).count();
+        let _ = writeln!(
+            o,
+            "  <testsuite name=\"scale {s}\" tests=\"{}\" failures=\"{fails}\">",
+            cases.len()
+        );
+        let _ = writeln!(
+            o,
+            "    <properties><property name=\"base\" value=\"{}\"/></properties>",
+            xml_escape(&meta.base)
+        );
+        for c in cases {
+            let m = run
+                .measurements
+                .iter()
+                .find(|m| m.prompt_id == c.prompt_id && m.scale == *s);
+            let _ = write!(
+                o,
+                "    <testcase classname=\"lora-validate.{}\" name=\"{}@{s}\"",
+                xml_escape(&format!("{:?}", c.kind).to_lowercase()),
+                xml_escape(&c.prompt_id)
+            );
+            let messages: Vec<&str> = verdict
+                .failures
+                .iter()
+                .filter(|f| {
+                    f.prompt_id.as_deref() == Some(c.prompt_id.as_str()) && f.scale == Some(*s)
+                })
+                .map(|f| f.message.as_str())
+                .collect();
+            if messages.is_empty() {
+                let _ = writeln!(o, "/>");
+            } else {
+                let _ = writeln!(o, ">");
+                let _ = writeln!(
+                    o,
+                    "      <failure message=\"{}\">{}</failure>",
+                    xml_escape(messages[0]),
+                    xml_escape(&messages.join("\n"))
+                );
+                if let Some(m) = m {
+                    let _ = writeln!(
+                        o,
+                        "      <system-out>{}</system-out>",
+                        xml_escape(&m.adapted_text)
+                    );
+                }
+                let _ = writeln!(o, "    </testcase>");
+            }
+        }
+        let _ = writeln!(o, "  </testsuite>");
+    }
+    let global: Vec<_> = verdict
+        .failures
+        .iter()
+        .filter(|f| f.prompt_id.is_none())
+        .collect();
+    let _ = writeln!(
+        o,
+        "  <testsuite name=\"run\" tests=\"1\" failures=\"{}\">",
+        usize::from(!global.is_empty())
+    );
+    let _ = write!(
+        o,
+        "    <testcase classname=\"lora-validate.run\" name=\"self-check, effect and monotone sweep\""
+    );
+    if global.is_empty() {
+        let _ = writeln!(o, "/>");
+    } else {
+        let msgs: Vec<&str> = global.iter().map(|f| f.message.as_str()).collect();
+        let _ = writeln!(
+            o,
+            ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+            xml_escape(msgs[0]),
+            xml_escape(&msgs.join("\n"))
+        );
+    }
+    let _ = writeln!(o, "  </testsuite>\n</testsuites>");
+    o
+}
+
+fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String {
+    let mut o = String::new();
+    let adapters: Vec<String> = meta
+        .adapters
+        .iter()
+        .map(|(p, s)| format!("`{p}` ×{s}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "### lora-validate: {} — {}\n",
+        if verdict.passed {
+            "✅ pass"
+        } else {
+            "❌ fail"
+        },
+        adapters.join(" + ")
+    );
+    let _ = writeln!(
+        o,
+        "Base `{}`. Engine self-check at scale 0: max |Δlogit| = {}.\n",
+        meta.base, run.scale_zero_max_abs_logit_delta
+    );
+    let _ = writeln!(
+        o,
+        "| scale | control KL mean | control KL max | control top-1 | target KL mean | changed | expectation failures |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|");
+    for s in &verdict.per_scale {
+        let _ = writeln!(
+            o,
+            "| {} | {:.4} | {:.4} | {:.3} | {:.4} | {:.0}% | {} |",
+            s.scale,
+            s.control_kl_mean,
+            s.control_kl_max,
+            s.control_top1,
+            s.target_kl_mean,
+            s.changed_fraction * 100.0,
+            s.expectation_failures
+        );
+    }
+    if !verdict.failures.is_empty() {
+        let _ = writeln!(o, "\n**Failures**\n");
+        for f in &verdict.failures {
+            let _ = writeln!(o, "- {}", f.message.replace('|', "\\|"));
+        }
+    }
+    let _ = writeln!(o, "\n<sub>{}</sub>", timings_line(run));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::gate::{Limits, judge};
+    use crate::validate::golden::{
+        Expectations, GoldenPrompt, Message, PromptKind, PromptLimits, PromptText,
+    };
+    use crate::validate::results::{BaseContinuation, EngineSettings, PromptMeasurement, Timings};
+
+    fn fixture() -> (GoldenSet, RunMeasurements, Verdict, ReportMeta) {
+        let set = GoldenSet {
+            prompts: vec![GoldenPrompt {
+                id: "a<&>".into(),
+                kind: PromptKind::Control,
+                text: PromptText::Chat(vec![Message {
+                    role: "user".into(),
+                    content: "x".into(),
+                }]),
+                max_tokens: None,
+                expect: Expectations::default(),
+                limits: PromptLimits::default(),
+                source: "s:1".into(),
+            }],
+        };
+        let m = |scale: f32, kl: f64, text: &str| PromptMeasurement {
+            prompt_id: "a<&>".into(),
+            scale,
+            adapted_text: text.into(),
+            adapted_tokens: vec![],
+            first_divergence: (kl > 0.0).then_some(1),
+            kl_mean: kl,
+            kl_max: kl,
+            top1_agreement: 1.0,
+            max_abs_logit_delta: 0.0,
+            positions: 4,
+        };
+        let run = RunMeasurements {
+            base: vec![BaseContinuation {
+                prompt_id: "a<&>".into(),
+                prompt_tokens: vec![1],
+                text: "the cat sat".into(),
+                tokens: vec![],
+            }],
+            measurements: vec![m(0.0, 0.0, "the cat sat"), m(1.0, 0.5, "the dog sat")],
+            scale_zero_max_abs_logit_delta: 0.0,
+            noise_floor_kl_max: 0.0,
+            settings: EngineSettings {
+                n_ctx: 64,
+                n_batch: 64,
+                n_ubatch: 64,
+                threads: 1,
+                max_tokens: 8,
+                scales: vec![0.0, 1.0],
+            },
+            timings: Timings::default(),
+        };
+        let verdict = judge(&set, &run, &Limits::default());
+        let meta = ReportMeta {
+            base: "b.gguf".into(),
+            adapters: vec![("a.gguf".into(), 1.0)],
+            tool_version: "lora-validate 0.1.0".into(),
+        };
+        (set, run, verdict, meta)
+    }
+
+    #[test]
+    fn word_diff_marks_changed_words() {
+        assert_eq!(
+            word_diff("the cat sat", "the dog sat", false),
+            "the [-cat-]{+dog+} sat"
+        );
+        assert_eq!(
+            word_diff("a", "b", true),
+            "\x1b[31;9ma\x1b[0m\x1b[32mb\x1b[0m"
+        );
+    }
+
+    #[test]
+    fn text_report_has_table_diff_failures_and_verdict() {
+        let (set, run, v, meta) = fixture();
+        let t = render(Format::Text, &set, &run, &v, &meta, false);
+        assert!(
+            t.contains("      1           0.5000          0.5000"),
+            "{t}"
+        );
+        assert!(t.contains("the [-cat-]{+dog+} sat"), "{t}");
+        assert!(
+            t.contains("prompt `a<&>` at scale 1: control drift: mean KL 0.5000 > 0.25"),
+            "{t}"
+        );
+        assert!(t.trim_end().ends_with("FAIL"));
+    }
+
+    #[test]
+    fn json_report_is_versioned() {
+        let (set, run, v, meta) = fixture();
+        let j: serde_json::Value =
+            serde_json::from_str(&render(Format::Json, &set, &run, &v, &meta, false)).unwrap();
+        assert_eq!(j["schema_version"], 1);
+        assert_eq!(j["passed"], false);
+        assert_eq!(j["failures"][0]["metric"], "kl_mean");
+        assert_eq!(j["per_scale"][1]["scale"], 1.0);
+    }
+
+    #[test]
+    fn junit_escapes_and_has_one_case_per_prompt_and_scale() {
+        let (set, run, v, meta) = fixture();
+        let x = render(Format::Junit, &set, &run, &v, &meta, false);
+        assert!(x.contains("name=\"a&lt;&amp;&gt;@1\""), "{x}");
+        assert_eq!(x.matches("<testcase ").count(), 3, "{x}");
+        assert!(
+            x.contains("<failure message=\"prompt `a&lt;&amp;&gt;` at scale 1: control drift"),
+            "{x}"
+        );
+        assert!(!x.contains("a<&>"));
+    }
+
+    #[test]
+    fn markdown_has_a_row_per_scale() {
+        let (set, run, v, meta) = fixture();
+        let md = render(Format::Markdown, &set, &run, &v, &meta, false);
+        assert!(
+            md.contains("| 1 | 0.5000 | 0.5000 | 1.000 | 0.0000 | 100% | 0 |"),
+            "{md}"
+        );
+        assert!(md.starts_with("### lora-validate: ❌ fail"));
+    }
+}

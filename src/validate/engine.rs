@@ -187,7 +187,10 @@ pub fn logits_for_tokens(
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
     let mut ctx = model
         .new_context(backend(false)?, params)
-        .map_err(|e| EngineError::Context { n_ctx, message: e.to_string() })?;
+        .map_err(|e| EngineError::Context {
+            n_ctx,
+            message: e.to_string(),
+        })?;
     let n_vocab = model.n_vocab() as usize;
     let mut out = Vec::new();
     let pass = |ctx: &mut LlamaContext| -> Result<Vec<f32>, EngineError> {
