@@ -9,3 +9,7 @@ mod convert_cli;
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;
+
+// lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
+#[cfg(feature = "validate")]
+mod validate_e2e;

