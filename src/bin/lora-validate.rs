@@ -117,15 +117,15 @@ fn main() -> ExitCode {
 
 fn parse_adapter(spec: &str) -> Result<(PathBuf, f32), String> {
     // Split on the last ':' only when what follows is a number, so `C:\x.gguf` and `a:b.gguf` stay paths.
-    if let Some((path, scale)) = spec.rsplit_once(':') {
-        if let Ok(s) = scale.parse::<f32>() {
-            if !s.is_finite() {
-                return Err(format!(
-                    "adapter `{spec}`: scale {scale} is not a finite number"
-                ));
-            }
-            return Ok((PathBuf::from(path), s));
+    if let Some((path, scale)) = spec.rsplit_once(':')
+        && let Ok(s) = scale.parse::<f32>()
+    {
+        if !s.is_finite() {
+            return Err(format!(
+                "adapter `{spec}`: scale {scale} is not a finite number"
+            ));
         }
+        return Ok((PathBuf::from(path), s));
     }
     Ok((PathBuf::from(spec), 1.0))
 }

@@ -356,7 +356,7 @@ impl Engine {
         };
         // A template that already writes the BOS text must not get a second BOS token.
         let bos = vocab.token_to_piece(vocab.bos(), true, None);
-        let add_bos = !(!bos.is_empty() && text.as_bytes().starts_with(&bos));
+        let add_bos = bos.is_empty() || !text.as_bytes().starts_with(&bos);
         Ok(vocab
             .tokenize(text.as_bytes(), add_bos, true)
             .into_iter()
@@ -400,7 +400,7 @@ impl Engine {
         let n_ctx = if self.cfg.n_ctx > 0 {
             self.cfg.n_ctx
         } else {
-            (needed as u32 + 255) / 256 * 256
+            (needed as u32).div_ceil(256) * 256
         };
         for (p, prep) in prompts.iter().zip(&prepared) {
             let tokens = prep.tokens.len() + prep.max_tokens + 1;
@@ -641,6 +641,9 @@ fn argmax(logits: &[f32]) -> usize {
     best
 }
 
+/// Continuations, and (prompt tokens, generated tokens) decoded.
+type Generated = (Vec<Vec<i32>>, (usize, usize));
+
 /// Greedy continuations of `prompts` as sequences 0..n in one context: shared prefill batches, then one decode per
 /// step with one token for every live sequence. Returns the continuations (EOG token included when produced) and
 /// (prompt tokens, generated tokens) decoded.
@@ -649,7 +652,7 @@ fn generate(
     ctx: &mut LlamaContext,
     prompts: &[Prepared],
     n_batch: u32,
-) -> Result<(Vec<Vec<i32>>, (usize, usize)), EngineError> {
+) -> Result<Generated, EngineError> {
     let vocab = model.vocab();
     let dec = |e: String| EngineError::Decode(e);
     ctx.clear_kv_cache();

@@ -258,13 +258,12 @@ pub fn judge(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Verdict
                     expectation_failures.push(format!("contains {c:?}"));
                 }
             }
-            if let Some(re) = &p.expect.regex {
-                if regex::Regex::new(re)
+            if let Some(re) = &p.expect.regex
+                && regex::Regex::new(re)
                     .map(|r| !r.is_match(&m.adapted_text))
                     .unwrap_or(true)
-                {
-                    expectation_failures.push(format!("does not match /{re}/"));
-                }
+            {
+                expectation_failures.push(format!("does not match /{re}/"));
             }
             for e in &expectation_failures {
                 fail(
@@ -333,7 +332,7 @@ pub fn judge(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Verdict
             }
         }
     }
-    if !run.settings.scales.iter().any(|&s| s == 1.0) {
+    if !run.settings.scales.contains(&1.0) {
         warnings.push(
             "the sweep does not include scale 1.0, the scale the adapter was trained for".into(),
         );

@@ -33,6 +33,9 @@ pub struct AdapterFit {
     pub ranks: Vec<u64>,
 }
 
+/// The dims of a pair's lora_a and lora_b, as found.
+type Halves<'a> = (Option<&'a [u64]>, Option<&'a [u64]>);
+
 /// Check `adapter` against `base`; all problems are returned, not just the first.
 pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, Vec<Mismatch>> {
     let mut problems = Vec::new();
@@ -96,7 +99,7 @@ pub fn check_adapter(base: &GgufFile, adapter: &GgufFile) -> Result<AdapterFit, 
         .collect();
     let tied = base_tensors.contains_key("token_embd.weight")
         && !base_tensors.contains_key("output.weight");
-    let mut halves: BTreeMap<&str, (Option<&[u64]>, Option<&[u64]>)> = BTreeMap::new();
+    let mut halves: BTreeMap<&str, Halves> = BTreeMap::new();
     for t in &adapter.tensors {
         if let Some(base_name) = t.name.strip_suffix(".lora_a") {
             halves.entry(base_name).or_default().0 = Some(&t.dims);
