@@ -146,3 +146,62 @@ fn every_ok_fixture_has_a_logits_test() {
         );
     }
 }
+
+/// The tolerance above catches a real scaling bug: the same rsLoRA adapter with the α llama.cpp's own converter
+/// writes (raw `lora_alpha`, so the runtime divides by r instead of √r) misses PyTorch by far more than the limit.
+#[test]
+fn rslora_with_the_reference_converters_alpha_is_caught() {
+    use lora_gguf::gguf::{GgufFile, TensorSpec, Value, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    convert::convert(&Options {
+        adapter_dir: case_dir("llama-rslora"),
+        output: good.clone(),
+        base: Some(base_gguf("llama")),
+        base_config: None,
+        outtype: OutType::F32,
+        arch: None,
+        force: true,
+        verify: false,
+        threads: Some(1),
+    })
+    .unwrap();
+    let f = GgufFile::open(&good).unwrap();
+    let metadata: Vec<(String, Value)> = f
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            if k == "adapter.lora.alpha" {
+                (k.clone(), Value::F32(16.0))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let specs: Vec<TensorSpec> = f
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type,
+        })
+        .collect();
+    let bad = dir.path().join("bad.gguf");
+    let mut w = Writer::new(std::fs::File::create(&bad).unwrap(), &metadata, &specs).unwrap();
+    for t in &f.tensors {
+        w.write_tensor(&t.name, &f.read_tensor_bytes(&t.name).unwrap())
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let reference = case_dir("llama-rslora").join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, torch_1) = read_tensor(&reference, "logits_scale_1");
+    let got = logits_for_tokens(&base_gguf("llama"), Some(&bad), &[1.0], &tokens, 2).unwrap();
+    let err = max_abs_diff(&got[1], &torch_1);
+    assert!(
+        err > 0.1,
+        "an under-scaled rsLoRA adapter was not detected (|Δlogit| {err})"
+    );
+}

@@ -151,18 +151,29 @@ fn print_summary(s: &Summary, verbose: bool) {
     }
     println!("  tensors   {}", types.join(", "));
     if let Some(v) = &s.verify {
-        println!(
-            "  verified  {} pairs: worst |ΔW error| {:.3e} at `{}` ({:.1}% of the rounding bound{})",
-            v.pairs,
-            v.worst_error,
-            v.worst_target,
-            v.worst_ratio * 100.0,
-            if v.probed > 0 {
-                format!("; {} large targets checked through probe vectors", v.probed)
-            } else {
-                String::new()
-            }
-        );
+        let probed = if v.probed > 0 {
+            format!("; {} large targets checked through probe vectors", v.probed)
+        } else {
+            String::new()
+        };
+        if v.worst_error == 0.0 {
+            println!(
+                "  verified  {} pairs: every ΔW equals PEFT's exactly{probed}",
+                v.pairs
+            );
+        } else {
+            println!(
+                "  verified  {} pairs: worst |ΔW error| {:.3e} at `{}` ({:.1}% of the output type's rounding bound{probed})",
+                v.pairs,
+                v.worst_error,
+                v.worst_target,
+                v.worst_ratio * 100.0
+            );
+        }
     }
-    let _ = verbose;
+    if verbose {
+        for (name, ty, dims) in &s.tensors {
+            println!("  {name:<48} {ty:<5} {dims:?}");
+        }
+    }
 }

@@ -72,6 +72,8 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// The verification outcome, when `--verify` was given.
     pub verify: Option<VerifyReport>,
+    /// Every tensor written: name, ggml type, ne.
+    pub tensors: Vec<(String, &'static str, Vec<u64>)>,
 }
 
 /// Convert one adapter. On error nothing is left at `opts.output`.
@@ -236,5 +238,11 @@ fn summarize(
         bytes,
         warnings: plan.warnings.clone(),
         verify,
+        tensors: plan
+            .pairs
+            .iter()
+            .flat_map(|p| [&p.a, &p.b])
+            .map(|t| (t.name.clone(), t.ggml_type.name(), t.dims.clone()))
+            .collect(),
     }
 }

@@ -181,6 +181,7 @@ pub fn plan(
     }
 
     let source_dtype = adapter.dtype();
+    let mut fallbacks: Vec<u64> = Vec::new();
     for p in &mut pairs {
         if let PairShape::Experts { n_expert } = p.shape {
             check_experts(p, n_expert, base, &adapter.pairs)?;
@@ -190,12 +191,9 @@ pub fn plan(
         let a_type = outtype.ggml_type(source_dtype, a_dims[0]);
         let b_type = outtype.ggml_type(source_dtype, b_dims[0]);
         if outtype == OutType::Q8_0 {
-            for (which, ty, ne0) in [("lora_a", a_type, a_dims[0]), ("lora_b", b_type, b_dims[0])] {
+            for (ty, ne0) in [(a_type, a_dims[0]), (b_type, b_dims[0])] {
                 if ty != GgmlType::Q8_0 {
-                    warnings.push(format!(
-                        "`{}.{which}`: rows of {ne0} values are not a multiple of 32, written as F16 instead of Q8_0",
-                        p.target
-                    ));
+                    fallbacks.push(ne0);
                 }
             }
         }
@@ -209,6 +207,16 @@ pub fn plan(
             dims: b_dims,
             ggml_type: b_type,
         };
+    }
+    if !fallbacks.is_empty() {
+        fallbacks.sort_unstable();
+        fallbacks.dedup();
+        let rows: Vec<String> = fallbacks.iter().map(ToString::to_string).collect();
+        warnings.push(format!(
+            "tensors whose rows are not a multiple of 32 values (here {}: usually lora_b, whose rows are the rank) \
+             cannot be Q8_0 and are written as F16, as llama.cpp's converter does",
+            rows.join(", ")
+        ));
     }
     for p in &pairs {
         if let PairShape::Embedding { vocab } = p.shape {
