@@ -208,3 +208,142 @@ fn existing_output_needs_force() {
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("exists; pass --force"));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 }
+
+/// Copy a fixture adapter into a temp dir, editing its adapter_config.json.
+fn adapter_copy(
+    case: &str,
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let out = dir.join(case);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(
+        case_dir(case).join("adapter_model.safetensors"),
+        out.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(case_dir(case).join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    edit(&mut cfg);
+    std::fs::write(
+        out.join("adapter_config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn local_base_model_name_or_path_is_used_when_no_base_flag_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = adapter_copy("llama", dir.path(), |c| {
+        c["base_model_name_or_path"] = base_config("llama").display().to_string().into();
+    });
+    let out = dir.path().join("o.gguf");
+    lora_convert()
+        .arg(&adapter)
+        .arg("-o")
+        .arg(&out)
+        .args(["--outtype", "f32"])
+        .assert()
+        .success();
+    assert_same_tensors(
+        &out,
+        &case_dir("llama").join("reference-converter-f32.gguf"),
+    );
+}
+
+#[test]
+fn base_config_with_bitsandbytes_quantization_and_nested_text_config_works() {
+    // QLoRA bases (unsloth/*-bnb-4bit) carry a quantization_config; llama.cpp's converter crashes on it.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(base_config("llama").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["quantization_config"] =
+        serde_json::json!({"quant_method": "bitsandbytes", "load_in_4bit": true});
+    let nested = serde_json::json!({"architectures": ["LlamaForCausalLM"], "text_config": cfg});
+    std::fs::write(base.join("config.json"), nested.to_string()).unwrap();
+    let out = dir.path().join("o.gguf");
+    lora_convert()
+        .arg(case_dir("llama"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--base-config")
+        .arg(&base)
+        .args(["--outtype", "f32"])
+        .assert()
+        .success();
+    assert_same_tensors(
+        &out,
+        &case_dir("llama").join("reference-converter-f32.gguf"),
+    );
+}
+
+#[test]
+fn rank_that_contradicts_the_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = adapter_copy("llama", dir.path(), |c| c["r"] = 4.into());
+    let a = lora_convert()
+        .arg(&adapter)
+        .arg("-o")
+        .arg(dir.path().join("o.gguf"))
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("the tensors have rank 8 but adapter_config.json gives r = 4"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_config_json_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = adapter_copy("llama", dir.path(), |_| {});
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        "{\n  \"r\": 8,\n  \"lora_alpha\": \n}",
+    )
+    .unwrap();
+    let a = lora_convert()
+        .arg(&adapter)
+        .arg("-o")
+        .arg(dir.path().join("o.gguf"))
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("adapter_config.json`:4:1: invalid JSON"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn outputs_have_the_layout_llama_cpp_reads() {
+    // Every written file parses with our reader, which enforces ggml's offset and alignment rules; ggml's own
+    // parser and the llama.cpp loader accept them in tests/convert_logits.rs.
+    let dir = tempfile::tempdir().unwrap();
+    for outtype in ["f32", "f16", "bf16", "q8_0"] {
+        let out = dir.path().join(format!("{outtype}.gguf"));
+        convert("llama-embed-lmhead", outtype, &out).success();
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(f.tensors.len(), 2 * 16);
+        assert_eq!(f.get_str("general.type"), Some("adapter"));
+        assert_eq!(
+            f.get("adapter.lora.alpha").map(|v| v.value_type()),
+            Some(lora_gguf::gguf::ValueType::F32)
+        );
+        let embd = f.tensor("token_embd.weight.lora_a").unwrap();
+        assert_eq!(embd.dims, vec![8, 272], "token_embd lora_a stores Aᵀ");
+    }
+}

@@ -205,3 +205,38 @@ fn rslora_with_the_reference_converters_alpha_is_caught() {
         "an under-scaled rsLoRA adapter was not detected (|Δlogit| {err})"
     );
 }
+
+#[test]
+fn ggml_own_parser_accepts_every_output_type() {
+    let dir = tempfile::tempdir().unwrap();
+    for outtype in [OutType::F32, OutType::F16, OutType::Bf16, OutType::Q8_0] {
+        let out = dir.path().join(format!("{outtype:?}.gguf"));
+        convert::convert(&Options {
+            adapter_dir: case_dir("llama-embed-lmhead"),
+            output: out.clone(),
+            base: Some(base_gguf("llama")),
+            base_config: None,
+            outtype,
+            arch: None,
+            force: true,
+            verify: false,
+            threads: None,
+        })
+        .unwrap();
+        assert_eq!(
+            lora_gguf::validate::engine::ggml_gguf_tensor_count(&out),
+            Some(32),
+            "{outtype:?}"
+        );
+    }
+    // ggml rejects a file cut inside the header, as ours does. (Cut inside the data, ggml's metadata parse still
+    // succeeds — llama.cpp checks data bounds only when loading — while our reader refuses it up front.)
+    let bytes = std::fs::read(dir.path().join("F32.gguf")).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..200]).unwrap();
+    assert!(lora_gguf::gguf::GgufFile::open(&cut).is_err());
+    assert_eq!(
+        lora_gguf::validate::engine::ggml_gguf_tensor_count(&cut),
+        None
+    );
+}

@@ -808,3 +808,25 @@ fn compare_position(p: &[f32], q: &[f32]) -> (f64, bool, f32) {
     }
     (kl.max(0.0), argmax(p) == argmax(q), max_abs)
 }
+
+/// Parse a GGUF file with ggml's own parser (`gguf_init_from_file`, metadata and tensor infos only) and return its
+/// tensor count, or None when ggml rejects the file. Used to prove our writer's output is what ggml expects.
+#[allow(unsafe_code)]
+pub fn ggml_gguf_tensor_count(path: &Path) -> Option<i64> {
+    let c_path = std::ffi::CString::new(path.to_str()?).ok()?;
+    let params = llama_cpp_sys_2::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: `c_path` is a valid NUL-terminated string for the duration of the call; with `no_alloc` and a null
+    // `ctx`, ggml allocates nothing for tensor data; the returned context is freed exactly once below.
+    unsafe {
+        let ctx = llama_cpp_sys_2::gguf_init_from_file(c_path.as_ptr(), params);
+        if ctx.is_null() {
+            return None;
+        }
+        let n = llama_cpp_sys_2::gguf_get_n_tensors(ctx);
+        llama_cpp_sys_2::gguf_free(ctx);
+        Some(n)
+    }
+}
