@@ -68,7 +68,9 @@ pub fn word_diff(base: &str, adapted: &str, color: bool) -> String {
     let diff = similar::TextDiff::from_words(base, adapted);
     let mut out = String::new();
     for change in diff.iter_all_changes() {
-        let v = change.value();
+        // One line per prompt: show line breaks instead of breaking the report's layout.
+        let shown = change.value().replace('\n', "⏎");
+        let v = shown.as_str();
         match (change.tag(), color) {
             (similar::ChangeTag::Equal, _) => out.push_str(v),
             (similar::ChangeTag::Delete, true) => write!(out, "\x1b[31;9m{v}\x1b[0m").unwrap_or(()),
