@@ -98,8 +98,19 @@ fn trained_adapter_passes_and_shows_its_known_effect() {
             m["adapted_text"].as_str().unwrap().contains("BANANAPHONE"),
             "{m}"
         );
-        assert!(m["kl_mean"].as_f64().unwrap() > 0.5, "{m}");
+        assert!(m["kl_mean"].as_f64().unwrap() > 0.05, "{m}");
     }
+    let target_kl = |s: usize| j["per_scale"][s]["target_kl_mean"].as_f64().unwrap();
+    assert!(
+        target_kl(2) > 0.5,
+        "the adapter's known effect on the targets: {}",
+        j["per_scale"]
+    );
+    assert!(
+        j["per_scale"][2]["control_kl_mean"].as_f64().unwrap() < 0.1,
+        "{}",
+        j["per_scale"]
+    );
     let per_scale = j["per_scale"].as_array().unwrap();
     let kl = |i: usize| per_scale[i]["all_kl_mean"].as_f64().unwrap();
     assert!(
