@@ -240,3 +240,59 @@ fn ggml_own_parser_accepts_every_output_type() {
         None
     );
 }
+
+/// `lora-validate --adapter a --adapter b` runs the stack as one adapter (factors concatenated along the rank).
+/// Two halves of an adapter must act as the whole, a member at scale 0 as nothing, and the result must match
+/// PyTorch like the adapter itself.
+#[test]
+fn adapter_stacks_combine_exactly() {
+    use lora_gguf::validate::stack::combine;
+    let dir = tempfile::tempdir().unwrap();
+    let convert_case = |case: &str| {
+        let out = dir.path().join(format!("{case}.gguf"));
+        convert::convert(&Options {
+            adapter_dir: case_dir(case),
+            output: out.clone(),
+            base: Some(base_gguf("llama")),
+            base_config: None,
+            outtype: OutType::F32,
+            arch: None,
+            force: true,
+            verify: false,
+            threads: Some(1),
+        })
+        .unwrap();
+        out
+    };
+    let llama = convert_case("llama");
+    let patterns = convert_case("llama-patterns");
+    let reference = case_dir("llama").join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, torch_1) = read_tensor(&reference, "logits_scale_1");
+    let (_, torch_05) = read_tensor(&reference, "logits_scale_0_5");
+
+    let halves = dir.path().join("halves.gguf");
+    combine(&[(llama.clone(), 0.5), (llama.clone(), 0.5)], &halves).unwrap();
+    let got =
+        logits_for_tokens(&base_gguf("llama"), Some(&halves), &[1.0, 0.5], &tokens, 2).unwrap();
+    assert!(
+        max_abs_diff(&got[1], &torch_1) < 2e-5,
+        "{}",
+        max_abs_diff(&got[1], &torch_1)
+    );
+    assert!(max_abs_diff(&got[2], &torch_05) < 2e-5);
+
+    let with_zero = dir.path().join("with-zero.gguf");
+    combine(&[(llama.clone(), 1.0), (patterns.clone(), 0.0)], &with_zero).unwrap();
+    let got = logits_for_tokens(&base_gguf("llama"), Some(&with_zero), &[1.0], &tokens, 2).unwrap();
+    assert!(max_abs_diff(&got[1], &torch_1) < 2e-5);
+
+    let both = dir.path().join("both.gguf");
+    combine(&[(llama.clone(), 1.0), (patterns, 1.0)], &both).unwrap();
+    let got = logits_for_tokens(&base_gguf("llama"), Some(&both), &[1.0], &tokens, 2).unwrap();
+    assert!(
+        max_abs_diff(&got[1], &torch_1) > 0.1,
+        "the second adapter must add its own effect"
+    );
+}

@@ -276,6 +276,8 @@ pub struct Engine {
     cfg: EngineConfig,
     model_load_ms: f64,
     adapter_load_ms: f64,
+    /// Holds the combined adapter of a stack for the engine's lifetime.
+    _stack_dir: Option<tempfile::TempDir>,
 }
 
 /// One prompt ready to run.
@@ -301,14 +303,25 @@ impl Engine {
         adapters: &[(PathBuf, f32)],
         cfg: EngineConfig,
     ) -> Result<Self, EngineError> {
-        if adapters.len() > 1 {
-            return Err(EngineError::AdapterLoad {
-                path: adapters[1].0.clone(),
-                message: "stacks of several adapters are not supported yet (llama-cpp-2 exposes one active adapter \
-                          per context); validate each adapter on its own"
-                    .into(),
-            });
-        }
+        // llama-cpp-2 exposes one active adapter per context: a stack runs as one equivalent adapter.
+        let mut stack_dir = None;
+        let combined;
+        let adapters: &[(PathBuf, f32)] = if adapters.len() > 1 {
+            let dir = tempfile::tempdir().map_err(|e| EngineError::AdapterLoad {
+                path: adapters[0].0.clone(),
+                message: format!("creating a temporary directory for the stack: {e}"),
+            })?;
+            let path = dir.path().join("stack.gguf");
+            super::stack::combine(adapters, &path).map_err(|e| EngineError::AdapterLoad {
+                path: adapters[0].0.clone(),
+                message: format!("combining the stack: {e}"),
+            })?;
+            stack_dir = Some(dir);
+            combined = [(path, 1.0)];
+            &combined
+        } else {
+            adapters
+        };
         let t = Instant::now();
         let mut model = {
             let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -326,6 +339,7 @@ impl Engine {
             cfg,
             model_load_ms,
             adapter_load_ms: ms(t),
+            _stack_dir: stack_dir,
         })
     }
 
@@ -426,6 +440,7 @@ impl Engine {
             cfg,
             model_load_ms,
             adapter_load_ms,
+            ..
         } = self;
         let model: &LlamaModel = model;
         let (n_batch, threads) = (cfg.n_batch, cfg.threads);

@@ -4,3 +4,4 @@ pub mod gate;
 pub mod golden;
 pub mod precheck;
 pub mod results;
+pub mod stack;
