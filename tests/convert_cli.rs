@@ -347,3 +347,47 @@ fn outputs_have_the_layout_llama_cpp_reads() {
         assert_eq!(embd.dims, vec![8, 272], "token_embd lora_a stores Aᵀ");
     }
 }
+
+#[test]
+fn a_target_whose_shape_differs_in_the_base_is_refused() {
+    use lora_gguf::gguf::{TensorSpec, Writer};
+    // The tiny llama base with blk.1.attn_q.weight halved: same architecture and names, different shape.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.gguf");
+    let f = GgufFile::open(&base_gguf("llama")).unwrap();
+    let shrink = |t: &lora_gguf::gguf::TensorInfo| -> Vec<u64> {
+        if t.name == "blk.1.attn_q.weight" {
+            vec![t.dims[0], t.dims[1] / 2]
+        } else {
+            t.dims.clone()
+        }
+    };
+    let specs: Vec<TensorSpec> = f
+        .tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), shrink(t), t.ggml_type))
+        .collect();
+    let mut w = Writer::new(std::fs::File::create(&base).unwrap(), &f.metadata, &specs).unwrap();
+    for (t, spec) in f.tensors.iter().zip(&specs) {
+        let bytes = f.read_tensor_bytes(&t.name).unwrap();
+        w.write_tensor(&t.name, &bytes[..spec.n_bytes().unwrap() as usize])
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let out = dir.path().join("o.gguf");
+    let a = lora_convert()
+        .arg(case_dir("llama"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--base")
+        .arg(&base)
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("module `model.layers.1.self_attn.q_proj` → `blk.1.attn_q.weight`: the adapter implies ne [64, 64]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("has ne [64, 32]"), "{stderr}");
+    assert!(!out.exists());
+}
