@@ -151,49 +151,21 @@ fn every_ok_fixture_has_a_logits_test() {
 /// writes (raw `lora_alpha`, so the runtime divides by r instead of √r) misses PyTorch by far more than the limit.
 #[test]
 fn rslora_with_the_reference_converters_alpha_is_caught() {
-    use lora_gguf::gguf::{GgufFile, TensorSpec, Value, Writer};
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.gguf");
-    convert::convert(&Options {
-        adapter_dir: case_dir("llama-rslora"),
-        output: good.clone(),
-        base: Some(base_gguf("llama")),
-        base_config: None,
-        outtype: OutType::F32,
-        arch: None,
-        force: true,
-        verify: false,
-        threads: Some(1),
-    })
-    .unwrap();
-    let f = GgufFile::open(&good).unwrap();
-    let metadata: Vec<(String, Value)> = f
-        .metadata
-        .iter()
-        .map(|(k, v)| {
-            if k == "adapter.lora.alpha" {
-                (k.clone(), Value::F32(16.0))
-            } else {
-                (k.clone(), v.clone())
-            }
-        })
-        .collect();
-    let specs: Vec<TensorSpec> = f
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ggml_type: t.ggml_type,
-        })
-        .collect();
+    convert_case("llama-rslora", OutType::F32, &good, false);
     let bad = dir.path().join("bad.gguf");
-    let mut w = Writer::new(std::fs::File::create(&bad).unwrap(), &metadata, &specs).unwrap();
-    for t in &f.tensors {
-        w.write_tensor(&t.name, &f.read_tensor_bytes(&t.name).unwrap())
-            .unwrap();
-    }
-    w.finish().unwrap();
+    rewrite_gguf(
+        &good,
+        &bad,
+        |k, v| {
+            if k == "adapter.lora.alpha" {
+                *v = lora_gguf::gguf::Value::F32(16.0);
+            }
+            true
+        },
+        |_, _| {},
+    );
     let reference = case_dir("llama-rslora").join("reference.safetensors");
     let (_, tokens) = read_tensor(&reference, "tokens");
     let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
@@ -248,24 +220,13 @@ fn ggml_own_parser_accepts_every_output_type() {
 fn adapter_stacks_combine_exactly() {
     use lora_gguf::validate::stack::combine;
     let dir = tempfile::tempdir().unwrap();
-    let convert_case = |case: &str| {
+    let convert_f32 = |case: &str| {
         let out = dir.path().join(format!("{case}.gguf"));
-        convert::convert(&Options {
-            adapter_dir: case_dir(case),
-            output: out.clone(),
-            base: Some(base_gguf("llama")),
-            base_config: None,
-            outtype: OutType::F32,
-            arch: None,
-            force: true,
-            verify: false,
-            threads: Some(1),
-        })
-        .unwrap();
+        convert_case(case, OutType::F32, &out, false);
         out
     };
-    let llama = convert_case("llama");
-    let patterns = convert_case("llama-patterns");
+    let llama = convert_f32("llama");
+    let patterns = convert_f32("llama-patterns");
     let reference = case_dir("llama").join("reference.safetensors");
     let (_, tokens) = read_tensor(&reference, "tokens");
     let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();

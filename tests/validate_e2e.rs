@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::common::*;
-use lora_gguf::gguf::{GgufFile, TensorSpec, Writer};
 
 /// The trained adapter converted against the test model (once per test process).
 fn converted() -> PathBuf {
@@ -133,25 +132,16 @@ fn over_scaled_adapter_fails_on_control_drift() {
 
 /// Copy an adapter with every `lora_b` set to zero: loads fine, changes nothing.
 fn zero_b(src: &Path, dst: &Path) {
-    let f = GgufFile::open(src).unwrap();
-    let specs: Vec<TensorSpec> = f
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ggml_type: t.ggml_type,
-        })
-        .collect();
-    let mut w = Writer::new(std::fs::File::create(dst).unwrap(), &f.metadata, &specs).unwrap();
-    for t in &f.tensors {
-        let mut bytes = f.read_tensor_bytes(&t.name).unwrap();
-        if t.name.ends_with(".lora_b") {
-            bytes.iter_mut().for_each(|b| *b = 0);
-        }
-        w.write_tensor(&t.name, &bytes).unwrap();
-    }
-    w.finish().unwrap();
+    rewrite_gguf(
+        src,
+        dst,
+        |_, _| true,
+        |name, bytes| {
+            if name.ends_with(".lora_b") {
+                bytes.iter_mut().for_each(|b| *b = 0);
+            }
+        },
+    );
 }
 
 #[test]
@@ -215,28 +205,12 @@ fn a_base_llama_cpp_cannot_load_exits_3() {
     // every target tensor are there), llama.cpp refuses to load it.
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("broken-base.gguf");
-    let f = GgufFile::open(&base_gguf("llama")).unwrap();
-    let metadata: Vec<_> = f
-        .metadata
-        .iter()
-        .filter(|(k, _)| k != "llama.block_count")
-        .cloned()
-        .collect();
-    let specs: Vec<TensorSpec> = f
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ggml_type: t.ggml_type,
-        })
-        .collect();
-    let mut w = Writer::new(std::fs::File::create(&base).unwrap(), &metadata, &specs).unwrap();
-    for t in &f.tensors {
-        w.write_tensor(&t.name, &f.read_tensor_bytes(&t.name).unwrap())
-            .unwrap();
-    }
-    w.finish().unwrap();
+    rewrite_gguf(
+        &base_gguf("llama"),
+        &base,
+        |k, _| k != "llama.block_count",
+        |_, _| {},
+    );
     let adapter = dir.path().join("a.gguf");
     lora_convert()
         .arg(case_dir("llama"))

@@ -106,3 +106,54 @@ pub fn test_model() -> PathBuf {
 pub fn lora_validate() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("lora-validate").expect("binary")
 }
+
+/// Copy a GGUF file, letting `edit_kv` change metadata (return false to drop a key) and `edit_tensor` change a
+/// tensor's bytes. Used to make broken or sabotaged files from good ones.
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    mut edit_kv: impl FnMut(&str, &mut lora_gguf::gguf::Value) -> bool,
+    mut edit_tensor: impl FnMut(&str, &mut Vec<u8>),
+) {
+    use lora_gguf::gguf::{GgufFile, TensorSpec, Writer};
+    let f = GgufFile::open(src).expect("source GGUF");
+    let metadata: Vec<_> = f
+        .metadata
+        .iter()
+        .cloned()
+        .filter_map(|(k, mut v)| edit_kv(&k, &mut v).then_some((k, v)))
+        .collect();
+    let specs: Vec<TensorSpec> = f
+        .tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), t.dims.clone(), t.ggml_type))
+        .collect();
+    let mut w = Writer::new(
+        std::fs::File::create(dst).expect("create"),
+        &metadata,
+        &specs,
+    )
+    .expect("writer");
+    for t in &f.tensors {
+        let mut bytes = f.read_tensor_bytes(&t.name).expect("tensor bytes");
+        edit_tensor(&t.name, &mut bytes);
+        w.write_tensor(&t.name, &bytes).expect("write tensor");
+    }
+    w.finish().expect("finish");
+}
+
+/// Convert a fixture case against its base GGUF with the library API.
+pub fn convert_case(case: &str, outtype: lora_gguf::convert::OutType, out: &Path, verify: bool) {
+    lora_gguf::convert::convert(&lora_gguf::convert::Options {
+        adapter_dir: case_dir(case),
+        output: out.to_path_buf(),
+        base: Some(base_gguf(&base_of(case))),
+        base_config: None,
+        outtype,
+        arch: None,
+        force: true,
+        verify,
+        threads: Some(1),
+    })
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
+}
