@@ -6,6 +6,9 @@ mod common;
 // `lora-convert` against every fixture: bytes vs llama.cpp's own converter, refusals, CLI behaviour.
 mod convert_cli;
 
+// `lora-convert` at real scale on synthesized adapters: thread count vs bytes, files beyond 4 GiB.
+mod convert_scale;
+
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;

@@ -1,12 +1,15 @@
 //! PEFT adapter + family table + base description → a GGUF LoRA adapter that behaves in llama.cpp exactly as the
 //! adapter did in PyTorch. `plan` decides everything from shapes and configuration; `write` streams the tensors
-//! one pair at a time into a temporary file; `verify` optionally reads it back; then the file is renamed into place.
+//! one at a time into a temporary file (`stream` encodes Linear factors straight from the adapter's bytes,
+//! `materialize` builds the other layouts in f32); `verify` optionally reads it back; then the file is renamed into
+//! place.
 
 pub mod base;
 pub mod error;
 pub mod factor;
 pub mod materialize;
 pub mod plan;
+pub mod stream;
 pub mod verify;
 pub mod write;
 

@@ -6,7 +6,10 @@
 //! is compared through `PROBES` fixed random vectors x (ΔW·x = B·(A·x)), which catches any misplaced row, column,
 //! scale or value with certainty for practical purposes at a tiny fraction of the cost.
 
+use std::borrow::Cow;
 use std::path::Path;
+
+use rayon::prelude::*;
 
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
@@ -42,10 +45,42 @@ pub fn verify(
     heads: HeadCounts,
 ) -> Result<VerifyReport, ConvertError> {
     let file = GgufFile::open(path)?;
+    // Pairs are independent: check them on the rayon pool, then merge in file order, so the report (and the
+    // error, the first failing pair's) is the one a serial pass gives.
+    let checked: Vec<Result<VerifyReport, ConvertError>> = plan
+        .pairs
+        .par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(peft_a, peft_b), pair| verify_pair(&file, pair, plan, adapter, heads, peft_a, peft_b),
+        )
+        .collect();
     let mut report = VerifyReport::default();
-    let mut peft_a = Vec::new();
-    let mut peft_b = Vec::new();
-    for pair in &plan.pairs {
+    for pair in checked {
+        let pair = pair?;
+        report.pairs += pair.pairs;
+        report.probed += pair.probed;
+        if pair.worst_error > report.worst_error {
+            report.worst_error = pair.worst_error;
+            report.worst_target = pair.worst_target;
+        }
+        report.worst_ratio = report.worst_ratio.max(pair.worst_ratio);
+    }
+    Ok(report)
+}
+
+/// Check one pair; its report covers that pair alone. `peft_a`, `peft_b`: buffers reused across pairs.
+fn verify_pair(
+    file: &GgufFile,
+    pair: &PlannedPair,
+    plan: &Plan,
+    adapter: &Adapter,
+    heads: HeadCounts,
+    peft_a: &mut Vec<f32>,
+    peft_b: &mut Vec<f32>,
+) -> Result<VerifyReport, ConvertError> {
+    let mut report = VerifyReport::default();
+    {
         let a_file = file.read_tensor_f32(&pair.a.name)?;
         let b_file = file.read_tensor_f32(&pair.b.name)?;
         let runtime = f64::from(plan.alpha / pair.rank as f32);
@@ -58,9 +93,9 @@ pub fn verify(
             let a_g = &a_file[e * r * inp..(e + 1) * r * inp];
             let b_g = &b_file[e * out * r..(e + 1) * out * r];
             // The GGUF A in PEFT orientation (r × in): the embedding stores Aᵀ.
-            let a_g = match pair.shape {
-                PairShape::Embedding { .. } => factor::transpose(a_g, inp, r),
-                _ => a_g.to_vec(),
+            let a_g: Cow<[f32]> = match pair.shape {
+                PairShape::Embedding { .. } => Cow::Owned(factor::transpose(a_g, inp, r)),
+                _ => Cow::Borrowed(a_g),
             };
             let source = pair.sources.iter().find(|s| s.expert.unwrap_or(0) == e);
             let Some(source) = source else {
@@ -77,15 +112,15 @@ pub fn verify(
                 continue;
             };
             let p = &adapter.pairs[source.pair];
-            adapter.tensor_f32(&p.a, &mut peft_a)?;
-            adapter.tensor_f32(&p.b, &mut peft_b)?;
-            let a_ref = match pair.shape {
+            adapter.tensor_f32(&p.a, peft_a)?;
+            adapter.tensor_f32(&p.b, peft_b)?;
+            let a_ref: Cow<[f32]> = match pair.shape {
                 PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
-                    factor::keep_columns(&peft_a, r, p.a.shape[1], vocab)
+                    Cow::Owned(factor::keep_columns(peft_a, r, p.a.shape[1], vocab))
                 }
-                _ => peft_a.clone(),
+                _ => Cow::Borrowed(peft_a.as_slice()),
             };
-            let b_ref = factor::apply_rows(source.rows, &peft_b, p.b.shape[0], r, heads).map_err(
+            let b_ref = factor::apply_rows(source.rows, peft_b, p.b.shape[0], r, heads).map_err(
                 |source| ConvertError::Rows {
                     module: p.module.clone(),
                     target: pair.target.clone(),
@@ -212,34 +247,7 @@ impl Check<'_> {
             }
         } else {
             for probe in 0..PROBES {
-                let x: Vec<f64> = (0..self.inp).map(|j| probe_value(probe, j)).collect();
-                let ax = |a: &[f32], k: usize| -> f64 {
-                    a[k * self.inp..(k + 1) * self.inp]
-                        .iter()
-                        .zip(&x)
-                        .map(|(&v, &xv)| f64::from(v) * xv)
-                        .sum()
-                };
-                let ax_g: Vec<f64> = (0..self.r).map(|k| ax(self.a_file, k)).collect();
-                let ax_ref: Vec<f64> = (0..self.r).map(|k| ax(self.a_ref, k)).collect();
-                let abs_ax: Vec<f64> = (0..self.r)
-                    .map(|k| {
-                        self.a_ref[k * self.inp..(k + 1) * self.inp]
-                            .iter()
-                            .zip(&x)
-                            .map(|(&v, &xv)| f64::from(v).abs() * xv.abs())
-                            .sum()
-                    })
-                    .collect();
-                let ea_x: Vec<f64> = (0..self.r)
-                    .map(|k| {
-                        self.a_err[k * self.inp..(k + 1) * self.inp]
-                            .iter()
-                            .zip(&x)
-                            .map(|(e, xv)| e * xv.abs())
-                            .sum()
-                    })
-                    .collect();
+                let [ax_g, ax_ref, abs_ax, ea_x] = self.probe_sums(probe);
                 for i in 0..self.out {
                     let (mut yg, mut yr, mut bound, mut mag) = (0.0, 0.0, 0.0, 0.0);
                     for k in 0..self.r {
@@ -262,6 +270,37 @@ impl Check<'_> {
             }
         }
         Ok((worst.0, worst.1, probed))
+    }
+
+    /// For probe vector x: A_file·x, A_ref·x, |A_ref|·|x| and err(A)·|x|, one value per rank row. The four sums
+    /// run in one pass over the row (independent accumulations, each in the order of a separate `.sum()`, which
+    /// starts from -0.0).
+    fn probe_sums(&self, probe: usize) -> [Vec<f64>; 4] {
+        let x: Vec<f64> = (0..self.inp).map(|j| probe_value(probe, j)).collect();
+        let mut out = [
+            vec![0.0f64; self.r],
+            vec![0.0f64; self.r],
+            vec![0.0f64; self.r],
+            vec![0.0f64; self.r],
+        ];
+        for k in 0..self.r {
+            let row = k * self.inp..(k + 1) * self.inp;
+            let (mut g, mut rf, mut ab, mut ea) = (-0.0f64, -0.0f64, -0.0f64, -0.0f64);
+            for (((&vg, &vr), &e), &xv) in self.a_file[row.clone()]
+                .iter()
+                .zip(&self.a_ref[row.clone()])
+                .zip(&self.a_err[row])
+                .zip(&x)
+            {
+                g += f64::from(vg) * xv;
+                rf += f64::from(vr) * xv;
+                ab += f64::from(vr).abs() * xv.abs();
+                ea += e * xv.abs();
+            }
+            let [ax_g, ax_ref, abs_ax, ea_x] = &mut out;
+            (ax_g[k], ax_ref[k], abs_ax[k], ea_x[k]) = (g, rf, ab, ea);
+        }
+        out
     }
 
     /// Σ_k |s·B_ik|·|A_kj|: the scale of f32 accumulation and factor-rounding slack.

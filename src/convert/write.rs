@@ -1,15 +1,25 @@
 //! Stream the planned pairs into a GGUF file: a temporary file in the target directory, renamed into place only
 //! when complete (and verified, when asked), so a failure never leaves a half-written adapter behind.
+//!
+//! Memory stays a few tensors deep whatever the adapter's size: one tensor is encoded (on the rayon pool, while
+//! the next one's bytes are read from the adapter) as a writer thread writes the ones before it, and the buffers
+//! go round between them. The file's bytes do not depend on the thread count.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::mpsc;
 
 use super::error::ConvertError;
-use super::factor::HeadCounts;
-use super::materialize::materialize;
-use super::plan::Plan;
-use crate::gguf::{self, Value, Writer, keys};
-use crate::peft::Adapter;
+use super::factor::{self, HeadCounts};
+use super::materialize::{Factors, materialize};
+use super::plan::{PairShape, Plan, PlannedPair};
+use super::stream::{self, Rows};
+use crate::arch::RowTransform;
+use crate::gguf::{self, TensorSpec, Value, Writer, keys};
+use crate::peft::{Adapter, TensorRef};
+
+/// Encoded tensors queued for the writer thread (beyond the one it is writing).
+const QUEUED: usize = 2;
 
 /// The metadata written, in order (general.architecture first, as gguf-py does).
 pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
@@ -54,30 +64,202 @@ pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
     kv
 }
 
-/// Write the whole file to `out` (any writer). Returns bytes written.
-pub fn write_gguf<W: Write>(
+/// How one output tensor's data is made.
+enum Job<'a> {
+    /// A factor of a Linear pair: rows of one adapter tensor (B's gathered by the row transform, times the fold).
+    Rows {
+        pair: &'a PlannedPair,
+        source: &'a TensorRef,
+        transform: RowTransform,
+        fold: f32,
+    },
+    /// `lora_a` or `lora_b` of a pair built in f32 by [`materialize`] (embeddings, stacked experts).
+    Materialized { pair: &'a PlannedPair, is_a: bool },
+}
+
+fn jobs<'a>(plan: &'a Plan, adapter: &'a Adapter) -> Vec<(&'a TensorSpec, Job<'a>)> {
+    let mut jobs = Vec::with_capacity(2 * plan.pairs.len());
+    for pair in &plan.pairs {
+        match (pair.shape, pair.sources.as_slice()) {
+            (PairShape::Linear, [s]) => {
+                let p = &adapter.pairs[s.pair];
+                jobs.push((
+                    &pair.a,
+                    Job::Rows {
+                        pair,
+                        source: &p.a,
+                        transform: RowTransform::Identity,
+                        fold: 1.0,
+                    },
+                ));
+                jobs.push((
+                    &pair.b,
+                    Job::Rows {
+                        pair,
+                        source: &p.b,
+                        transform: s.rows,
+                        fold: s.fold as f32,
+                    },
+                ));
+            }
+            _ => {
+                jobs.push((&pair.a, Job::Materialized { pair, is_a: true }));
+                jobs.push((&pair.b, Job::Materialized { pair, is_a: false }));
+            }
+        }
+    }
+    jobs
+}
+
+/// Write the whole file to `out` (any writer); returns it.
+pub fn write_gguf<W: Write + Send>(
     out: W,
     plan: &Plan,
     adapter: &Adapter,
     heads: HeadCounts,
 ) -> Result<W, ConvertError> {
-    let specs: Vec<gguf::TensorSpec> = plan
-        .pairs
-        .iter()
-        .flat_map(|p| [p.a.clone(), p.b.clone()])
-        .collect();
-    let mut writer = Writer::new(out, &metadata(plan, adapter), &specs)?;
-    let mut bytes = Vec::new();
-    for pair in &plan.pairs {
-        let factors = materialize(adapter, pair, heads)?;
-        for (spec, data) in [(&pair.a, &factors.a), (&pair.b, &factors.b)] {
-            bytes.clear();
-            let row_len = usize::try_from(spec.dims[0]).unwrap_or(usize::MAX);
-            gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut bytes)?;
-            writer.write_tensor(&spec.name, &bytes)?;
+    let jobs = jobs(plan, adapter);
+    let specs: Vec<TensorSpec> = jobs.iter().map(|(spec, _)| (*spec).clone()).collect();
+    let writer = Writer::new(out, &metadata(plan, adapter), &specs)?;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<(&str, Vec<u8>)>(QUEUED);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let written = scope.spawn(move || {
+            let mut writer = writer;
+            for (name, bytes) in full_rx {
+                writer.write_tensor(name, &bytes)?;
+                // The encoder may have stopped already; then the buffer is simply dropped.
+                let _ = free_tx.send(bytes);
+            }
+            Ok::<_, gguf::Error>(writer)
+        });
+        let encoded = encode_all(
+            &jobs,
+            adapter,
+            heads,
+            |name, bytes| full_tx.send((name, bytes)).is_ok(),
+            || free_rx.try_recv().unwrap_or_default(),
+        );
+        drop(full_tx);
+        let written = written
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // An encoding error comes first; a failed write stops the encoder, which then reports nothing.
+        encoded?;
+        Ok(written?.finish()?)
+    })
+}
+
+/// Encode every job in order, handing each tensor's bytes to `send` (false: the writer has stopped). The source
+/// of the next `Rows` job is read while the current one is encoded.
+fn encode_all<'a>(
+    jobs: &[(&'a TensorSpec, Job<'a>)],
+    adapter: &Adapter,
+    heads: HeadCounts,
+    mut send: impl FnMut(&'a str, Vec<u8>) -> bool,
+    mut recycled: impl FnMut() -> Vec<u8>,
+) -> Result<(), ConvertError> {
+    let source_of = |job: &Job<'a>| match job {
+        Job::Rows { source, .. } => Some(*source),
+        Job::Materialized { .. } => None,
+    };
+    let mut sources = jobs.iter().filter_map(|(_, job)| source_of(job));
+    let mut current = Vec::new();
+    let mut next = Vec::new();
+    if let Some(first) = sources.next() {
+        adapter.read_tensor_bytes(first, &mut current)?;
+    }
+    let mut materialized: Option<Factors> = None;
+    for (spec, job) in jobs {
+        let mut out = recycled();
+        match job {
+            Job::Rows {
+                pair,
+                source,
+                transform,
+                fold,
+            } => {
+                let following = sources.next();
+                let copy = *transform == RowTransform::Identity
+                    && stream::is_byte_copy(source.dtype, spec.ggml_type, *fold, false);
+                let (encoded, read) = rayon::join(
+                    || {
+                        if copy {
+                            Ok(adapter.check_finite(source, &current)?)
+                        } else {
+                            encode_factor(
+                                adapter, pair, source, &current, *transform, *fold, heads, spec,
+                                &mut out,
+                            )
+                        }
+                    },
+                    || following.map_or(Ok(()), |t| adapter.read_tensor_bytes(t, &mut next)),
+                );
+                encoded?;
+                read?;
+                if copy {
+                    // The source bytes are the output: hand them on, and read into the spare buffer next time.
+                    std::mem::swap(&mut out, &mut current);
+                }
+                std::mem::swap(&mut current, &mut next);
+            }
+            Job::Materialized { pair, is_a } => {
+                if *is_a {
+                    materialized = Some(materialize(adapter, pair, heads)?);
+                }
+                let data = match (&materialized, is_a) {
+                    (Some(f), true) => f.a.as_slice(),
+                    (Some(f), false) => f.b.as_slice(),
+                    (None, _) => &[],
+                };
+                out.clear();
+                let row_len = usize::try_from(spec.dims[0]).unwrap_or(usize::MAX);
+                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut out)?;
+            }
+        }
+        if !send(&spec.name, out) {
+            break;
         }
     }
-    Ok(writer.finish()?)
+    Ok(())
+}
+
+/// One factor of a Linear pair from its adapter bytes: checked finite, rows gathered, folded, encoded.
+#[allow(clippy::too_many_arguments)] // the parts of one `Job::Rows`, unpacked by its only caller
+fn encode_factor(
+    adapter: &Adapter,
+    pair: &PlannedPair,
+    source: &TensorRef,
+    bytes: &[u8],
+    transform: RowTransform,
+    fold: f32,
+    heads: HeadCounts,
+    spec: &TensorSpec,
+    out: &mut Vec<u8>,
+) -> Result<(), ConvertError> {
+    adapter.check_finite(source, bytes)?;
+    let (rows, cols) = match source.shape.as_slice() {
+        &[rows, cols] => (rows, cols),
+        _ => (0, 0),
+    };
+    let gather = match transform {
+        RowTransform::Identity => None,
+        t => Some(
+            factor::row_sources(t, rows, heads).map_err(|e| ConvertError::Rows {
+                module: adapter.pairs[pair.sources[0].pair].module.clone(),
+                target: pair.target.clone(),
+                source: e,
+            })?,
+        ),
+    };
+    let rows = Rows {
+        bytes,
+        dtype: source.dtype,
+        cols,
+        gather: gather.as_deref(),
+        fold,
+    };
+    Ok(stream::encode_rows(&rows, spec.ggml_type, out)?)
 }
 
 /// Write to a temporary file beside `path`; `finish` runs on it (verification) before the rename.
@@ -111,7 +293,8 @@ pub fn write_atomically(
     let mut buffered = write_gguf(buffered, plan, adapter, heads)?;
     buffered.flush().map_err(io)?;
     drop(buffered);
-    tmp.as_file().sync_all().map_err(io)?;
+    // No fsync: like `cp` and llama.cpp's converters, the file is complete for every reader once written, and the
+    // rename only ever exposes a complete file to them; forcing it to disk would triple the wall time (BENCHMARKS.md).
     finish(tmp.path())?;
     let size = tmp.as_file().metadata().map_err(io)?.len();
     tmp.persist(path).map_err(|e| io(e.error))?;

@@ -242,10 +242,11 @@ pub fn tensor_nbytes(ty: GgmlType, dims: &[u64]) -> Option<u64> {
     (element_count(dims)? / ty.block_size()).checked_mul(ty.type_size())
 }
 
-/// Elements per parallel work item: 1 Mi values (4 MiB of f32 input), a multiple of every block size.
-const PARALLEL_CHUNK: usize = 1 << 20;
+/// Elements per parallel work item: 64 Ki values (256 KiB of f32 input, so an adapter's typical 0.25–4 MiB factor
+/// splits over every core), a multiple of every block size.
+pub const PARALLEL_CHUNK: usize = 1 << 16;
 /// Below this many values [`encode_parallel`] encodes on the calling thread.
-const PARALLEL_MIN: usize = 1 << 18;
+const PARALLEL_MIN: usize = 2 * PARALLEL_CHUNK;
 /// f16 values converted per batch through `half`'s slice conversion (stack buffer).
 const F16_BATCH: usize = 512;
 
@@ -290,6 +291,28 @@ pub fn encode(ty: GgmlType, src: &[f32], row_len: usize, out: &mut Vec<u8>) -> R
         out.truncate(start);
     }
     result
+}
+
+/// Encode `src` into `dst`, which must be exactly the encoded size of `src` (whole blocks): for callers that
+/// split one tensor into pieces of whole blocks themselves. `first_index` is the position of `src[0]` in the
+/// whole tensor, so that an error names the element as [`encode`] would. Bit-exact with [`encode`].
+pub fn encode_slice(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    first_index: usize,
+) -> Result<(), Error> {
+    let block = usize::try_from(ty.block_size()).unwrap_or(usize::MAX);
+    let n = encoded_len(ty, src.len(), block)?;
+    if n != dst.len() {
+        return Err(Error::EncodedSize {
+            ggml_type: ty,
+            values: src.len(),
+            len: dst.len(),
+            needed: n,
+        });
+    }
+    encode_into(ty, src, dst, first_index)
 }
 
 /// [`encode`] on all cores (rayon), in chunks of whole blocks; the output is byte-identical to [`encode`].
@@ -355,13 +378,17 @@ fn encode_into(ty: GgmlType, src: &[f32], dst: &mut [u8], base: usize) -> Result
                     continue;
                 };
                 halves.convert_from_f32_slice(s);
-                for ((h, x), d) in halves.iter().zip(s).zip(d.as_chunks_mut::<2>().0) {
-                    let bits = if x.is_nan() {
-                        f16_nan_numpy(*x)
-                    } else {
-                        h.to_bits()
-                    };
-                    *d = bits.to_le_bytes();
+                let d = d.as_chunks_mut::<2>().0;
+                for (h, d) in halves.iter().zip(d.iter_mut()) {
+                    *d = h.to_bits().to_le_bytes();
+                }
+                // NaNs are rare: find them with a reduction that vectorizes, patch them one by one.
+                if s.iter().fold(false, |any, x| any | x.is_nan()) {
+                    for (x, d) in s.iter().zip(d) {
+                        if x.is_nan() {
+                            *d = f16_nan_numpy(*x).to_le_bytes();
+                        }
+                    }
                 }
             }
         }
@@ -437,19 +464,28 @@ fn quantize_block_q8_0(block: &[f32; 32], out: &mut [u8; 34]) -> Result<(), usiz
         qs.fill(0);
         return Ok(());
     }
-    for (q, x) in qs.iter_mut().zip(block) {
-        *q = round_half_away(*x * id).cast_unsigned();
+    let mut q = [0i32; 32];
+    for (q, x) in q.iter_mut().zip(block) {
+        *q = round_half_away(*x * id);
+    }
+    for (out, q) in qs.iter_mut().zip(q) {
+        *out = (q as i8).cast_unsigned();
     }
     Ok(())
 }
 
-/// `roundf(v)` to i8 for |v| <= 127.5 (true of every x·id with a finite id: |x·id| <= amax·id ≈ 127): the
-/// truncation is exact, `v - t` is exact (Sterbenz), and ties go away from zero, as `np_roundf` and `roundf`.
-fn round_half_away(v: f32) -> i8 {
-    let t = v as i32;
-    let frac = v - t as f32;
-    let q = t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5);
-    q as i8
+/// 1.5 · 2²³: adding it to |v| < 2²² leaves v rounded to an integer (nearest even) in the low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `roundf(v)` for |v| <= 127.5 (true of every x·id with a finite id: |x·id| <= amax·id ≈ 127), ties away from
+/// zero as `np_roundf` and `roundf`, in float and integer operations that vectorize (a float → int conversion
+/// does not, on the baseline x86-64 target): `v + M` rounds to nearest even; `v − r` is then exact, and is ±0.5
+/// exactly at a tie, where nearest-even went toward zero if the difference has the sign of v.
+fn round_half_away(v: f32) -> i32 {
+    let s = v + ROUND_MAGIC;
+    let even = (s.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let diff = v - (s - ROUND_MAGIC);
+    even + i32::from(diff == 0.5 && v > 0.0) - i32::from(diff == -0.5 && v < 0.0)
 }
 
 /// Decode `bytes` of type `ty` to f32, appending to `out` (f32, f16, bf16, q8_0; as ggml's `to_float`).
@@ -675,6 +711,39 @@ mod tests {
         encode(GgmlType::Q8_0, &[0.1f32; 32], 32, &mut out).unwrap();
         assert_eq!(out[2], 127);
         assert_eq!(&out[..2], &f16::from_f32(0.1 / 127.0).to_le_bytes());
+    }
+
+    /// The rounding of `quantize_row_q8_0_ref` in its plainest form: truncate, then step away from zero when the
+    /// remainder is at least one half.
+    fn roundf_reference(v: f32) -> i32 {
+        let t = v.trunc();
+        let frac = v - t;
+        t as i32 + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
+    }
+
+    #[test]
+    fn q8_0_rounding_is_roundf_on_its_whole_range() {
+        // Every tie k + ½ and its float neighbours, zeros, and a dense stride through all floats up to 127.5.
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            127.5,
+            -127.5,
+            f32::from_bits(1),
+            -f32::from_bits(1),
+        ];
+        for k in -128..128 {
+            let tie = k as f32 + 0.5;
+            values.extend([tie, tie.next_up(), tie.next_down(), k as f32]);
+        }
+        values.extend(
+            (0..0x42ff_0000u32)
+                .step_by(97)
+                .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)]),
+        );
+        for v in values.into_iter().filter(|v| v.abs() <= 127.5) {
+            assert_eq!(round_half_away(v), roundf_reference(v), "{v:e}");
+        }
     }
 
     #[test]

@@ -424,6 +424,18 @@ pub enum Error {
         /// The byte count.
         len: usize,
     },
+    /// An output buffer that is not the encoded size of its input ([`dtype::encode_slice`]).
+    #[error("cannot encode {values} values as {ggml_type} into {len} bytes: they need {needed}")]
+    EncodedSize {
+        /// The type.
+        ggml_type: GgmlType,
+        /// Values given.
+        values: usize,
+        /// Bytes given.
+        len: usize,
+        /// Bytes needed.
+        needed: usize,
+    },
 }
 
 /// The magic bytes as text when printable, for [`Error::BadMagic`].

@@ -1,6 +1,7 @@
 //! The training side: a Hugging Face PEFT LoRA adapter directory (`adapter_config.json` +
 //! `adapter_model.safetensors`) read into typed pairs with PEFT's exact per-module scaling. The safetensors file is
-//! memory-mapped and validated at open; tensor data is only read when the converter asks for one tensor.
+//! validated at open (its header, through a short-lived memory map); tensor data is read with positioned reads
+//! into the caller's buffers when the converter asks for one tensor, so memory use does not grow with the file.
 
 pub mod config;
 pub mod scaling;
@@ -11,6 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 pub use config::AdapterConfig;
@@ -185,7 +187,7 @@ pub enum Error {
     },
 }
 
-/// An opened adapter: configuration, pairs, and the memory-mapped weights.
+/// An opened adapter: configuration, pairs, and the open weights file.
 #[derive(Debug)]
 pub struct Adapter {
     /// The adapter directory.
@@ -197,9 +199,9 @@ pub struct Adapter {
     /// Copies of wrapped base layers found in the file and ignored (PEFT saves them next to embedding LoRAs).
     pub ignored: Vec<String>,
     path: PathBuf,
-    mmap: Mmap,
+    file: File,
     /// key → absolute byte range in the file.
-    ranges: BTreeMap<String, (usize, usize)>,
+    ranges: BTreeMap<String, (u64, u64)>,
 }
 
 /// Open and validate a PEFT adapter directory.
@@ -258,8 +260,8 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         path: st_path.clone(),
         source,
     })?;
-    // SAFETY (of the mapping's contents, not memory safety): the file may change under us; we only read bytes and
-    // validate shapes and offsets first, so a concurrent writer can at worst give wrong numbers, never UB in our code.
+    // The map only lets the safetensors crate validate the header against the file's length; parsing touches the
+    // header's pages alone, and the map is gone before any tensor is read.
     let mmap = map(&file).map_err(|source| Error::Io {
         path: st_path.clone(),
         source,
@@ -268,10 +270,10 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         path: st_path.clone(),
         source,
     };
-    // `deserialize` checks that the header's offsets cover the data exactly (no gaps, no trailing bytes).
-    SafeTensors::deserialize(&mmap).map_err(st_err)?;
+    // `read_metadata` checks that the header's offsets cover the data exactly (no gaps, no trailing bytes).
     let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(st_err)?;
-    let data_start = header_len + 8;
+    drop(mmap);
+    let data_start = (header_len + 8) as u64;
 
     let mut ranges = BTreeMap::new();
     let mut halves: BTreeMap<(String, PairKind), (Option<TensorRef>, Option<TensorRef>)> =
@@ -302,7 +304,10 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                     }
                 };
                 let (start, end) = info.data_offsets;
-                ranges.insert(key.clone(), (data_start + start, data_start + end));
+                ranges.insert(
+                    key.clone(),
+                    (data_start + start as u64, data_start + end as u64),
+                );
                 let t = TensorRef {
                     key: key.clone(),
                     dtype,
@@ -417,15 +422,76 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         pairs,
         ignored,
         path: st_path,
-        mmap,
+        file,
         ranges,
     })
 }
 
+/// Values per work item of [`Adapter::check_finite`].
+const FINITE_CHUNK_VALUES: usize = 1 << 16;
+
+/// Whether every value in `bytes` (little-endian `dtype` values) is finite. An integer max over the magnitude bits
+/// (which vectorizes): a value is NaN or infinite exactly when its exponent bits are all ones.
+fn all_finite(dtype: SourceDtype, bytes: &[u8]) -> bool {
+    match dtype {
+        SourceDtype::F32 => {
+            let m = bytes
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .fold(0u32, |m, b| m.max(u32::from_le_bytes(*b) & 0x7fff_ffff));
+            m < 0x7f80_0000
+        }
+        SourceDtype::F16 | SourceDtype::BF16 => {
+            let m = bytes
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .fold(0u16, |m, b| m.max(u16::from_le_bytes(*b) & 0x7fff));
+            m < if dtype == SourceDtype::F16 {
+                0x7c00
+            } else {
+                0x7f80
+            }
+        }
+    }
+}
+
+fn is_nan(dtype: SourceDtype, value: &[u8]) -> bool {
+    match (dtype, value) {
+        (SourceDtype::F32, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]).is_nan(),
+        (SourceDtype::F16, &[a, b]) => half::f16::from_le_bytes([a, b]).is_nan(),
+        (SourceDtype::BF16, &[a, b]) => half::bf16::from_le_bytes([a, b]).is_nan(),
+        _ => false,
+    }
+}
+
+/// Fill `buf` from `file` at `offset` (a positioned read: no shared cursor, so threads may read concurrently).
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[allow(unsafe_code)]
 fn map(file: &File) -> std::io::Result<Mmap> {
-    // SAFETY: memmap2 requires that the file is not truncated while mapped; we hold it read-only for the
-    // duration of one conversion, as every safetensors reader does.
+    // SAFETY: memmap2 requires that the file is not truncated while mapped; the map lives only while `open` parses
+    // the header (reading header bytes alone), as in every safetensors reader.
     unsafe { Mmap::map(file) }
 }
 
@@ -435,17 +501,67 @@ impl Adapter {
         &self.path
     }
 
-    /// Raw little-endian bytes of a tensor.
-    pub fn tensor_bytes(&self, t: &TensorRef) -> &[u8] {
-        self.ranges
-            .get(&t.key)
-            .and_then(|&(s, e)| self.mmap.get(s..e))
-            .unwrap_or(&[])
+    /// Raw little-endian bytes of a tensor, read into `out` (resized to fit; its allocation is reused).
+    pub fn read_tensor_bytes(&self, t: &TensorRef, out: &mut Vec<u8>) -> Result<(), Error> {
+        let &(start, end) = self.ranges.get(&t.key).ok_or_else(|| Error::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no tensor `{}` in this file", t.key),
+            ),
+        })?;
+        let len = usize::try_from(end - start).map_err(|_| Error::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(format!("tensor `{}` does not fit in memory", t.key)),
+        })?;
+        // Every byte is overwritten by the read: only growth needs filling.
+        if out.len() < len {
+            out.resize(len, 0);
+        } else {
+            out.truncate(len);
+        }
+        read_at(&self.file, out, start).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Fail if `bytes` (the data of `t`) hold NaN or infinity, naming the tensor and the first such element.
+    /// Runs on all cores of the current rayon pool.
+    pub fn check_finite(&self, t: &TensorRef, bytes: &[u8]) -> Result<(), Error> {
+        let size = t.dtype.size();
+        let chunk = FINITE_CHUNK_VALUES * size;
+        let first_bad = bytes
+            .par_chunks(chunk)
+            .enumerate()
+            .find_first(|(_, c)| !all_finite(t.dtype, c))
+            .and_then(|(i, c)| {
+                let j = c.chunks_exact(size).position(|v| !all_finite(t.dtype, v))?;
+                Some((
+                    i * FINITE_CHUNK_VALUES + j,
+                    c.get(j * size..(j + 1) * size)?,
+                ))
+            });
+        match first_bad {
+            None => Ok(()),
+            Some((index, value)) => Err(Error::NonFinite {
+                path: self.path.clone(),
+                key: t.key.clone(),
+                what: if is_nan(t.dtype, value) {
+                    "NaN"
+                } else {
+                    "infinity"
+                },
+                index,
+            }),
+        }
     }
 
     /// A tensor widened exactly to f32 (into `out`, cleared first); NaN or infinity is an error naming the tensor.
     pub fn tensor_f32(&self, t: &TensorRef, out: &mut Vec<f32>) -> Result<(), Error> {
-        let bytes = self.tensor_bytes(t);
+        let mut bytes = Vec::new();
+        self.read_tensor_bytes(t, &mut bytes)?;
+        self.check_finite(t, &bytes)?;
         out.clear();
         out.reserve(bytes.len() / t.dtype.size());
         match t.dtype {
@@ -470,19 +586,6 @@ impl Adapter {
                         .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
                 );
             }
-        }
-        if let Some(index) = out.iter().position(|x| !x.is_finite()) {
-            let what = if out[index].is_nan() {
-                "NaN"
-            } else {
-                "infinity"
-            };
-            return Err(Error::NonFinite {
-                path: self.path.clone(),
-                key: t.key.clone(),
-                what,
-                index,
-            });
         }
         Ok(())
     }
