@@ -391,3 +391,56 @@ fn a_target_whose_shape_differs_in_the_base_is_refused() {
     assert!(stderr.contains("has ne [64, 32]"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// Without a base GGUF the experts are told apart and counted from config.json (`num_experts`, hidden and expert
+/// FFN sizes); the output is the same file.
+#[test]
+fn moe_from_base_config_equals_moe_from_base_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in [
+        "mixtral",
+        "qwen2moe",
+        "qwen3moe",
+        "olmoe-partial",
+        "mixtral-legacy",
+    ] {
+        let a = dir.path().join(format!("{case}-gguf.gguf"));
+        let b = dir.path().join(format!("{case}-config.gguf"));
+        convert(case, "f32", &a).success();
+        lora_convert()
+            .arg(case_dir(case))
+            .arg("-o")
+            .arg(&b)
+            .arg("--base-config")
+            .arg(base_config(&base_of(case)))
+            .arg("--verify")
+            .assert()
+            .success();
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn expert_count_mismatch_is_refused_from_base_config_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let a = lora_convert()
+        .arg(case_dir("expert-count-mismatch"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--base-config")
+        .arg(base_config("mixtral"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains(
+            "the LoRA holds 8 experts (lora_A has 32 rows = 8 experts × r 4) but the base"
+        ) && stderr.contains("has 4 experts per layer"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -105,6 +105,11 @@ family_tests! {
     llama_f16_adapter => "llama-f16",
     llama_layers_to_transform => "llama-layers",
     llama_float_alpha => "llama-float-alpha",
+    mixtral_fused_experts => "mixtral",
+    qwen2moe_router_and_shared_expert => "qwen2moe",
+    qwen3moe_expert_rank_and_alpha_patterns => "qwen3moe",
+    olmoe_down_proj_only_rslora => "olmoe-partial",
+    mixtral_legacy_per_expert_linear => "mixtral-legacy",
 }
 
 #[test]
@@ -138,6 +143,11 @@ fn every_ok_fixture_has_a_logits_test() {
         "llama-f16",
         "llama-layers",
         "llama-float-alpha",
+        "mixtral",
+        "qwen2moe",
+        "qwen3moe",
+        "olmoe-partial",
+        "mixtral-legacy",
     ];
     for case in cases("ok") {
         assert!(
@@ -256,4 +266,75 @@ fn adapter_stacks_combine_exactly() {
         max_abs_diff(&got[1], &torch_1) > 0.1,
         "the second adapter must add its own effect"
     );
+}
+
+/// The MoE fixtures catch a wrong expert layout: the mixtral adapter with each expert's B taken as a block of
+/// columns (instead of PEFT's interleaved columns), or with two experts swapped, misses PyTorch by far more than
+/// the tolerance — routing in the tiny models is decisive and uses every expert.
+#[test]
+fn wrong_expert_layouts_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    convert_case("mixtral", OutType::F32, &good, false);
+    let file = lora_gguf::gguf::GgufFile::open(&good).unwrap();
+    let dims = |name: &str| {
+        file.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.dims.clone())
+            .unwrap()
+    };
+    let reference = case_dir("mixtral").join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, torch_1) = read_tensor(&reference, "logits_scale_1");
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    type Sabotage = fn(&[f32], usize, usize, usize) -> Vec<f32>;
+    // data is E blocks of (out × r); B (out, E·r) of PEFT has B[o][k·E + e] = data[e][o][k]
+    let blocked: Sabotage = |d, r, out, n| {
+        let mut w = vec![0.0; d.len()];
+        for e in 0..n {
+            for o in 0..out {
+                for k in 0..r {
+                    let c = e * r + k; // the column a blocked reading would take
+                    w[(e * out + o) * r + k] = d[((c % n) * out + o) * r + c / n];
+                }
+            }
+        }
+        w
+    };
+    let swapped: Sabotage = |d, r, out, _| {
+        let block = out * r;
+        let mut w = d.to_vec();
+        w[..block].copy_from_slice(&d[block..2 * block]);
+        w[block..2 * block].copy_from_slice(&d[..block]);
+        w
+    };
+    for (what, sabotage) in [
+        ("blocked B columns", blocked),
+        ("experts 0 and 1 swapped", swapped),
+    ] {
+        let bad = dir.path().join("bad.gguf");
+        rewrite_gguf(
+            &good,
+            &bad,
+            |_, _| true,
+            |name, data| {
+                if name.ends_with("_exps.weight.lora_b") {
+                    let d = dims(name);
+                    let (r, out, n) = (d[0] as usize, d[1] as usize, d[2] as usize);
+                    *data = bytes(&sabotage(&f32s(data), r, out, n));
+                }
+            },
+        );
+        let got = logits_for_tokens(&base_gguf("mixtral"), Some(&bad), &[1.0], &tokens, 2).unwrap();
+        let err = max_abs_diff(&got[1], &torch_1);
+        eprintln!("mixtral with {what}: |Δlogit| {err:.3} vs PyTorch");
+        assert!(err > 0.05, "{what}: not detected (|Δlogit| {err})");
+    }
 }

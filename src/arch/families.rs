@@ -35,6 +35,26 @@ const ROPE_QK: &[(&str, RowTransform)] = &[
     ("blk.{bid}.attn_k", RowTransform::LlamaRope(Heads::KeyValue)),
 ];
 
+/// transformers 5 fuses each layer's experts into `mlp.experts.gate_up_proj` (E, 2·ff, H), gate rows first
+/// (`gate, up = linear(x, gate_up_proj[e]).chunk(2, dim=-1)` in modeling_{mixtral,qwen2_moe,qwen3_moe,olmoe}.py)
+/// and `mlp.experts.down_proj` (E, H, ff). llama.cpp's converter splits gate_up_proj on dim -2 into ffn_gate_exps
+/// and ffn_up_exps (qwen.py `Qwen2MoeModel.modify_tensors`; transformers' save_pretrained writes Mixtral and OLMoE
+/// per expert, which llama.py / olmo.py stack into the same tensors): B's rows split in two, A shared. down_proj
+/// maps by name to ffn_down_exps.
+const FUSED_GATE_UP_EXPERTS: Split = Split {
+    hf: "model.layers.{bid}.mlp.experts.gate_up_proj",
+    parts: &[
+        (
+            "blk.{bid}.ffn_gate_exps",
+            RowTransform::Chunk { index: 0, count: 2 },
+        ),
+        (
+            "blk.{bid}.ffn_up_exps",
+            RowTransform::Chunk { index: 1, count: 2 },
+        ),
+    ],
+};
+
 const PLAIN: Review = Review {
     arch: "",
     rows: &[],
@@ -52,6 +72,7 @@ pub static REVIEWED: &[Review] = &[
     Review {
         arch: "llama",
         rows: ROPE_QK,
+        splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
         ..PLAIN
     },
@@ -103,6 +124,7 @@ pub static REVIEWED: &[Review] = &[
     // OlmoeModel — olmo.py: mlp.experts.{xid}.* stacked.
     Review {
         arch: "olmoe",
+        splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
         ..PLAIN
     },
@@ -160,11 +182,13 @@ pub static REVIEWED: &[Review] = &[
     },
     Review {
         arch: "qwen2moe",
+        splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
         ..PLAIN
     },
     Review {
         arch: "qwen3moe",
+        splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
         ..PLAIN
     },
@@ -222,6 +246,7 @@ pub static REVIEWED: &[Review] = &[
     // llama.cpp's MLA graph (src/models/deepseek2.cpp) multiplies the attention weights with ggml_mul_mat directly.
     Review {
         arch: "deepseek2",
+        splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
         unsupported: &[(
             "blk.{bid}.attn_kv_b",

@@ -29,6 +29,8 @@ pub struct Geometry {
     pub n_vocab: Option<u64>,
     /// Experts per MoE layer.
     pub n_expert: Option<u32>,
+    /// FFN width of one expert (`moe_intermediate_size`; Mixtral and OLMoE: `intermediate_size`).
+    pub n_ff_exp: Option<u64>,
     /// `tie_word_embeddings`.
     pub tie_word_embeddings: Option<bool>,
 }
@@ -173,6 +175,9 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
             "n_routed_experts",
             "moe_num_experts",
         ])?,
+        n_ff_exp: r
+            .u32(&["moe_intermediate_size", "intermediate_size"])?
+            .map(u64::from),
         tie_word_embeddings,
     })
 }

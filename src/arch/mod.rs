@@ -219,6 +219,12 @@ impl Family {
         let (template, block, expert) = templated(&name);
 
         if let Some(split) = review.splits.iter().find(|s| s.hf == template) {
+            if split.parts.iter().any(|(g, _)| g.ends_with("_exps")) && !review.stacks_experts {
+                return Err(MapError::Experts {
+                    module: module.to_string(),
+                    arch: self.gguf_arch,
+                });
+            }
             return Ok(split
                 .parts
                 .iter()
@@ -226,7 +232,11 @@ impl Family {
                     name: tensor_name(gguf, block),
                     block,
                     rows,
-                    layout: Layout::Linear,
+                    layout: if gguf.ends_with("_exps") {
+                        Layout::Experts
+                    } else {
+                        Layout::Linear
+                    },
                 })
                 .collect());
         }
@@ -268,6 +278,15 @@ impl Family {
         let layout = match expert {
             Some(index) => Layout::Expert { index },
             None if gguf == "token_embd" => Layout::Embedding,
+            None if gguf.ends_with("_exps") => {
+                if !review.stacks_experts {
+                    return Err(MapError::Experts {
+                        module: module.to_string(),
+                        arch: self.gguf_arch,
+                    });
+                }
+                Layout::Experts
+            }
             None => Layout::Linear,
         };
         Ok(vec![Target {
@@ -276,6 +295,17 @@ impl Family {
             rows,
             layout,
         }])
+    }
+
+    /// Map a parameter targeted with PEFT's `target_parameters`: `weight` is the module's own weight (a router
+    /// `mlp.gate`), any other parameter is named like a module (`mlp.experts.down_proj`, as gguf-py's tables name
+    /// transformers-5 fused experts).
+    pub fn map_parameter(&self, module: &str, parameter: &str) -> Result<Vec<Target>, MapError> {
+        if parameter == "weight" {
+            self.map_module(module)
+        } else {
+            self.map_module(&format!("{module}.{parameter}"))
+        }
     }
 
     /// Whether llama.cpp's graph ignores a LoRA on this GGUF tensor (`blk.3.attn_q.weight`).

@@ -64,6 +64,9 @@ pub enum Layout {
         /// The expert's index within the stack.
         index: u32,
     },
+    /// A whole stacked `*_exps` tensor from one pair that holds every expert (a transformers-5 fused 3-D expert
+    /// parameter targeted with `target_parameters`); same GGUF layout as `Expert`.
+    Experts,
 }
 
 /// One GGUF base tensor that a PEFT module's LoRA pair contributes to.

@@ -33,6 +33,10 @@ pub struct BaseModel {
     pub n_vocab: Option<u64>,
     /// Experts per MoE layer, when the model has experts.
     pub n_expert: Option<u64>,
+    /// Hidden size, when known.
+    pub n_embd: Option<u64>,
+    /// FFN width of one expert, when known (config only; a GGUF base has the tensors themselves).
+    pub n_ff_exp: Option<u64>,
     /// Whether the output head shares the token embedding (no `output.weight` / `tie_word_embeddings`).
     pub tied_embeddings: Option<bool>,
     /// GGUF tensor name → ggml dims (`ne`), only for a GGUF base.
@@ -101,6 +105,7 @@ impl BaseModel {
             .filter(|&e| e > 0);
         let tied =
             tensors.contains_key("token_embd.weight") && !tensors.contains_key("output.weight");
+        let n_embd = file.get_u64(&keys::arch_key(&arch, "embedding_length"));
         Ok(BaseModel {
             source: BaseSource::Gguf(path.to_path_buf()),
             gguf_arch: Some(arch),
@@ -108,6 +113,8 @@ impl BaseModel {
             heads,
             n_vocab,
             n_expert,
+            n_embd,
+            n_ff_exp: None,
             tied_embeddings: Some(tied),
             tensors: Some(tensors),
         })
@@ -127,9 +134,29 @@ impl BaseModel {
             heads,
             n_vocab: g.n_vocab,
             n_expert: g.n_expert.map(u64::from),
+            n_embd: g.n_embd,
+            n_ff_exp: g.n_ff_exp,
             tied_embeddings: g.tie_word_embeddings,
             tensors: None,
         })
+    }
+
+    /// The ne of a base tensor (`blk.0.ffn_down_exps.weight`): from the base GGUF, or — for the MoE tensors a
+    /// `target_parameters` pair is told apart by — derived from the config as llama.cpp's loader expects them
+    /// (`ffn_{gate,up}_exps` [H, ff, E], `ffn_down_exps` [ff, H, E], `ffn_gate_inp` [H, E]).
+    pub fn target_dims(&self, target: &str) -> Option<Vec<u64>> {
+        if let Some(tensors) = &self.tensors {
+            return tensors.get(target).cloned();
+        }
+        let stem = target.strip_suffix(".weight")?;
+        let role = stem.rsplit('.').next()?;
+        let (h, e) = (self.n_embd?, self.n_expert?);
+        match role {
+            "ffn_gate_exps" | "ffn_up_exps" => Some(vec![h, self.n_ff_exp?, e]),
+            "ffn_down_exps" => Some(vec![self.n_ff_exp?, h, e]),
+            "ffn_gate_inp" => Some(vec![h, e]),
+            _ => None,
+        }
     }
 
     /// A short description for messages: the file name.

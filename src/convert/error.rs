@@ -140,6 +140,55 @@ pub enum ConvertError {
         /// The base's expert count.
         n_expert: u64,
     },
+    /// A LoRA holding a whole expert stack with another expert count than the base (llama.cpp checks only
+    /// ne[0] and ne[1] and would run it, reading and writing out of bounds).
+    #[error(
+        "`{module}`: the LoRA holds {held} experts ({detail}) but the base {base} has {n_expert} experts per layer \
+         — the adapter was trained on another model; llama.cpp would load it without noticing and compute garbage"
+    )]
+    ExpertStack {
+        /// The PEFT module (and parameter).
+        module: String,
+        /// Experts the adapter holds.
+        held: usize,
+        /// How that was counted.
+        detail: String,
+        /// The base description.
+        base: String,
+        /// The base's expert count.
+        n_expert: u64,
+    },
+    /// A `target_parameters` pair whose shapes fit none of the parameters targeted on its module.
+    #[error(
+        "`{saved_as}` (lora_A {a_shape:?}, lora_B {b_shape:?}) fits none of the parameters target_parameters names \
+         for this module ({candidates}): {why} (wrong base model, or r / rank_pattern not the ones trained with?)"
+    )]
+    ParameterShape {
+        /// The module path as saved.
+        saved_as: String,
+        /// A's shape.
+        a_shape: Vec<usize>,
+        /// B's shape.
+        b_shape: Vec<usize>,
+        /// The targeted parameters of the module.
+        candidates: String,
+        /// What each one would need.
+        why: String,
+    },
+    /// A `target_parameters` pair whose shapes fit several targeted parameters.
+    #[error(
+        "`{saved_as}`: its shapes fit more than one of the parameters target_parameters names for this module \
+         ({candidates}) against the base {base}, so which one it adapts cannot be told (PEFT's nesting order is no \
+         evidence); pass `--base BASE.gguf` so every parameter's shape is known"
+    )]
+    ParameterAmbiguous {
+        /// The module path as saved.
+        saved_as: String,
+        /// The candidates.
+        candidates: String,
+        /// The base description.
+        base: String,
+    },
     /// Expert LoRAs of one stacked tensor with different ranks cannot be stacked.
     #[error(
         "`{target}`: experts have different LoRA ranks ({ranks}); a stacked GGUF tensor needs one rank"

@@ -70,22 +70,31 @@ pub fn materialize(
             let mut a = vec![0.0f32; n_expert * r * inp];
             let mut b = vec![0.0f32; n_expert * out * r];
             for s in &pair.sources {
-                let e = s.expert.unwrap_or(0);
                 let p = &adapter.pairs[s.pair];
                 adapter.tensor_f32(&p.a, &mut a_src)?;
                 adapter.tensor_f32(&p.b, &mut b_src)?;
-                let bt = transformed_b(
-                    &b_src,
-                    p.b.shape[0],
-                    r,
-                    s.rows,
-                    s.fold,
-                    heads,
-                    &pair.target,
-                    &p.module,
-                )?;
-                a[e * r * inp..(e + 1) * r * inp].copy_from_slice(&a_src);
-                b[e * out * r..(e + 1) * out * r].copy_from_slice(&bt);
+                // one expert per source (per-expert Linear), or the whole stack from one pair (fused experts)
+                let slots: Vec<(usize, usize)> = match s.expert {
+                    Some(e) => vec![(e, 0)],
+                    None => (0..n_expert).map(|e| (e, e)).collect(),
+                };
+                let rows = p.out_features();
+                for (slot, e) in slots {
+                    let a_e = p.packing.expert_a(&a_src, r, inp, e);
+                    let b_e = p.packing.expert_b(&b_src, r, rows, e);
+                    let bt = transformed_b(
+                        &b_e,
+                        rows,
+                        r,
+                        s.rows,
+                        s.fold,
+                        heads,
+                        &pair.target,
+                        &p.module,
+                    )?;
+                    a[slot * r * inp..(slot + 1) * r * inp].copy_from_slice(a_e);
+                    b[slot * out * r..(slot + 1) * out * r].copy_from_slice(&bt);
+                }
             }
             Ok(Factors { a, b })
         }

@@ -8,6 +8,7 @@ pub mod base;
 pub mod error;
 pub mod factor;
 pub mod materialize;
+pub mod params;
 pub mod plan;
 pub mod stream;
 pub mod verify;
@@ -86,9 +87,10 @@ pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
             path: opts.output.clone(),
         });
     }
-    let adapter = peft::open(&opts.adapter_dir)?;
+    let mut adapter = peft::open(&opts.adapter_dir)?;
     let base = resolve_base(opts, &adapter)?;
     let family = resolve_family(opts.arch.as_deref(), &base)?;
+    params::resolve(&mut adapter, family, &base)?;
     let plan = plan::plan(&adapter, family, &base, opts.outtype)?;
     let heads = base.heads.unwrap_or(HeadCounts {
         n_head: 1,

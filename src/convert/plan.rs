@@ -134,12 +134,14 @@ pub fn plan(
     let mut pairs: Vec<PlannedPair> = Vec::new();
 
     for (index, pair) in adapter.pairs.iter().enumerate() {
-        let targets = family
-            .map_module(&pair.module)
-            .map_err(|source| ConvertError::Map {
-                module: pair.module.clone(),
-                source,
-            })?;
+        let mapped = match &pair.parameter {
+            Some(param) => family.map_parameter(&pair.module, param),
+            None => family.map_module(&pair.module),
+        };
+        let targets = mapped.map_err(|source| ConvertError::Map {
+            module: pair.pattern_key(),
+            source,
+        })?;
         let peft_scaling = pair.scaling.factor();
         let c = peft_scaling * pair.rank as f64;
         let fold = c / f64::from(alpha);
@@ -219,6 +221,22 @@ pub fn plan(
         ));
     }
     for p in &pairs {
+        if let PairShape::Experts { n_expert } = p.shape
+            && p.sources.iter().all(|s| s.expert.is_some())
+        {
+            let missing: Vec<String> = (0..n_expert)
+                .filter(|e| !p.sources.iter().any(|s| s.expert == Some(*e)))
+                .map(|e| e.to_string())
+                .collect();
+            if !missing.is_empty() {
+                warnings.push(format!(
+                    "`{}`: expert(s) {} of {n_expert} have no LoRA in the adapter and are written as zero (no \
+                     change), as PEFT leaves them",
+                    p.target,
+                    missing.join(", ")
+                ));
+            }
+        }
         if let PairShape::Embedding { vocab } = p.shape {
             let a_vocab = adapter.pairs[p.sources[0].pair]
                 .a
@@ -319,7 +337,7 @@ fn plan_one(
     };
     let (expected, is_embedding) = match target.layout {
         Layout::Embedding => ("embedding", true),
-        Layout::Linear | Layout::Expert { .. } => ("linear", false),
+        Layout::Linear | Layout::Expert { .. } | Layout::Experts => ("linear", false),
     };
     if (pair.kind == PairKind::Embedding) != is_embedding {
         return Err(ConvertError::KindMismatch {
@@ -335,6 +353,15 @@ fn plan_one(
             target: target.name.clone(),
             source,
         })?;
+    if pair.packing.n_expert() > 1 && target.layout != Layout::Experts {
+        // a stack of experts can only become a stacked `*_exps` tensor
+        return Err(ConvertError::KindMismatch {
+            module: pair.pattern_key(),
+            target: target.name.clone(),
+            expected: "single-matrix",
+            found: "stacked-experts",
+        });
+    }
     let (shape, in_features, expert) = match target.layout {
         Layout::Linear => (PairShape::Linear, a_cols, None),
         Layout::Embedding => {
@@ -361,6 +388,15 @@ fn plan_one(
                 });
             }
             (PairShape::Experts { n_expert }, a_cols, Some(index))
+        }
+        Layout::Experts => {
+            let held = pair.packing.n_expert();
+            if let Some(n_expert) = base.n_expert
+                && n_expert != held as u64
+            {
+                return Err(expert_stack(pair, held, base, n_expert));
+            }
+            (PairShape::Experts { n_expert: held }, a_cols, None)
         }
     };
     let placeholder = TensorSpec {
@@ -408,7 +444,12 @@ fn merge_expert(
         });
     }
     for s in next.sources {
-        if let Some(dup) = into.sources.iter().find(|x| x.expert == s.expert) {
+        // a source without an expert index holds the whole stack: nothing else may share the tensor
+        let clash = into
+            .sources
+            .iter()
+            .find(|x| x.expert == s.expert || x.expert.is_none() || s.expert.is_none());
+        if let Some(dup) = clash {
             return Err(ConvertError::DuplicateTarget {
                 target: format!("{} (expert {})", into.target, s.expert.unwrap_or(0)),
                 first: pairs[dup.pair].module.clone(),
@@ -475,8 +516,13 @@ fn check_base_shape(
     let expected: Vec<u64> = match p.shape {
         PairShape::Linear => vec![p.in_features as u64, p.out_features as u64],
         PairShape::Embedding { vocab } => vec![p.out_features as u64, vocab as u64],
-        PairShape::Experts { .. } => {
+        PairShape::Experts { n_expert: held } => {
             let e = found.get(2).copied().unwrap_or(0);
+            if let Some(packed) = p.sources.iter().find(|s| s.expert.is_none())
+                && held as u64 != e
+            {
+                return Err(expert_stack(&pairs[packed.pair], held, base, e));
+            }
             // The stack is as deep as the base's expert count: experts without a LoRA are zero-filled.
             if let Some(&deepest) = p
                 .sources
@@ -500,7 +546,12 @@ fn check_base_shape(
             vec![p.in_features as u64, p.out_features as u64, e]
         }
     };
-    if *found != expected {
+    // ggml pads ne with 1s: a (1, H) HF weight may be stored as ne [H] (Qwen2-MoE's shared_expert_gate)
+    let trimmed = |d: &[u64]| {
+        let n = d.iter().rposition(|&x| x != 1).map_or(0, |i| i + 1);
+        d[..n].to_vec()
+    };
+    if trimmed(found) != trimmed(&expected) {
         return Err(ConvertError::ShapeMismatch {
             module,
             target: p.target.clone(),
@@ -510,6 +561,20 @@ fn check_base_shape(
         });
     }
     Ok(())
+}
+
+fn expert_stack(pair: &LoraPair, held: usize, base: &BaseModel, n_expert: u64) -> ConvertError {
+    ConvertError::ExpertStack {
+        module: pair.pattern_key(),
+        held,
+        detail: format!(
+            "lora_A has {} rows = {held} experts × r {}",
+            pair.a.shape.first().copied().unwrap_or(0),
+            pair.rank
+        ),
+        base: base.describe(),
+        n_expert,
+    }
 }
 
 fn dim(shape: &[usize], i: usize) -> usize {

@@ -97,7 +97,11 @@ fn verify_pair(
                 PairShape::Embedding { .. } => Cow::Owned(factor::transpose(a_g, inp, r)),
                 _ => Cow::Borrowed(a_g),
             };
-            let source = pair.sources.iter().find(|s| s.expert.unwrap_or(0) == e);
+            // per-expert Linear sources carry their slot; a fused source (no slot) holds every expert
+            let source = pair
+                .sources
+                .iter()
+                .find(|s| s.expert == Some(e) || s.expert.is_none());
             let Some(source) = source else {
                 // A zero-filled expert must read back as exactly zero.
                 if let Some(i) = a_g.iter().chain(b_g).position(|&x| x != 0.0) {
@@ -114,13 +118,16 @@ fn verify_pair(
             let p = &adapter.pairs[source.pair];
             adapter.tensor_f32(&p.a, peft_a)?;
             adapter.tensor_f32(&p.b, peft_b)?;
+            // a fused source holds every expert: take expert e's factors out of its packing
+            let in_expert = if source.expert.is_none() { e } else { 0 };
             let a_ref: Cow<[f32]> = match pair.shape {
                 PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
                     Cow::Owned(factor::keep_columns(peft_a, r, p.a.shape[1], vocab))
                 }
-                _ => Cow::Borrowed(peft_a.as_slice()),
+                _ => Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
             };
-            let b_ref = factor::apply_rows(source.rows, peft_b, p.b.shape[0], r, heads).map_err(
+            let b_expert = p.packing.expert_b(peft_b, r, p.out_features(), in_expert);
+            let b_ref = factor::apply_rows(source.rows, &b_expert, p.b.shape[0], r, heads).map_err(
                 |source| ConvertError::Rows {
                     module: p.module.clone(),
                     target: pair.target.clone(),

@@ -40,6 +40,8 @@ pub struct AdapterConfig {
     pub target_modules: Option<Value>,
     /// `layers_to_transform`, as written.
     pub layers_to_transform: Option<Value>,
+    /// `target_parameters`: `nn.Parameter`s wrapped by PEFT's `ParamWrapper` (transformers 5 fused experts, routers).
+    pub target_parameters: Vec<String>,
     /// `alora_invocation_tokens` (activated LoRA).
     pub alora_invocation_tokens: Option<Vec<u32>>,
     /// `task_type`.
@@ -133,11 +135,26 @@ impl AdapterConfig {
                 .get("layers_to_transform")
                 .filter(|v| !v.is_null())
                 .cloned(),
+            target_parameters: cfg.strings("target_parameters")?,
             alora_invocation_tokens,
             task_type: cfg.string("task_type")?,
             rank_regexes,
             alpha_regexes,
         })
+    }
+
+    /// The parameters of `module` that `target_parameters` wraps (`gate_up_proj`, `down_proj`, `weight` …), in
+    /// file order. A ParamWrapper's factors are saved under the module's path (nested wrappers add `base_layer`),
+    /// so the parameter a pair belongs to is told from its shape, not from these names alone.
+    pub fn targeted_parameters(&self, module: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for entry in &self.target_parameters {
+            let param = entry.rsplit('.').next().unwrap_or(entry);
+            if targets_parameter(entry, module, param) && !out.iter().any(|p| p == param) {
+                out.push(param.to_string());
+            }
+        }
+        out
     }
 
     /// PEFT's scaling for `module` (the module path without `base_model.model.`).
@@ -156,6 +173,13 @@ impl AdapterConfig {
             rslora: self.use_rslora,
         }
     }
+}
+
+/// peft 0.21.2 `BaseTuner._inject_parameters`: the parameter `param` of `module` is targeted when
+/// `f"{module}.{param}"` equals an entry of `target_parameters` or ends with `.` + that entry.
+fn targets_parameter(entry: &str, module: &str, param: &str) -> bool {
+    let key = format!("{module}.{param}");
+    key == entry || key.ends_with(&format!(".{entry}"))
 }
 
 fn first_match(regexes: &[Regex], module: &str) -> Option<usize> {
@@ -211,6 +235,21 @@ impl Reader<'_> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(other) => Err(self.field(key, format!("expected a string, found {other}"))),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, Error> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().map(String::from).ok_or_else(|| {
+                        self.field(key, format!("expected a list of names, found {v}"))
+                    })
+                })
+                .collect(),
+            Some(other) => Err(self.field(key, format!("expected a list of names, found {other}"))),
         }
     }
 
@@ -334,15 +373,6 @@ impl Reader<'_> {
             refuse(
                 "trainable_token_indices",
                 "is set: trainable token deltas are not LoRA and llama.cpp cannot apply them — merge instead",
-            )?;
-        }
-        if let Some(t) = self.get("target_parameters")
-            && t.as_array().is_none_or(|a| !a.is_empty())
-        {
-            refuse(
-                "target_parameters",
-                "is set: LoRA on fused 3-D expert parameters (transformers 5 MoE) is not supported yet — target \
-                     per-expert Linear modules, or merge",
             )?;
         }
         if let Some(Value::String(init)) = self.get("init_lora_weights") {

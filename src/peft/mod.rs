@@ -17,7 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 pub use config::AdapterConfig;
 pub use scaling::Scaling;
-pub use tensors::{KeyKind, LoraPair, PairKind, SourceDtype, TensorRef};
+pub use tensors::{KeyKind, LoraPair, Packing, PairKind, SourceDtype, TensorRef};
 
 /// The adapter weights file PEFT writes.
 pub const SAFETENSORS_FILE: &str = "adapter_model.safetensors";
@@ -400,15 +400,35 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         if ra == 0 || a.shape.contains(&0) || b.shape.contains(&0) {
             return Err(shape_err("a factor is empty".into()));
         }
+        let saved_as = module.clone();
+        let module = tensors::strip_base_layers(&saved_as);
+        // A ParamWrapper pair's rank and parameter are decided later, from the base's shapes
+        // (convert::params): its A has E·r rows for a 3-D expert parameter.
+        let candidates = if kind == PairKind::Linear {
+            config.targeted_parameters(&module)
+        } else {
+            Vec::new()
+        };
         let scaling = config.scaling_for(&module);
-        if scaling.rank as usize != ra {
+        if candidates.is_empty() && scaling.rank as usize != ra {
             return Err(shape_err(format!(
                 "the tensors have rank {ra} but adapter_config.json gives r = {} for this module (r / rank_pattern)",
                 scaling.rank
             )));
         }
+        if candidates.is_empty() && module != saved_as {
+            return Err(shape_err(
+                "is saved under a `base_layer` path, which PEFT only writes for target_parameters, but \
+                 adapter_config.json's target_parameters names no parameter of this module"
+                    .into(),
+            ));
+        }
         pairs.push(LoraPair {
             module,
+            saved_as,
+            parameter: None,
+            candidates,
+            packing: Packing::Single,
             kind,
             a,
             b,
