@@ -127,13 +127,12 @@ fn verify_pair(
                 _ => Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
             };
             let b_expert = p.packing.expert_b(peft_b, r, p.out_features(), in_expert);
-            let b_ref = factor::apply_rows(source.rows, &b_expert, p.b.shape[0], r, heads).map_err(
-                |source| ConvertError::Rows {
+            let b_ref = factor::apply_rows(source.rows, &b_expert, p.b.shape[0], r, heads)
+                .map_err(|source| ConvertError::Rows {
                     module: p.module.clone(),
                     target: pair.target.clone(),
                     source,
-                },
-            )?;
+                })?;
             let check = Check {
                 a_file: &a_g,
                 b_file: b_g,
