@@ -66,6 +66,12 @@ pub enum Layout {
     },
     /// A whole stacked `*_exps` tensor from one pair that holds every expert (a transformers-5 fused 3-D expert
     /// parameter targeted with `target_parameters`); same GGUF layout as `Expert`.
+    ///
+    /// llama.cpp (src/llama-graph.cpp `build_lora_mm_id`): `mul_mat_id(b, mul_mat_id(a, x, ids), ids)` scaled by
+    /// α / b.ne[0], so one rank per stack and expert e's factors are slice e of ne[2]; the loader
+    /// (src/llama-adapter.cpp) checks only ne[0] and ne[1], never the expert count, which is why we do. The router
+    /// (`ffn_gate_inp`, `build_moe_ffn` → `build_lora_mm`) and Qwen2-MoE's shared expert and its gate
+    /// (src/models/qwen2moe.cpp) apply LoRA too.
     Experts,
 }
 
