@@ -171,6 +171,7 @@ impl AdapterConfig {
             alpha,
             rank,
             rslora: self.use_rslora,
+            absolute: None,
         }
     }
 }

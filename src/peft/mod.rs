@@ -187,12 +187,42 @@ pub enum Error {
     },
 }
 
-/// An opened adapter: configuration, pairs, and the open weights file.
+/// The trainer that wrote an adapter directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framework {
+    /// Hugging Face PEFT (`adapter_model.safetensors`).
+    Peft,
+    /// mlx-lm's `mlx_lm lora` (`adapters.safetensors`, read by `crate::mlx`).
+    MlxLm,
+}
+
+impl Framework {
+    /// The name users know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framework::Peft => "PEFT",
+            Framework::MlxLm => "mlx-lm",
+        }
+    }
+
+    /// The `adapter_config.json` key that names the base model.
+    pub fn base_model_key(self) -> &'static str {
+        match self {
+            Framework::Peft => "base_model_name_or_path",
+            Framework::MlxLm => "model",
+        }
+    }
+}
+
+/// An opened adapter: configuration, pairs, and the open weights file. Every trainer's adapter is read into this
+/// one shape (PEFT orientation, per-pair scaling), so planning, writing and verifying never ask who wrote it.
 #[derive(Debug)]
 pub struct Adapter {
     /// The adapter directory.
     pub dir: PathBuf,
-    /// `adapter_config.json`.
+    /// Who wrote it.
+    pub framework: Framework,
+    /// `adapter_config.json`, or for another trainer the PEFT configuration its adapter is equivalent to.
     pub config: AdapterConfig,
     /// LoRA pairs, sorted by module path.
     pub pairs: Vec<LoraPair>,
@@ -312,6 +342,7 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                     key: key.clone(),
                     dtype,
                     shape: info.shape.clone(),
+                    transposed: false,
                 };
                 let slot = halves.entry((module, kind)).or_default();
                 if is_a {
@@ -438,6 +469,7 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
     }
     Ok(Adapter {
         dir: dir.to_path_buf(),
+        framework: Framework::Peft,
         config,
         pairs,
         ignored,
@@ -509,13 +541,36 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
 }
 
 #[allow(unsafe_code)]
-fn map(file: &File) -> std::io::Result<Mmap> {
+pub(crate) fn map(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: memmap2 requires that the file is not truncated while mapped; the map lives only while `open` parses
     // the header (reading header bytes alone), as in every safetensors reader.
     unsafe { Mmap::map(file) }
 }
 
 impl Adapter {
+    /// An adapter read by another trainer's reader (`crate::mlx`), with `ranges` mapping each key to its absolute
+    /// byte range in `file` (already validated).
+    pub(crate) fn from_parts(
+        dir: PathBuf,
+        framework: Framework,
+        config: AdapterConfig,
+        pairs: Vec<LoraPair>,
+        path: PathBuf,
+        file: File,
+        ranges: BTreeMap<String, (u64, u64)>,
+    ) -> Adapter {
+        Adapter {
+            dir,
+            framework,
+            config,
+            pairs,
+            ignored: Vec::new(),
+            path,
+            file,
+            ranges,
+        }
+    }
+
     /// The weights file.
     pub fn safetensors_path(&self) -> &Path {
         &self.path
@@ -577,7 +632,8 @@ impl Adapter {
         }
     }
 
-    /// A tensor widened exactly to f32 (into `out`, cleared first); NaN or infinity is an error naming the tensor.
+    /// A tensor widened exactly to f32 (into `out`, cleared first), in PEFT's orientation (a tensor stored
+    /// transposed is transposed back); NaN or infinity is an error naming the tensor and its index in the file.
     pub fn tensor_f32(&self, t: &TensorRef, out: &mut Vec<f32>) -> Result<(), Error> {
         let mut bytes = Vec::new();
         self.read_tensor_bytes(t, &mut bytes)?;
@@ -606,6 +662,11 @@ impl Adapter {
                         .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
                 );
             }
+        }
+        if let (true, &[rows, cols]) = (t.transposed, t.shape.as_slice()) {
+            // Stored (cols, rows) row-major; PEFT's (rows, cols) element [i][j] is stored [j][i].
+            let stored = std::mem::take(out);
+            out.extend((0..rows * cols).map(|k| stored[(k % cols) * rows + k / cols]));
         }
         Ok(())
     }

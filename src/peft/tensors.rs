@@ -31,8 +31,11 @@ pub struct TensorRef {
     pub key: String,
     /// Element type.
     pub dtype: SourceDtype,
-    /// Shape (numpy order).
+    /// Shape (numpy order) in PEFT's orientation: A (r, in), B (out, r).
     pub shape: Vec<usize>,
+    /// The file stores the transpose of `shape` (mlx-lm: lora_a (in, r), lora_b (r, out));
+    /// `Adapter::tensor_f32` returns the PEFT orientation either way.
+    pub transposed: bool,
 }
 
 /// A Linear or an Embedding LoRA.
