@@ -1,7 +1,8 @@
 //! lora-gguf: exact LoRA → GGUF conversion for llama.cpp, and a drift gate that validates an adapter on the real base.
 //!
 //! ```text
-//! PEFT dir ──► peft::Adapter ──► arch::Family ──► convert::Plan ──► gguf::Writer ──► adapter.gguf
+//! PEFT dir ─┬► peft::Adapter ──► arch::Family ──► convert::Plan ──► gguf::Writer ──► adapter.gguf
+//! mlx-lm dir┘ (mlx::open)
 //!                                   base.gguf / config.json ──► arch::Geometry ──► checks
 //! golden-prompts/*.jsonl ──► validate::Engine (llama.cpp) ──► metrics ──► gate ──► report
 //! ```
@@ -12,6 +13,7 @@
 pub mod arch;
 pub mod convert;
 pub mod gguf;
+pub mod mlx;
 pub mod peft;
 #[cfg(feature = "validate")]
 pub mod report;

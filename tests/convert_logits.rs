@@ -47,7 +47,7 @@ fn run(case: &str, outtype: OutType, dir: &Path) -> Outcome {
     }
 }
 
-fn check(case: &str, outtype: OutType, extra: f32) {
+fn check(case: &str, outtype: OutType, extra: f32) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let o = run(case, outtype, dir.path());
     let limit = 2.0 * o.base_err.max(1e-4) + extra;
@@ -70,6 +70,46 @@ fn check(case: &str, outtype: OutType, extra: f32) {
         "{case} {outtype:?} scale 0.5: |Δlogit| {} > {limit}",
         o.err_05
     );
+    o
+}
+
+/// An mlx-lm fixture: the references are mlx-lm's own logits (the adapter loaded by `mlx_lm.utils.load`, every
+/// LoRA layer's `scale` halved for 0.5), under the same tolerance as PEFT. Its base must be the GGUF base: mlx-lm
+/// reads `rope_theta` only at the top level of config.json and silently falls back to its own default, which
+/// would give another model — and a base error that widens the limit. So mlx-lm's base logits must equal
+/// PyTorch's for the same base (the PEFT fixture's reference), independently of llama.cpp's kernels.
+fn check_mlx(case: &str) {
+    let base = base_of(case);
+    let (_, mlx_base) = read_tensor(&case_dir(case).join("reference.safetensors"), "logits_base");
+    let (_, torch_base) = read_tensor(
+        &case_dir(&base).join("reference.safetensors"),
+        "logits_base",
+    );
+    let same = max_abs_diff(&mlx_base, &torch_base);
+    assert!(
+        same < 1e-4,
+        "{case}: mlx-lm's base logits differ from PyTorch's by {same} — the fixture model is not the `{base}` base"
+    );
+    check(case, OutType::F32, 0.0);
+}
+
+macro_rules! mlx_tests {
+    ($($name:ident => $case:literal,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                check_mlx($case);
+            }
+        )*
+    };
+}
+
+mlx_tests! {
+    mlx_llama_defaults => "mlx-llama",
+    mlx_llama_keys_num_layers_embedding_lm_head => "mlx-llama-keys",
+    mlx_qwen2 => "mlx-qwen2",
+    mlx_gemma3 => "mlx-gemma3",
+    mlx_phi3_fused_projections => "mlx-phi3",
 }
 
 macro_rules! family_tests {
@@ -148,6 +188,11 @@ fn every_ok_fixture_has_a_logits_test() {
         "qwen3moe",
         "olmoe-partial",
         "mixtral-legacy",
+        "mlx-llama",
+        "mlx-llama-keys",
+        "mlx-qwen2",
+        "mlx-gemma3",
+        "mlx-phi3",
     ];
     for case in cases("ok") {
         assert!(
@@ -185,6 +230,38 @@ fn rslora_with_the_reference_converters_alpha_is_caught() {
     assert!(
         err > 0.1,
         "an under-scaled rsLoRA adapter was not detected (|Δlogit| {err})"
+    );
+}
+
+/// mlx-lm's `scale` is an absolute factor: a converter that took it for PEFT's alpha (α = 20, so llama.cpp applies
+/// 20/8 instead of 20) misses mlx-lm's logits by far more than the limit.
+#[test]
+fn mlx_scale_taken_for_peft_alpha_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    convert_case("mlx-llama", OutType::F32, &good, false);
+    let bad = dir.path().join("bad.gguf");
+    rewrite_gguf(
+        &good,
+        &bad,
+        |k, v| {
+            if k == "adapter.lora.alpha" {
+                assert_eq!(*v, lora_gguf::gguf::Value::F32(160.0));
+                *v = lora_gguf::gguf::Value::F32(20.0);
+            }
+            true
+        },
+        |_, _| {},
+    );
+    let reference = case_dir("mlx-llama").join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, mlx_1) = read_tensor(&reference, "logits_scale_1");
+    let got = logits_for_tokens(&base_gguf("llama"), Some(&bad), &[1.0], &tokens, 2).unwrap();
+    let err = max_abs_diff(&got[1], &mlx_1);
+    assert!(
+        err > 0.1,
+        "an mlx adapter with scale read as alpha was not detected (|Δlogit| {err})"
     );
 }
 

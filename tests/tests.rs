@@ -9,6 +9,9 @@ mod convert_cli;
 // `lora-convert` at real scale on synthesized adapters: thread count vs bytes, files beyond 4 GiB.
 mod convert_scale;
 
+// mlx-lm adapters: detection, layout, scale, refusals.
+mod convert_mlx;
+
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;

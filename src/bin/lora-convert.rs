@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use lora_gguf::convert::{self, Options, OutType, Summary};
+use lora_gguf::peft::Framework;
 
-/// Convert a PEFT LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the base.
+/// Convert a PEFT or mlx-lm LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the
+/// base.
 #[derive(Parser, Debug)]
 #[command(
     name = "lora-convert",
@@ -15,7 +17,8 @@ use lora_gguf::convert::{self, Options, OutType, Summary};
                   Example:\n  lora-convert ./my-peft-adapter -o adapter.gguf --base model-Q4_K_M.gguf --verify"
 )]
 struct Cli {
-    /// The PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    /// The adapter directory: PEFT (adapter_config.json + adapter_model.safetensors) or mlx-lm
+    /// (adapter_config.json + adapters.safetensors), told apart by its files.
     adapter_dir: PathBuf,
 
     /// The GGUF adapter to write.
@@ -139,7 +142,12 @@ fn print_summary(s: &Summary, verbose: bool) {
     println!("  family    {} (checked against {})", s.arch, s.base);
     println!("  pairs     {} (rank {})", s.pairs, ranks.join(", "));
     println!(
-        "  scaling   PEFT s = {}; adapter.lora.alpha = {}",
+        "  scaling   {} {} = {}; adapter.lora.alpha = {}",
+        s.framework.name(),
+        match s.framework {
+            Framework::Peft => "s",
+            Framework::MlxLm => "scale",
+        },
         scalings.join(", "),
         s.alpha
     );
@@ -158,8 +166,9 @@ fn print_summary(s: &Summary, verbose: bool) {
         };
         if v.worst_error == 0.0 {
             println!(
-                "  verified  {} pairs: every ΔW equals PEFT's exactly{probed}",
-                v.pairs
+                "  verified  {} pairs: every ΔW equals {}'s exactly{probed}",
+                v.pairs,
+                s.framework.name()
             );
         } else {
             println!(

@@ -14,6 +14,9 @@ pub enum ConvertError {
     /// The adapter directory could not be read, or uses something a GGUF LoRA cannot express.
     #[error(transparent)]
     Adapter(#[from] peft::Error),
+    /// The mlx-lm adapter directory could not be read, or uses something a GGUF LoRA cannot express.
+    #[error(transparent)]
+    MlxAdapter(#[from] crate::mlx::Error),
     /// The base model description could not be read.
     #[error(transparent)]
     Base(#[from] BaseError),

@@ -23,13 +23,14 @@ pub use plan::{OutType, Plan};
 pub use verify::VerifyReport;
 
 use crate::arch;
-use crate::peft::{self, Adapter};
+use crate::mlx;
+use crate::peft::{self, Adapter, Framework};
 use factor::HeadCounts;
 
 /// What to convert and how.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The PEFT adapter directory.
+    /// The adapter directory (PEFT or mlx-lm, told apart by its files).
     pub adapter_dir: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
@@ -64,7 +65,9 @@ pub struct Summary {
     pub pairs: usize,
     /// Distinct ranks.
     pub ranks: BTreeSet<usize>,
-    /// Distinct PEFT scalings (s_m) → number of PEFT modules with it.
+    /// Who trained the adapter.
+    pub framework: Framework,
+    /// Distinct scalings (s_m: PEFT's α/r, mlx-lm's scale) → number of modules with it.
     pub scalings: BTreeMap<String, usize>,
     /// Pairs whose B carries a folded scaling factor.
     pub folded: usize,
@@ -87,7 +90,7 @@ pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
             path: opts.output.clone(),
         });
     }
-    let mut adapter = peft::open(&opts.adapter_dir)?;
+    let mut adapter = open_adapter(&opts.adapter_dir)?;
     let base = resolve_base(opts, &adapter)?;
     let family = resolve_family(opts.arch.as_deref(), &base)?;
     params::resolve(&mut adapter, family, &base)?;
@@ -122,6 +125,16 @@ pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
     Ok(summarize(opts, &adapter, &base, &plan, bytes, verify))
 }
 
+/// Open an adapter directory, telling the trainer from its files: mlx-lm (`adapters.safetensors`, or an
+/// mlx-lm style adapter_config.json) or PEFT.
+pub fn open_adapter(dir: &Path) -> Result<Adapter, ConvertError> {
+    if mlx::detect(dir) {
+        Ok(mlx::open(dir)?)
+    } else {
+        Ok(peft::open(dir)?)
+    }
+}
+
 /// Find the base description: `--base`, `--base-config`, or a local `base_model_name_or_path`.
 pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, ConvertError> {
     match (&opts.base, &opts.base_config) {
@@ -136,17 +149,16 @@ pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, Conv
         }
         (None, Some(config)) => Ok(BaseModel::from_hf_config(config)?),
         (None, None) => {
+            let key = adapter.framework.base_model_key();
             let why = match adapter.config.base_model_name_or_path.as_deref() {
-                None | Some("") => {
-                    "adapter_config.json has no `base_model_name_or_path`".to_string()
-                }
+                None | Some("") => format!("adapter_config.json has no `{key}`"),
                 Some(name) => {
                     let dir = resolve_relative(&adapter.dir, name);
                     if dir.join("config.json").is_file() {
                         return Ok(BaseModel::from_hf_config(&dir)?);
                     }
                     format!(
-                        "`base_model_name_or_path` is `{name}`, which is not a local directory with a config.json \
+                        "`{key}` is `{name}`, which is not a local directory with a config.json \
                          (lora-convert never downloads from a model hub)"
                     )
                 }
@@ -230,6 +242,7 @@ fn summarize(
         output: opts.output.clone(),
         base: base.describe(),
         arch: plan.arch,
+        framework: adapter.framework,
         alpha: plan.alpha,
         pairs: plan.pairs.len(),
         ranks: plan.pairs.iter().map(|p| p.rank).collect(),

@@ -73,7 +73,8 @@ enum Job<'a> {
         transform: RowTransform,
         fold: f32,
     },
-    /// `lora_a` or `lora_b` of a pair built in f32 by [`materialize`] (embeddings, stacked experts).
+    /// `lora_a` or `lora_b` of a pair built in f32 by [`materialize`] (embeddings, stacked experts, factors stored
+    /// transposed).
     Materialized { pair: &'a PlannedPair, is_a: bool },
 }
 
@@ -81,7 +82,11 @@ fn jobs<'a>(plan: &'a Plan, adapter: &'a Adapter) -> Vec<(&'a TensorSpec, Job<'a
     let mut jobs = Vec::with_capacity(2 * plan.pairs.len());
     for pair in &plan.pairs {
         match (pair.shape, pair.sources.as_slice()) {
-            (PairShape::Linear, [s]) => {
+            // Streamed from the file's bytes when the rows are stored as llama.cpp reads them; a factor stored
+            // transposed (mlx-lm) is built in f32 by `materialize`, which reads it back in PEFT orientation.
+            (PairShape::Linear, [s])
+                if !adapter.pairs[s.pair].a.transposed && !adapter.pairs[s.pair].b.transposed =>
+            {
                 let p = &adapter.pairs[s.pair];
                 jobs.push((
                     &pair.a,

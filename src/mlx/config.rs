@@ -1,0 +1,303 @@
+//! mlx-lm's `adapter_config.json`: `vars(args)` of the `mlx_lm lora` run that trained the adapter
+//! (mlx-lm 0.32.2 `lora.py` `train_model` → `save_config`). Only what decides the adapter's effect is read, the way
+//! `tuner/utils.py` `load_adapters` reads it: `fine_tune_type` (absent: `lora`), `lora_parameters.rank`, `.scale`
+//! (an absolute multiplier, not alpha/r), `.keys` (module names relative to a block, or full paths), `num_layers`
+//! (the last N blocks; ≤ 0 or -1: all), and `model` (the base it was trained on).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::Error;
+
+/// The configuration of an mlx-lm LoRA adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlxConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `lora_parameters.rank`.
+    pub rank: u32,
+    /// `lora_parameters.scale`: ΔW = scale · (lora_a @ lora_b)ᵀ, whatever the rank.
+    pub scale: f64,
+    /// `lora_parameters.keys`: the modules adapted, or None for every Linear/Embedding/SwitchLinear of a block.
+    pub keys: Option<Vec<String>>,
+    /// `num_layers`: adapt the last N blocks (None: absent; ≤ 0: all).
+    pub num_layers: Option<i64>,
+    /// `model`: the base model's path or hub name.
+    pub model: Option<String>,
+}
+
+/// Whether parsed JSON looks like mlx-lm's adapter configuration rather than PEFT's.
+pub fn looks_like_mlx(map: &Map<String, Value>) -> bool {
+    (map.contains_key("lora_parameters") || map.contains_key("fine_tune_type"))
+        && !map.contains_key("peft_type")
+        && !map.contains_key("r")
+}
+
+impl MlxConfig {
+    /// Parse and check the text of an mlx-lm `adapter_config.json`.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
+        let value: Value = serde_json::from_str(text).map_err(|e| Error::ConfigJson {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        let field = |key: &str, message: String| Error::ConfigField {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let Value::Object(map) = value else {
+            return Err(field("(top level)", "expected a JSON object".into()));
+        };
+        let get = |key: &str| map.get(key).filter(|v| !v.is_null());
+
+        let fine_tune_type = match get("fine_tune_type") {
+            None => "lora",
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => {
+                return Err(field(
+                    "fine_tune_type",
+                    format!("expected a string, found {other}"),
+                ));
+            }
+        };
+        let refuse = |message: String| Error::Unsupported {
+            path: path.to_path_buf(),
+            key: "fine_tune_type".into(),
+            message,
+        };
+        match fine_tune_type {
+            "lora" => {}
+            "dora" => {
+                return Err(refuse(
+                    "is `dora`: DoRA rescales each column of the merged weight by a learned magnitude (the `.m` \
+                     tensors), which a GGUF LoRA cannot express — fuse the adapter into the model with `mlx_lm \
+                     fuse` and convert the fused model instead"
+                        .into(),
+                ));
+            }
+            "full" => {
+                return Err(refuse(
+                    "is `full`: adapters.safetensors holds the full weights of the fine-tuned blocks, not LoRA \
+                     factors, and llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and \
+                     convert the whole model with llama.cpp's convert_hf_to_gguf.py"
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(refuse(format!(
+                    "is `{other}`, which mlx-lm does not define (it trains `lora`, `dora` or `full`); only `lora` \
+                     adapters can be converted"
+                )));
+            }
+        }
+
+        let params = match get("lora_parameters") {
+            Some(Value::Object(p)) => p,
+            None => {
+                return Err(field(
+                    "lora_parameters",
+                    "missing (mlx-lm's LoRA settings: rank, scale, dropout, keys); is this an adapter_config.json \
+                     written by `mlx_lm lora`?"
+                        .into(),
+                ));
+            }
+            Some(other) => {
+                return Err(field(
+                    "lora_parameters",
+                    format!("expected an object with rank and scale, found {other}"),
+                ));
+            }
+        };
+        let pget = |key: &str| params.get(key).filter(|v| !v.is_null());
+        let rank = match pget("rank") {
+            None => {
+                return Err(field(
+                    "lora_parameters.rank",
+                    "missing (the LoRA rank)".into(),
+                ));
+            }
+            Some(v) => v
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|&r| r > 0)
+                .ok_or_else(|| {
+                    field(
+                        "lora_parameters.rank",
+                        format!("expected a positive integer, found {v}"),
+                    )
+                })?,
+        };
+        let scale = match pget("scale") {
+            None => {
+                let hint = if pget("alpha").is_some() {
+                    " — found `alpha` instead, but mlx-lm multiplies by `scale` (an absolute factor, default 20), \
+                     not alpha/rank"
+                } else {
+                    ""
+                };
+                return Err(field(
+                    "lora_parameters.scale",
+                    format!("missing (mlx-lm's absolute LoRA multiplier){hint}"),
+                ));
+            }
+            Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                field(
+                    "lora_parameters.scale",
+                    format!("expected a number, found {v}"),
+                )
+            })?,
+        };
+        let keys = match pget("keys") {
+            None => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|k| k.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        field(
+                            "lora_parameters.keys",
+                            "expected a list of module names".into(),
+                        )
+                    })?,
+            ),
+            Some(other) => {
+                return Err(field(
+                    "lora_parameters.keys",
+                    format!("expected a list of module names, found {other}"),
+                ));
+            }
+        };
+        let num_layers = match get("num_layers") {
+            None => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                field(
+                    "num_layers",
+                    format!("expected an integer (-1: all blocks), found {v}"),
+                )
+            })?),
+        };
+        let model = match get("model") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => return Err(field("model", format!("expected a string, found {other}"))),
+        };
+        Ok(MlxConfig {
+            path: path.to_path_buf(),
+            rank,
+            scale,
+            keys,
+            num_layers,
+            model,
+        })
+    }
+
+    /// The last `n` blocks are adapted, or None when every block is (`num_layers` ≤ 0, as
+    /// `model.layers[-max(num_layers, 0):]` selects all of them, or absent).
+    pub fn last_blocks(&self) -> Option<u64> {
+        self.num_layers.filter(|&n| n > 0).map(|n| n.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<MlxConfig, Error> {
+        MlxConfig::from_json(json, Path::new("adapter_config.json"))
+    }
+
+    fn refusal(json: &str) -> String {
+        parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_what_mlx_lm_writes() {
+        let c = parse(
+            r#"{"fine_tune_type":"lora","num_layers":1,"model":"models/llama","seed":0,
+                "lora_parameters":{"rank":4,"scale":7.5,"dropout":0.0,"keys":["self_attn.q_proj","lm_head"]}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.rank, c.scale, c.num_layers), (4, 7.5, Some(1)));
+        assert_eq!(
+            c.keys.as_deref(),
+            Some(&["self_attn.q_proj".to_string(), "lm_head".to_string()][..])
+        );
+        assert_eq!(c.model.as_deref(), Some("models/llama"));
+        assert_eq!(c.last_blocks(), Some(1));
+    }
+
+    #[test]
+    fn absent_fine_tune_type_is_lora_and_every_num_layers_up_to_zero_means_all() {
+        // load_adapters: getattr(config, "fine_tune_type", "lora"); model.layers[-max(n, 0):] is every block for n ≤ 0.
+        for n in ["-1", "0"] {
+            let c = parse(&format!(
+                r#"{{"num_layers":{n},"lora_parameters":{{"rank":8,"scale":20.0}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(c.last_blocks(), None);
+        }
+    }
+
+    #[test]
+    fn refuses_dora_full_and_unknown_fine_tune_types() {
+        let lp = r#""lora_parameters":{"rank":8,"scale":20.0,"dropout":0.0}"#;
+        let e = refusal(&format!(r#"{{"fine_tune_type":"dora",{lp}}}"#));
+        assert!(
+            e.starts_with("`adapter_config.json`: `fine_tune_type` is `dora`: DoRA"),
+            "{e}"
+        );
+        let e = refusal(r#"{"fine_tune_type":"full","lora_parameters":null}"#);
+        assert!(
+            e.contains("`fine_tune_type` is `full`: adapters.safetensors holds the full weights"),
+            "{e}"
+        );
+        let e = refusal(&format!(r#"{{"fine_tune_type":"qlora",{lp}}}"#));
+        assert!(
+            e.contains("`fine_tune_type` is `qlora`, which mlx-lm does not define"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_missing_or_odd_lora_parameters() {
+        assert!(refusal(r#"{"fine_tune_type":"lora"}"#).contains("`lora_parameters`: missing"));
+        assert!(
+            refusal(r#"{"lora_parameters":{"scale":20.0}}"#)
+                .contains("`lora_parameters.rank`: missing")
+        );
+        assert!(
+            refusal(r#"{"lora_parameters":{"rank":0,"scale":20.0}}"#)
+                .contains("`lora_parameters.rank`: expected a positive integer, found 0")
+        );
+        let e = refusal(r#"{"lora_parameters":{"rank":8,"alpha":16}}"#);
+        assert!(e.contains("`lora_parameters.scale`: missing"), "{e}");
+        assert!(e.contains("found `alpha` instead"), "{e}");
+        assert!(
+            refusal(r#"{"lora_parameters":{"rank":8,"scale":"20"}}"#)
+                .contains("`lora_parameters.scale`: expected a number")
+        );
+        assert!(
+            refusal(r#"{"lora_parameters":{"rank":8,"scale":20,"keys":"q_proj"}}"#)
+                .contains("`lora_parameters.keys`: expected a list")
+        );
+        assert!(
+            refusal(r#"{"num_layers":"all","lora_parameters":{"rank":8,"scale":20}}"#)
+                .contains("`num_layers`: expected an integer")
+        );
+    }
+
+    #[test]
+    fn tells_mlx_from_peft_configs() {
+        let m = |s: &str| match serde_json::from_str::<Value>(s).unwrap() {
+            Value::Object(m) => looks_like_mlx(&m),
+            _ => unreachable!(),
+        };
+        assert!(m(r#"{"lora_parameters":{"rank":8},"num_layers":16}"#));
+        assert!(m(r#"{"fine_tune_type":"full"}"#));
+        assert!(!m(r#"{"peft_type":"LORA","r":8,"lora_alpha":16}"#));
+    }
+}

@@ -1,0 +1,583 @@
+//! mlx-lm LoRA adapters, converted directly (no `mlx_lm fuse`): a directory with `adapters.safetensors` and the
+//! `adapter_config.json` that `mlx_lm lora` writes, read into the same [`peft::Adapter`] every other stage uses.
+//!
+//! The math (mlx-lm 0.32.2 `tuner/lora.py`): `LoRALinear` computes y = W x + scale · (x @ lora_a) @ lora_b with
+//! lora_a (in, r) and lora_b (r, out), so ΔW = scale · (lora_a @ lora_b)ᵀ = scale · lora_bᵀ · lora_aᵀ: PEFT's
+//! B·A with A = lora_aᵀ (r, in), B = lora_bᵀ (out, r), and s = scale exactly — an absolute factor, not alpha/r.
+//! `LoRAEmbedding` keeps lora_a (vocab, r), lora_b (r, hidden) with ΔE = scale · lora_a @ lora_b, which is PEFT's
+//! embedding LoRA (ΔE = s·(B·A)ᵀ) with the same transposes. So each factor is a [`TensorRef`] marked `transposed`,
+//! its scaling is `Scaling::absolute`, and module paths go through the family tables unchanged (mlx-lm's model
+//! trees use the Hugging Face module names for the families here; the logits tests check each fixture family).
+//!
+//! Refused: DoRA (`fine_tune_type: dora`, `.m` tensors), full fine-tunes, unknown fine-tune types, SwitchLinear
+//! (mixture-of-experts) LoRAs for now, and files mlx-lm itself would not load onto its model (a module the
+//! configuration's `keys`/`num_layers` does not adapt).
+
+pub mod config;
+pub mod tensors;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+pub use config::MlxConfig;
+
+use crate::peft::{self, Adapter, AdapterConfig, Framework, LoraPair, Packing, PairKind, Scaling};
+use crate::peft::{SourceDtype, TensorRef};
+use tensors::KeyKind;
+
+/// The adapter weights file `mlx_lm lora` writes when training ends.
+pub const SAFETENSORS_FILE: &str = "adapters.safetensors";
+/// The configuration file it writes beside it.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+
+const WHERE: &str = "point lora-convert at the directory `mlx_lm lora --adapter-path` wrote";
+
+/// Why an mlx-lm adapter could not be read, or what it uses that a GGUF LoRA cannot express.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The directory lacks a file we need.
+    #[error("`{dir}` has no `{file}` (found: {found}); {hint}")]
+    MissingFile {
+        /// The adapter directory.
+        dir: PathBuf,
+        /// The missing file.
+        file: &'static str,
+        /// What is there.
+        found: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A file could not be read.
+    #[error("reading `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `adapter_config.json` is not valid JSON.
+    #[error("`{path}`:{line}:{column}: invalid JSON: {message}")]
+    ConfigJson {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A configuration field is missing or has the wrong type.
+    #[error("`{path}`: `{key}`: {message}")]
+    ConfigField {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration describes something a GGUF LoRA cannot express.
+    #[error("`{path}`: `{key}` {message}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why, and what to do.
+        message: String,
+    },
+    /// The safetensors file is truncated or corrupt.
+    #[error(
+        "`{path}` is not a valid safetensors file ({source}); the file is truncated or corrupt — copy it again"
+    )]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A tensor a GGUF LoRA cannot carry.
+    #[error("`{path}`: tensor `{key}` {message}")]
+    UnsupportedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The first such key.
+        key: String,
+        /// Why, and what to do.
+        message: String,
+    },
+    /// Keys that are not mlx-lm adapter parameters at all.
+    #[error(
+        "`{path}`: {count} tensor(s) are not mlx-lm LoRA factors, e.g. {examples}; expected keys like \
+         `model.layers.0.self_attn.q_proj.lora_a` — is this an adapter written by `mlx_lm lora`?"
+    )]
+    UnknownTensors {
+        /// The file.
+        path: PathBuf,
+        /// How many.
+        count: usize,
+        /// A few of them.
+        examples: String,
+    },
+    /// A factor with an unsupported element type.
+    #[error("`{path}`: tensor `{key}` has dtype {dtype}; LoRA factors must be F32, F16 or BF16")]
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// One half of a pair is missing.
+    #[error("`{path}`: module `{module}` has {present} but no {missing}; the file is incomplete")]
+    HalfPair {
+        /// The file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// The half present.
+        present: &'static str,
+        /// The half missing.
+        missing: &'static str,
+    },
+    /// Factor shapes that do not form an mlx-lm LoRA pair.
+    #[error(
+        "`{path}`: module `{module}`: {message} (lora_a {a_shape:?}, lora_b {b_shape:?}; mlx-lm stores lora_a \
+         (in, r) and lora_b (r, out))"
+    )]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// What is wrong.
+        message: String,
+        /// lora_a's shape as stored.
+        a_shape: Vec<usize>,
+        /// lora_b's shape as stored.
+        b_shape: Vec<usize>,
+    },
+    /// A module the configuration does not adapt: mlx-lm's own `load_adapters` refuses such a file.
+    #[error(
+        "`{path}`: module `{module}` has LoRA factors, but {why}, so mlx-lm itself would not load this adapter \
+         (\"not an adapter parameter in the model\"); the adapter_config.json does not belong to these weights"
+    )]
+    NotAdapted {
+        /// The weights file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// Which setting excludes it.
+        why: String,
+    },
+}
+
+/// Whether `dir` holds an mlx-lm adapter: its weights file without PEFT's, or an mlx-lm style configuration
+/// (`lora_parameters` / `fine_tune_type`, no PEFT `r`).
+pub fn detect(dir: &Path) -> bool {
+    if dir.join(SAFETENSORS_FILE).is_file() && !dir.join(peft::SAFETENSORS_FILE).is_file() {
+        return true;
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else {
+        return false;
+    };
+    matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(m)) if config::looks_like_mlx(&m))
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn found(names: &[String]) -> String {
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// One factor as the file stores it.
+struct Stored {
+    key: String,
+    dtype: SourceDtype,
+    shape: Vec<usize>,
+}
+
+/// Open and validate an mlx-lm adapter directory.
+pub fn open(dir: &Path) -> Result<Adapter, Error> {
+    let config_path = dir.join(CONFIG_FILE);
+    let st_path = dir.join(SAFETENSORS_FILE);
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let names = listing(dir);
+    if !config_path.is_file() {
+        return Err(Error::MissingFile {
+            dir: dir.to_path_buf(),
+            file: CONFIG_FILE,
+            found: found(&names),
+            hint: WHERE.into(),
+        });
+    }
+    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config = MlxConfig::from_json(&text, &config_path)?;
+    if !st_path.is_file() {
+        let hint = match names.iter().find(|n| n.ends_with("_adapters.safetensors")) {
+            Some(checkpoint) => format!(
+                "mlx-lm writes {SAFETENSORS_FILE} when training ends; to convert the checkpoint `{checkpoint}`, \
+                 copy it to {SAFETENSORS_FILE} in a directory with this adapter_config.json"
+            ),
+            None => WHERE.into(),
+        };
+        return Err(Error::MissingFile {
+            dir: dir.to_path_buf(),
+            file: SAFETENSORS_FILE,
+            found: found(&names),
+            hint,
+        });
+    }
+
+    let file = File::open(&st_path).map_err(|source| Error::Io {
+        path: st_path.clone(),
+        source,
+    })?;
+    let mmap = peft::map(&file).map_err(|source| Error::Io {
+        path: st_path.clone(),
+        source,
+    })?;
+    let st_err = |source| Error::Safetensors {
+        path: st_path.clone(),
+        source,
+    };
+    // `read_metadata` checks that the header's offsets cover the data exactly (no gaps, no trailing bytes); the map
+    // is gone before any tensor is read (tensors are read with positioned reads, as for PEFT).
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(st_err)?;
+    drop(mmap);
+    let data_start = (header_len + 8) as u64;
+
+    let mut ranges = BTreeMap::new();
+    let mut halves: BTreeMap<String, [Option<Stored>; 2]> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
+        metadata.tensors().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, info) in tensors {
+        let unsupported = |message: String| Error::UnsupportedTensor {
+            path: st_path.clone(),
+            key: key.clone(),
+            message,
+        };
+        match tensors::classify(&key) {
+            KeyKind::Factor { module, is_a } => {
+                let dtype = match info.dtype {
+                    Dtype::F32 => SourceDtype::F32,
+                    Dtype::F16 => SourceDtype::F16,
+                    Dtype::BF16 => SourceDtype::BF16,
+                    other => {
+                        return Err(Error::Dtype {
+                            path: st_path.clone(),
+                            key,
+                            dtype: format!("{other:?}"),
+                        });
+                    }
+                };
+                if info.shape.len() == 3 {
+                    return Err(unsupported(format!(
+                        "is a SwitchLinear (mixture-of-experts) factor of shape {:?}: lora-convert does not \
+                         convert mlx-lm expert LoRAs yet — fuse the adapter with `mlx_lm fuse` and convert the \
+                         fused model, or retrain with `keys` limited to the attention and dense layers",
+                        info.shape
+                    )));
+                }
+                if !tensors::selected(&module, config.keys.as_deref()) {
+                    let why = match &config.keys {
+                        Some(keys) => format!(
+                            "`lora_parameters.keys` ({}) does not name it",
+                            keys.iter()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        None => {
+                            "it is outside the model's blocks and `lora_parameters.keys` is not set"
+                                .into()
+                        }
+                    };
+                    return Err(Error::NotAdapted {
+                        path: st_path.clone(),
+                        module,
+                        why,
+                    });
+                }
+                let (start, end) = info.data_offsets;
+                ranges.insert(
+                    key.clone(),
+                    (data_start + start as u64, data_start + end as u64),
+                );
+                halves.entry(module).or_default()[usize::from(!is_a)] = Some(Stored {
+                    key,
+                    dtype,
+                    shape: info.shape.clone(),
+                });
+            }
+            KeyKind::DoraMagnitude => {
+                return Err(unsupported(
+                    "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the adapter with \
+                     `mlx_lm fuse` and convert the fused model instead"
+                        .into(),
+                ));
+            }
+            KeyKind::FullWeight => {
+                return Err(unsupported(
+                    "is a full weight, not a LoRA factor (a full fine-tune, or trained non-LoRA parameters): \
+                     llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and convert the whole \
+                     model"
+                        .into(),
+                ));
+            }
+            KeyKind::Unknown => unknown.push(key),
+        }
+    }
+    if !unknown.is_empty() {
+        let examples = unknown
+            .iter()
+            .take(3)
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::UnknownTensors {
+            path: st_path,
+            count: unknown.len(),
+            examples,
+        });
+    }
+
+    let scaling = Scaling {
+        alpha: config.scale * f64::from(config.rank),
+        rank: config.rank,
+        rslora: false,
+        absolute: Some(config.scale),
+    };
+    let mut pairs = Vec::with_capacity(halves.len());
+    let mut blocks = BTreeSet::new();
+    for (module, [a, b]) in halves {
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (Some(_), None) => {
+                return Err(Error::HalfPair {
+                    path: st_path,
+                    module,
+                    present: "lora_a",
+                    missing: "lora_b",
+                });
+            }
+            (None, _) => {
+                return Err(Error::HalfPair {
+                    path: st_path,
+                    module,
+                    present: "lora_b",
+                    missing: "lora_a",
+                });
+            }
+        };
+        let shape_err = |message: String| Error::Shape {
+            path: st_path.clone(),
+            module: module.clone(),
+            message,
+            a_shape: a.shape.clone(),
+            b_shape: b.shape.clone(),
+        };
+        let (&[inp, ra], &[rb, out]) = (a.shape.as_slice(), b.shape.as_slice()) else {
+            return Err(shape_err("both factors must be 2-D".into()));
+        };
+        if ra != rb {
+            return Err(shape_err(format!(
+                "lora_a has rank {ra} but lora_b has rank {rb}"
+            )));
+        }
+        if ra == 0 || inp == 0 || out == 0 {
+            return Err(shape_err("a factor is empty".into()));
+        }
+        if ra != config.rank as usize {
+            return Err(shape_err(format!(
+                "the tensors have rank {ra} but adapter_config.json gives lora_parameters.rank = {}",
+                config.rank
+            )));
+        }
+        blocks.extend(tensors::block_index(&module));
+        let kind = if tensors::is_embedding(&module) {
+            PairKind::Embedding
+        } else {
+            PairKind::Linear
+        };
+        pairs.push(LoraPair {
+            saved_as: module.clone(),
+            module,
+            parameter: None,
+            candidates: Vec::new(),
+            packing: Packing::Single,
+            kind,
+            // PEFT orientation: A (r, in), B (out, r); the file holds their transposes.
+            a: TensorRef {
+                key: a.key,
+                dtype: a.dtype,
+                shape: vec![ra, inp],
+                transposed: true,
+            },
+            b: TensorRef {
+                key: b.key,
+                dtype: b.dtype,
+                shape: vec![out, ra],
+                transposed: true,
+            },
+            rank: ra,
+            scaling,
+        });
+    }
+    if let Some(n) = config.last_blocks()
+        && blocks.len() as u64 > n
+    {
+        let module = pairs
+            .iter()
+            .find(|p| tensors::block_index(&p.module) == blocks.first().copied())
+            .map(|p| p.module.clone())
+            .unwrap_or_default();
+        return Err(Error::NotAdapted {
+            path: st_path,
+            module,
+            why: format!(
+                "`num_layers` is {n} and the file has LoRA factors in {} blocks",
+                blocks.len()
+            ),
+        });
+    }
+    let equivalent = equivalent_peft_config(&config, &config_path)?;
+    Ok(Adapter::from_parts(
+        dir.to_path_buf(),
+        Framework::MlxLm,
+        equivalent,
+        pairs,
+        st_path,
+        file,
+        ranges,
+    ))
+}
+
+/// The PEFT configuration this adapter is equivalent to (r, lora_alpha = scale·r, the keys as target_modules, the
+/// base model), so that everything reading `Adapter::config` sees the same adapter. The exact factor is carried by
+/// each pair's `Scaling::absolute`.
+fn equivalent_peft_config(config: &MlxConfig, path: &Path) -> Result<AdapterConfig, Error> {
+    let json = serde_json::json!({
+        "peft_type": "LORA",
+        "r": config.rank,
+        "lora_alpha": config.scale * f64::from(config.rank),
+        "target_modules": config.keys,
+        "base_model_name_or_path": config.model,
+    });
+    AdapterConfig::from_json(&json.to_string(), path).map_err(|e| Error::ConfigField {
+        path: path.to_path_buf(),
+        key: "lora_parameters".into(),
+        message: format!("has no PEFT equivalent: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    /// An adapter directory with one pair of index-valued factors: lora_a (in 3, r 2), lora_b (r 2, out 4).
+    fn tiny(dir: &Path, config: &str) {
+        let a: Vec<u8> = (0..6).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let b: Vec<u8> = (0..8)
+            .flat_map(|x| (10.0 + x as f32).to_le_bytes())
+            .collect();
+        let m = "model.layers.0.self_attn.v_proj";
+        let views = vec![
+            (
+                format!("{m}.lora_a"),
+                TensorView::new(Dtype::F32, vec![3, 2], &a).unwrap(),
+            ),
+            (
+                format!("{m}.lora_b"),
+                TensorView::new(Dtype::F32, vec![2, 4], &b).unwrap(),
+            ),
+        ];
+        std::fs::write(
+            dir.join(SAFETENSORS_FILE),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), config).unwrap();
+    }
+
+    #[test]
+    fn factors_read_back_in_peft_orientation_with_the_absolute_scale() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny(
+            dir.path(),
+            r#"{"fine_tune_type":"lora","num_layers":-1,"model":"m","lora_parameters":{"rank":2,"scale":0.1,"dropout":0.0}}"#,
+        );
+        assert!(detect(dir.path()));
+        let adapter = open(dir.path()).unwrap();
+        assert_eq!(adapter.framework, Framework::MlxLm);
+        let p = &adapter.pairs[0];
+        assert_eq!((p.kind, p.rank), (PairKind::Linear, 2));
+        assert_eq!(
+            (p.a.shape.clone(), p.b.shape.clone()),
+            (vec![2, 3], vec![4, 2])
+        );
+        let mut a = Vec::new();
+        adapter.tensor_f32(&p.a, &mut a).unwrap();
+        // A = lora_aᵀ: row k is column k of lora_a [[0,1],[2,3],[4,5]].
+        assert_eq!(a, vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
+        let mut b = Vec::new();
+        adapter.tensor_f32(&p.b, &mut b).unwrap();
+        // B = lora_bᵀ: row i is column i of lora_b [[10..13],[14..17]].
+        assert_eq!(b, vec![10.0, 14.0, 11.0, 15.0, 12.0, 16.0, 13.0, 17.0]);
+        // s = scale exactly (0.1·2/2 would not be), and the equivalent PEFT alpha is scale·r.
+        assert_eq!(p.scaling.factor(), 0.1);
+        assert_eq!(adapter.config.alpha, 0.2);
+        assert_eq!(adapter.config.rank, 2);
+        assert_eq!(adapter.config.base_model_name_or_path.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn a_peft_directory_is_not_taken_for_mlx() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(peft::SAFETENSORS_FILE),
+            safetensors::serialize(Vec::<(String, TensorView<'_>)>::new(), None).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            r#"{"peft_type":"LORA","r":8,"lora_alpha":16}"#,
+        )
+        .unwrap();
+        assert!(!detect(dir.path()));
+    }
+}
