@@ -446,7 +446,8 @@ fn report(
     let _ = writeln!(
         r,
         "- {} runs per row, interleaved; MB = 10⁶ bytes of adapter input; ×cp and ×cp+fsync compare medians with the \
-         copy in the same cache state (lora-convert fsyncs its output before the rename)",
+         copy in the same cache state; neither `cp` nor lora-convert fsyncs (the `cp` + fsync row shows what forcing \
+         the data to disk costs); CPU = user + system time of the process",
         args.runs
     );
     for (input, (_, size)) in &inputs.adapters {

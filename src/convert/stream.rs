@@ -71,9 +71,10 @@ pub fn is_byte_copy(dtype: SourceDtype, ty: GgmlType, fold: f32, gathered: bool)
     same && fold == 1.0 && !gathered
 }
 
-/// Encode `rows` as `ty` into `out` (resized to the encoded size, its allocation reused), on the current rayon
-/// pool. Errors as [`dtype::encode`] on the gathered, scaled f32 values would give (the first bad element).
-pub fn encode_rows(rows: &Rows, ty: GgmlType, out: &mut Vec<u8>) -> Result<(), gguf::Error> {
+/// Encode `rows` as `ty` into the front of `out` on the current rayon pool; returns the encoded length. `out`
+/// grows when it is too short and never shrinks (a reused buffer is not zero-filled again). Errors as
+/// [`dtype::encode`] on the gathered, scaled f32 values would give (the first bad element).
+pub fn encode_rows(rows: &Rows, ty: GgmlType, out: &mut Vec<u8>) -> Result<usize, gguf::Error> {
     let cols = rows.cols;
     let n_values = rows.out_rows() * cols;
     let bad_rows = || gguf::Error::RowLength {
@@ -97,14 +98,12 @@ pub fn encode_rows(rows: &Rows, ty: GgmlType, out: &mut Vec<u8>) -> Result<(), g
     }
     let row_bytes = cols / block * type_size;
     let n_bytes = rows.out_rows() * row_bytes;
-    // Every byte is overwritten below: only growth needs filling.
     if out.len() < n_bytes {
         out.resize(n_bytes, 0);
-    } else {
-        out.truncate(n_bytes);
     }
+    let out = out.get_mut(..n_bytes).unwrap_or_default();
     if n_values == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let rows_per_chunk = (dtype::PARALLEL_CHUNK / cols).max(1);
     let parallel = out
@@ -115,7 +114,7 @@ pub fn encode_rows(rows: &Rows, ty: GgmlType, out: &mut Vec<u8>) -> Result<(), g
         // Which chunk failed first is up to the scheduler: redo it in order to name the first bad value.
         encode_chunk(rows, ty, 0, row_bytes, out)?;
     }
-    parallel
+    parallel.map(|()| n_bytes)
 }
 
 /// Output rows `first_row ..` into `dst` (whole rows of `row_bytes`).
@@ -318,11 +317,12 @@ mod tests {
                             fold,
                         };
                         for ty in TYPES {
-                            let mut ours = vec![0xAB; 5];
-                            encode_rows(&rows, ty, &mut ours).unwrap();
+                            // A used buffer longer than needed: only its front is the output.
+                            let mut ours = vec![0xAB; 5 << 20];
+                            let n = encode_rows(&rows, ty, &mut ours).unwrap();
                             let expected = reference(&rows, ty).unwrap();
                             assert!(
-                                ours == expected,
+                                ours[..n] == expected[..],
                                 "{dtype:?} → {ty}, {cols} × {n_rows}, gather {}, fold {fold}",
                                 g.is_some()
                             );
@@ -349,7 +349,8 @@ mod tests {
                 .build()
                 .unwrap();
             let mut out = Vec::new();
-            pool.install(|| encode_rows(&rows, ty, &mut out)).unwrap();
+            let n = pool.install(|| encode_rows(&rows, ty, &mut out)).unwrap();
+            out.truncate(n);
             out
         };
         for ty in TYPES {

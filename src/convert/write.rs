@@ -21,6 +21,20 @@ use crate::peft::{Adapter, TensorRef};
 /// Encoded tensors queued for the writer thread (beyond the one it is writing).
 const QUEUED: usize = 2;
 
+/// A byte buffer that goes round between reader, encoder and writer: `data` only grows (so reusing it never
+/// zero-fills), its first `len` bytes are the content.
+#[derive(Default)]
+struct Buffer {
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl Buffer {
+    fn bytes(&self) -> &[u8] {
+        self.data.get(..self.len).unwrap_or_default()
+    }
+}
+
 /// The metadata written, in order (general.architecture first, as gguf-py does).
 pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
     let mut kv = vec![
@@ -127,14 +141,14 @@ pub fn write_gguf<W: Write + Send>(
     let specs: Vec<TensorSpec> = jobs.iter().map(|(spec, _)| (*spec).clone()).collect();
     let writer = Writer::new(out, &metadata(plan, adapter), &specs)?;
     std::thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel::<(&str, Vec<u8>)>(QUEUED);
-        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let (full_tx, full_rx) = mpsc::sync_channel::<(&str, Buffer)>(QUEUED);
+        let (free_tx, free_rx) = mpsc::channel::<Buffer>();
         let written = scope.spawn(move || {
             let mut writer = writer;
-            for (name, bytes) in full_rx {
-                writer.write_tensor(name, &bytes)?;
+            for (name, buffer) in full_rx {
+                writer.write_tensor(name, buffer.bytes())?;
                 // The encoder may have stopped already; then the buffer is simply dropped.
-                let _ = free_tx.send(bytes);
+                let _ = free_tx.send(buffer);
             }
             Ok::<_, gguf::Error>(writer)
         });
@@ -161,18 +175,22 @@ fn encode_all<'a>(
     jobs: &[(&'a TensorSpec, Job<'a>)],
     adapter: &Adapter,
     heads: HeadCounts,
-    mut send: impl FnMut(&'a str, Vec<u8>) -> bool,
-    mut recycled: impl FnMut() -> Vec<u8>,
+    mut send: impl FnMut(&'a str, Buffer) -> bool,
+    mut recycled: impl FnMut() -> Buffer,
 ) -> Result<(), ConvertError> {
     let source_of = |job: &Job<'a>| match job {
         Job::Rows { source, .. } => Some(*source),
         Job::Materialized { .. } => None,
     };
     let mut sources = jobs.iter().filter_map(|(_, job)| source_of(job));
-    let mut current = Vec::new();
-    let mut next = Vec::new();
+    let read = |t: &TensorRef, buffer: &mut Buffer| -> Result<(), ConvertError> {
+        buffer.len = adapter.read_tensor_bytes(t, &mut buffer.data)?.len();
+        Ok(())
+    };
+    let mut current = Buffer::default();
+    let mut next = Buffer::default();
     if let Some(first) = sources.next() {
-        adapter.read_tensor_bytes(first, &mut current)?;
+        read(first, &mut current)?;
     }
     let mut materialized: Option<Factors> = None;
     for (spec, job) in jobs {
@@ -187,21 +205,28 @@ fn encode_all<'a>(
                 let following = sources.next();
                 let copy = *transform == RowTransform::Identity
                     && stream::is_byte_copy(source.dtype, spec.ggml_type, *fold, false);
-                let (encoded, read) = rayon::join(
+                let (encoded, prefetched) = rayon::join(
                     || {
                         if copy {
-                            Ok(adapter.check_finite(source, &current)?)
+                            Ok::<(), ConvertError>(adapter.check_finite(source, current.bytes())?)
                         } else {
-                            encode_factor(
-                                adapter, pair, source, &current, *transform, *fold, heads, spec,
-                                &mut out,
-                            )
+                            let rows = (current.bytes(), *transform, *fold);
+                            out.len = encode_factor(
+                                adapter,
+                                pair,
+                                source,
+                                rows,
+                                heads,
+                                spec,
+                                &mut out.data,
+                            )?;
+                            Ok(())
                         }
                     },
-                    || following.map_or(Ok(()), |t| adapter.read_tensor_bytes(t, &mut next)),
+                    || following.map_or(Ok(()), |t| read(t, &mut next)),
                 );
                 encoded?;
-                read?;
+                prefetched?;
                 if copy {
                     // The source bytes are the output: hand them on, and read into the spare buffer next time.
                     std::mem::swap(&mut out, &mut current);
@@ -217,9 +242,10 @@ fn encode_all<'a>(
                     (Some(f), false) => f.b.as_slice(),
                     (None, _) => &[],
                 };
-                out.clear();
+                out.data.clear();
                 let row_len = usize::try_from(spec.dims[0]).unwrap_or(usize::MAX);
-                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut out)?;
+                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut out.data)?;
+                out.len = out.data.len();
             }
         }
         if !send(&spec.name, out) {
@@ -229,19 +255,17 @@ fn encode_all<'a>(
     Ok(())
 }
 
-/// One factor of a Linear pair from its adapter bytes: checked finite, rows gathered, folded, encoded.
-#[allow(clippy::too_many_arguments)] // the parts of one `Job::Rows`, unpacked by its only caller
+/// One factor of a Linear pair from its adapter bytes (with the row transform and fold to apply): checked
+/// finite, rows gathered, folded, encoded into the front of `out`; returns the encoded length.
 fn encode_factor(
     adapter: &Adapter,
     pair: &PlannedPair,
     source: &TensorRef,
-    bytes: &[u8],
-    transform: RowTransform,
-    fold: f32,
+    (bytes, transform, fold): (&[u8], RowTransform, f32),
     heads: HeadCounts,
     spec: &TensorSpec,
     out: &mut Vec<u8>,
-) -> Result<(), ConvertError> {
+) -> Result<usize, ConvertError> {
     adapter.check_finite(source, bytes)?;
     let (rows, cols) = match source.shape.as_slice() {
         &[rows, cols] => (rows, cols),

@@ -576,8 +576,13 @@ impl Adapter {
         &self.path
     }
 
-    /// Raw little-endian bytes of a tensor, read into `out` (resized to fit; its allocation is reused).
-    pub fn read_tensor_bytes(&self, t: &TensorRef, out: &mut Vec<u8>) -> Result<(), Error> {
+    /// Raw little-endian bytes of a tensor, read into the front of `buf` and returned. `buf` grows when it is too
+    /// short and never shrinks, so a buffer reused across tensors is not filled with zeros again each time.
+    pub fn read_tensor_bytes<'b>(
+        &self,
+        t: &TensorRef,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], Error> {
         let &(start, end) = self.ranges.get(&t.key).ok_or_else(|| Error::Io {
             path: self.path.clone(),
             source: std::io::Error::new(
@@ -589,16 +594,15 @@ impl Adapter {
             path: self.path.clone(),
             source: std::io::Error::other(format!("tensor `{}` does not fit in memory", t.key)),
         })?;
-        // Every byte is overwritten by the read: only growth needs filling.
-        if out.len() < len {
-            out.resize(len, 0);
-        } else {
-            out.truncate(len);
+        if buf.len() < len {
+            buf.resize(len, 0);
         }
-        read_at(&self.file, out, start).map_err(|source| Error::Io {
+        let bytes = buf.get_mut(..len).unwrap_or_default();
+        read_at(&self.file, bytes, start).map_err(|source| Error::Io {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        Ok(bytes)
     }
 
     /// Fail if `bytes` (the data of `t`) hold NaN or infinity, naming the tensor and the first such element.
@@ -635,9 +639,9 @@ impl Adapter {
     /// A tensor widened exactly to f32 (into `out`, cleared first), in PEFT's orientation (a tensor stored
     /// transposed is transposed back); NaN or infinity is an error naming the tensor and its index in the file.
     pub fn tensor_f32(&self, t: &TensorRef, out: &mut Vec<f32>) -> Result<(), Error> {
-        let mut bytes = Vec::new();
-        self.read_tensor_bytes(t, &mut bytes)?;
-        self.check_finite(t, &bytes)?;
+        let mut buf = Vec::new();
+        let bytes = self.read_tensor_bytes(t, &mut buf)?;
+        self.check_finite(t, bytes)?;
         out.clear();
         out.reserve(bytes.len() / t.dtype.size());
         match t.dtype {
