@@ -52,6 +52,9 @@ struct Args {
     /// Keep the work directory (and reuse generated inputs already in it).
     #[arg(long)]
     keep: bool,
+    /// Time this lora-convert binary instead of the one cargo built (to compare versions).
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -114,7 +117,10 @@ fn bench(args: &Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
     // A private copy of the binary cargo built for this run, so a later build into the same target directory
     // cannot swap it mid-benchmark.
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_lora-convert"));
+    let built = args
+        .exe
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lora-convert")));
     let exe = args.dir.join("lora-convert");
     std::fs::copy(&built, &exe).map_err(|e| format!("{}: {e}", built.display()))?;
     let load_before = measure::load_average();
@@ -420,6 +426,9 @@ fn report(
             .trim(),
         filesystem(&args.dir)
     );
+    if let Some(exe) = &args.exe {
+        let _ = writeln!(r, "- binary: `{}`", exe.display());
+    }
     let _ = writeln!(
         r,
         "- load average (1, 5, 15 min): {load_before} before, {} after; {:.0} s in all ({:.0} s generating inputs)",
