@@ -110,6 +110,8 @@ mlx_tests! {
     mlx_qwen2 => "mlx-qwen2",
     mlx_gemma3 => "mlx-gemma3",
     mlx_phi3_fused_projections => "mlx-phi3",
+    mlx_mixtral_switch_linear_experts_and_router => "mlx-mixtral",
+    mlx_qwen3moe_switch_linear_keys => "mlx-qwen3moe",
 }
 
 macro_rules! family_tests {
@@ -193,6 +195,8 @@ fn every_ok_fixture_has_a_logits_test() {
         "mlx-qwen2",
         "mlx-gemma3",
         "mlx-phi3",
+        "mlx-mixtral",
+        "mlx-qwen3moe",
     ];
     for case in cases("ok") {
         assert!(

@@ -300,14 +300,36 @@ fn broken_weights_are_refused_naming_the_tensor() {
         "llama",
         &["adapters.safetensors` is not a valid safetensors file"],
     );
-    // A SwitchLinear (expert) pair: lora_a (E, r, in), lora_b (E, out, r).
+    // SwitchLinear factors whose expert counts disagree, and on a module whose stacking we do not know.
     let experts = mlx_copy(
-        "mlx-llama",
+        "mlx-mixtral",
         dir.path(),
         "experts",
         |_| {},
         |t| {
-            let key = "model.layers.1.block_sparse_moe.switch_mlp.gate_proj";
+            let (_, _, shape, bytes) = t
+                .iter_mut()
+                .find(|t| t.0 == "model.layers.1.block_sparse_moe.switch_mlp.up_proj.lora_b")
+                .unwrap();
+            shape[0] -= 1;
+            bytes.truncate(bytes.len() / 4 * 3);
+        },
+    );
+    assert_refused(
+        &experts,
+        "mixtral",
+        &[
+            "module `model.layers.1.block_sparse_moe.switch_mlp.up_proj`: lora_a and lora_b hold different numbers \
+           of experts",
+        ],
+    );
+    let unknown = mlx_copy(
+        "mlx-llama",
+        dir.path(),
+        "unknown-experts",
+        |_| {},
+        |t| {
+            let key = "model.layers.1.moe.experts_stack.gate_proj";
             t.push((
                 format!("{key}.lora_a"),
                 Dtype::F32,
@@ -323,9 +345,36 @@ fn broken_weights_are_refused_naming_the_tensor() {
         },
     );
     assert_refused(
-        &experts,
+        &unknown,
         "llama",
-        &["tensor `model.layers.1.block_sparse_moe.switch_mlp.gate_proj.lora_a` is a SwitchLinear"],
+        &["tensor `model.layers.1.moe.experts_stack.gate_proj.lora_a` is a SwitchLinear"],
+    );
+}
+
+#[test]
+fn switch_linear_factors_are_stacked_as_llama_cpp_reads_them() {
+    // mlx-lm's lora_a (E, r, in) and lora_b (E, out, r) are already llama.cpp's `*_exps` layout (ne [in, r, E] and
+    // [r, out, E]): with no row transform and f32 output the bytes are mlx-lm's own. switch_mlp.up_proj is `w3`.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let a = convert_dir(&case_dir("mlx-mixtral"), "mixtral", &out).success();
+    let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("mlx-lm scale = 20 ×16; adapter.lora.alpha = 160"),
+        "{stdout}"
+    );
+    let f = GgufFile::open(&out).unwrap();
+    let key = "model.layers.1.block_sparse_moe.switch_mlp.up_proj";
+    for (half, dims) in [("a", vec![32u64, 8, 4]), ("b", vec![8, 24, 4])] {
+        let name = format!("blk.1.ffn_up_exps.weight.lora_{half}");
+        assert_eq!(f.tensor(&name).unwrap().dims, dims, "{name}");
+        let (_, stored) = stored("mlx-mixtral", &format!("{key}.lora_{half}"));
+        assert_eq!(f32s(&f.read_tensor_bytes(&name).unwrap()), stored, "{name}");
+    }
+    // The router mlx-lm adapts by default is a plain Linear: ffn_gate_inp.
+    assert_eq!(
+        f.tensor("blk.0.ffn_gate_inp.weight.lora_b").unwrap().dims,
+        vec![8, 4]
     );
 }
 

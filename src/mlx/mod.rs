@@ -9,9 +9,15 @@
 //! its scaling is `Scaling::absolute`, and module paths go through the family tables unchanged (mlx-lm's model
 //! trees use the Hugging Face module names for the families here; the logits tests check each fixture family).
 //!
+//! `LoRASwitchLinear` (mixture-of-experts) keeps lora_a (E, r, in) and lora_b (E, out, r), ΔW_e = scale ·
+//! lora_b[e] · lora_a[e]: per expert already PEFT's orientation, which is exactly llama.cpp's `*_exps` layout
+//! (lora_a ne [in, r, E], lora_b ne [r, out, E]); such a pair gets `Packing::MlxExperts` and the Hugging Face name
+//! of the stack it was built from (`switch_mlp.gate_proj` → `experts.w1` for Mixtral), so the family tables map it.
+//! mlx-lm also adapts the router (`block_sparse_moe.gate`, an ordinary Linear) by default.
+//!
 //! Refused: DoRA (`fine_tune_type: dora`, `.m` tensors), full fine-tunes, unknown fine-tune types, SwitchLinear
-//! (mixture-of-experts) LoRAs for now, and files mlx-lm itself would not load onto its model (a module the
-//! configuration's `keys`/`num_layers` does not adapt).
+//! modules of unknown naming, and files mlx-lm itself would not load onto its model (a module the configuration's
+//! `keys`/`num_layers` does not adapt).
 
 pub mod config;
 pub mod tensors;
@@ -304,11 +310,11 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                         });
                     }
                 };
-                if info.shape.len() == 3 {
+                if info.shape.len() == 3 && tensors::switch_module(&module).is_none() {
                     return Err(unsupported(format!(
-                        "is a SwitchLinear (mixture-of-experts) factor of shape {:?}: lora-convert does not \
-                         convert mlx-lm expert LoRAs yet — fuse the adapter with `mlx_lm fuse` and convert the \
-                         fused model, or retrain with `keys` limited to the attention and dense layers",
+                        "is a SwitchLinear (mixture-of-experts) factor of shape {:?} on a module lora-convert \
+                         does not know how mlx-lm stacked (it knows `block_sparse_moe.switch_mlp.*` and \
+                         `mlp.switch_mlp.*`) — fuse the adapter with `mlx_lm fuse` and convert the fused model",
                         info.shape
                     )));
                 }
@@ -410,15 +416,27 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             a_shape: a.shape.clone(),
             b_shape: b.shape.clone(),
         };
-        let (&[inp, ra], &[rb, out]) = (a.shape.as_slice(), b.shape.as_slice()) else {
-            return Err(shape_err("both factors must be 2-D".into()));
+        let (n_expert, inp, ra, rb, out) = match (a.shape.as_slice(), b.shape.as_slice()) {
+            (&[inp, ra], &[rb, out]) => (None, inp, ra, rb, out),
+            // LoRASwitchLinear: lora_a (E, r, in), lora_b (E, out, r)
+            (&[ea, ra, inp], &[eb, out, rb]) if ea == eb => (Some(ea), inp, ra, rb, out),
+            (&[_, _, _], &[_, _, _]) => {
+                return Err(shape_err(
+                    "lora_a and lora_b hold different numbers of experts".into(),
+                ));
+            }
+            _ => {
+                return Err(shape_err(
+                    "the factors must be both 2-D (Linear) or both 3-D (SwitchLinear)".into(),
+                ));
+            }
         };
         if ra != rb {
             return Err(shape_err(format!(
                 "lora_a has rank {ra} but lora_b has rank {rb}"
             )));
         }
-        if ra == 0 || inp == 0 || out == 0 {
+        if ra == 0 || inp == 0 || out == 0 || n_expert == Some(0) {
             return Err(shape_err("a factor is empty".into()));
         }
         if ra != config.rank as usize {
@@ -428,34 +446,59 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             )));
         }
         blocks.extend(tensors::block_index(&module));
-        let kind = if tensors::is_embedding(&module) {
-            PairKind::Embedding
-        } else {
-            PairKind::Linear
+        let pair = match n_expert {
+            None => LoraPair {
+                saved_as: module.clone(),
+                kind: if tensors::is_embedding(&module) {
+                    PairKind::Embedding
+                } else {
+                    PairKind::Linear
+                },
+                module,
+                parameter: None,
+                candidates: Vec::new(),
+                packing: Packing::Single,
+                // PEFT orientation: A (r, in), B (out, r); the file holds their transposes.
+                a: TensorRef {
+                    key: a.key,
+                    dtype: a.dtype,
+                    shape: vec![ra, inp],
+                    transposed: true,
+                },
+                b: TensorRef {
+                    key: b.key,
+                    dtype: b.dtype,
+                    shape: vec![out, ra],
+                    transposed: true,
+                },
+                rank: ra,
+                scaling,
+            },
+            // Each expert's factors are already PEFT-oriented blocks; the packing says where expert e's are.
+            Some(e) => LoraPair {
+                module: tensors::switch_module(&module).unwrap_or_else(|| module.clone()),
+                saved_as: module,
+                parameter: None,
+                candidates: Vec::new(),
+                packing: Packing::MlxExperts { n_expert: e },
+                kind: PairKind::Linear,
+                a: TensorRef {
+                    key: a.key,
+                    dtype: a.dtype,
+                    shape: vec![e * ra, inp],
+                    transposed: false,
+                },
+                b: TensorRef {
+                    key: b.key,
+                    dtype: b.dtype,
+                    shape: vec![out, e * ra],
+                    transposed: false,
+                },
+                rank: ra,
+                scaling,
+            },
         };
-        pairs.push(LoraPair {
-            saved_as: module.clone(),
-            module,
-            parameter: None,
-            candidates: Vec::new(),
-            packing: Packing::Single,
-            kind,
-            // PEFT orientation: A (r, in), B (out, r); the file holds their transposes.
-            a: TensorRef {
-                key: a.key,
-                dtype: a.dtype,
-                shape: vec![ra, inp],
-                transposed: true,
-            },
-            b: TensorRef {
-                key: b.key,
-                dtype: b.dtype,
-                shape: vec![out, ra],
-                transposed: true,
-            },
-            rank: ra,
-            scaling,
-        });
+        pairs.push(pair);
     }
     if let Some(n) = config.last_blocks()
         && blocks.len() as u64 > n

@@ -83,6 +83,37 @@ pub fn is_embedding(module: &str) -> bool {
     )
 }
 
+/// mlx-lm's stacked expert projections (`SwitchGLU` under `switch_mlp`, which each model's `sanitize` stacks from the
+/// per-expert Linear modules of the Hugging Face checkpoint) → the per-expert module path they were stacked from,
+/// without the expert index: the name llama.cpp's tables give the stacked `*_exps` tensor.
+const SWITCH_MODULES: &[(&str, &str)] = &[
+    // mixtral.py: block_sparse_moe.experts.{e}.w1/w2/w3 → block_sparse_moe.switch_mlp.gate_proj/down_proj/up_proj
+    (
+        "block_sparse_moe.switch_mlp.gate_proj",
+        "block_sparse_moe.experts.w1",
+    ),
+    (
+        "block_sparse_moe.switch_mlp.down_proj",
+        "block_sparse_moe.experts.w2",
+    ),
+    (
+        "block_sparse_moe.switch_mlp.up_proj",
+        "block_sparse_moe.experts.w3",
+    ),
+    // qwen2_moe.py, qwen3_moe.py, olmoe.py: mlp.experts.{e}.<proj> → mlp.switch_mlp.<proj>
+    ("mlp.switch_mlp.gate_proj", "mlp.experts.gate_proj"),
+    ("mlp.switch_mlp.up_proj", "mlp.experts.up_proj"),
+    ("mlp.switch_mlp.down_proj", "mlp.experts.down_proj"),
+];
+
+/// The Hugging Face expert-stack module of an mlx-lm `SwitchLinear` module path, if it is one we know.
+pub fn switch_module(module: &str) -> Option<String> {
+    SWITCH_MODULES.iter().find_map(|(mlx, hf)| {
+        let prefix = module.strip_suffix(mlx)?;
+        (prefix.is_empty() || prefix.ends_with('.')).then(|| format!("{prefix}{hf}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +143,23 @@ mod tests {
         );
         assert_eq!(classify(&format!("{q}.hada_w1")), KeyKind::Unknown);
         assert_eq!(classify("lora_a"), KeyKind::Unknown);
+    }
+
+    #[test]
+    fn switch_linear_modules_map_to_the_stacked_hf_names() {
+        assert_eq!(
+            switch_module("model.layers.1.block_sparse_moe.switch_mlp.up_proj").as_deref(),
+            Some("model.layers.1.block_sparse_moe.experts.w3")
+        );
+        assert_eq!(
+            switch_module("model.layers.0.mlp.switch_mlp.down_proj").as_deref(),
+            Some("model.layers.0.mlp.experts.down_proj")
+        );
+        assert_eq!(switch_module("model.layers.0.mlp.down_proj"), None);
+        assert_eq!(
+            switch_module("model.layers.0.mlp.xswitch_mlp.down_proj"),
+            None
+        );
     }
 
     #[test]

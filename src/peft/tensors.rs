@@ -61,6 +61,13 @@ pub enum Packing {
         /// Experts in the stack.
         n_expert: usize,
     },
+    /// mlx-lm's `LoRASwitchLinear` (mlx-lm 0.32.2 `tuner/lora.py`): lora_a (E, r, in) and lora_b (E, out, r), with
+    /// ΔW_e = scale·lora_b[e]·lora_a[e]. A is PEFT's row-block layout; B is blocked by expert (expert e's (out, r)
+    /// is the e-th block), where PEFT interleaves. The pair's shapes are given as PEFT's (E·r, in) and (out, E·r).
+    MlxExperts {
+        /// Experts in the stack.
+        n_expert: usize,
+    },
 }
 
 impl Packing {
@@ -68,7 +75,7 @@ impl Packing {
     pub fn n_expert(self) -> usize {
         match self {
             Packing::Single => 1,
-            Packing::PeftExperts { n_expert } => n_expert,
+            Packing::PeftExperts { n_expert } | Packing::MlxExperts { n_expert } => n_expert,
         }
     }
 
@@ -76,7 +83,9 @@ impl Packing {
     pub fn expert_a(self, a: &[f32], rank: usize, in_features: usize, e: usize) -> &[f32] {
         match self {
             Packing::Single => a,
-            Packing::PeftExperts { .. } => &a[e * rank * in_features..(e + 1) * rank * in_features],
+            Packing::PeftExperts { .. } | Packing::MlxExperts { .. } => {
+                &a[e * rank * in_features..(e + 1) * rank * in_features]
+            }
         }
     }
 
@@ -91,6 +100,9 @@ impl Packing {
                     out.extend((0..rank).map(|k| row[k * n_expert + e]));
                 }
                 out
+            }
+            Packing::MlxExperts { .. } => {
+                b[e * out_features * rank..(e + 1) * out_features * rank].to_vec()
             }
         }
     }
@@ -254,6 +266,19 @@ mod tests {
             strip_base_layers("model.layers.0.mlp.experts.base_layer.base_layer"),
             "model.layers.0.mlp.experts"
         );
+    }
+
+    /// mlx-lm's SwitchLinear: torch/mlx lora_a.reshape(E, r, in)[e] and lora_b.reshape(E, out, r)[e] (E = 2, r = 2,
+    /// in = 3, out = 2): both are the e-th contiguous block.
+    #[test]
+    fn mlx_expert_packing_takes_blocks_of_both_factors() {
+        let p = Packing::MlxExperts { n_expert: 2 };
+        let a: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        assert_eq!(p.expert_a(&a, 2, 3, 1), &[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        let b: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        assert_eq!(p.expert_b(&b, 2, 2, 0), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(p.expert_b(&b, 2, 2, 1), vec![4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(p.n_expert(), 2);
     }
 
     fn factor(module: &str, kind: PairKind, is_a: bool) -> KeyKind {
