@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod convert;
 pub mod gguf;
+pub mod inspect;
 pub mod mlx;
 pub mod peft;
 #[cfg(feature = "validate")]

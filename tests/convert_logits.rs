@@ -16,9 +16,14 @@ struct Outcome {
     effect: f32,
 }
 
-fn run(case: &str, outtype: OutType, dir: &Path) -> Outcome {
+fn run_with(
+    case: &str,
+    outtype: OutType,
+    dir: &Path,
+    quirks: lora_gguf::convert::Quirks,
+) -> Outcome {
     let base = base_of(case);
-    let out = dir.join(format!("{case}-{outtype:?}.gguf"));
+    let out = dir.join(format!("{}-{outtype:?}.gguf", case.replace('/', "-")));
     convert::convert(&Options {
         adapter_dir: case_dir(case),
         output: out.clone(),
@@ -29,6 +34,7 @@ fn run(case: &str, outtype: OutType, dir: &Path) -> Outcome {
         force: true,
         verify: true,
         threads: Some(1),
+        quirks,
     })
     .unwrap_or_else(|e| panic!("{case}: {e}"));
     let reference = case_dir(case).join("reference.safetensors");
@@ -48,8 +54,17 @@ fn run(case: &str, outtype: OutType, dir: &Path) -> Outcome {
 }
 
 fn check(case: &str, outtype: OutType, extra: f32) -> Outcome {
+    check_with(case, outtype, extra, Default::default())
+}
+
+fn check_with(
+    case: &str,
+    outtype: OutType,
+    extra: f32,
+    quirks: lora_gguf::convert::Quirks,
+) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(case, outtype, dir.path());
+    let o = run_with(case, outtype, dir.path(), quirks);
     let limit = 2.0 * o.base_err.max(1e-4) + extra;
     eprintln!(
         "{case:20} {outtype:?}: base |Δ| {:.2e}, scale 1 |Δ| {:.2e}, scale 0.5 |Δ| {:.2e}, limit {:.2e}, adapter effect {:.2}",
@@ -152,6 +167,35 @@ family_tests! {
     qwen3moe_expert_rank_and_alpha_patterns => "qwen3moe",
     olmoe_down_proj_only_rslora => "olmoe-partial",
     mixtral_legacy_per_expert_linear => "mixtral-legacy",
+    // Other trainers (fixtures/generate_trainers.py): torchtune's reference is torchtune's own forward pass.
+    torchtune_llama_peft_export => "torchtune-llama",
+    unsloth_llama => "unsloth-llama",
+    llamafactory_pissa_converted => "llamafactory-pissa/pissa_converted",
+}
+
+/// torchtune's Qwen2 export has q/k lora_B rows permuted as for Llama. `--torchtune-qwen2 undo` gives torchtune's
+/// own logits; the file as saved (what PEFT runs) misses them by far more than the tolerance.
+#[test]
+fn torchtune_qwen2_undo_matches_torchtune_and_as_saved_does_not() {
+    use lora_gguf::convert::{Quirks, TorchtuneQwen2};
+    let undo = Quirks {
+        torchtune_qwen2: Some(TorchtuneQwen2::Undo),
+    };
+    check_with("torchtune-qwen2", OutType::F32, 0.0, undo);
+    let dir = tempfile::tempdir().unwrap();
+    let as_saved = run_with(
+        "torchtune-qwen2",
+        OutType::F32,
+        dir.path(),
+        Quirks {
+            torchtune_qwen2: Some(TorchtuneQwen2::AsSaved),
+        },
+    );
+    assert!(
+        as_saved.err_1 > 0.5,
+        "the torchtune Qwen2 export as saved should miss torchtune's logits (|Δ| {})",
+        as_saved.err_1
+    );
 }
 
 #[test]
@@ -197,6 +241,9 @@ fn every_ok_fixture_has_a_logits_test() {
         "mlx-phi3",
         "mlx-mixtral",
         "mlx-qwen3moe",
+        "torchtune-llama",
+        "torchtune-qwen2",
+        "unsloth-llama",
     ];
     for case in cases("ok") {
         assert!(
@@ -284,6 +331,7 @@ fn ggml_own_parser_accepts_every_output_type() {
             force: true,
             verify: false,
             threads: None,
+            quirks: Default::default(),
         })
         .unwrap();
         assert_eq!(

@@ -11,6 +11,11 @@ mod convert_scale;
 
 // mlx-lm adapters: detection, layout, scale, refusals.
 mod convert_mlx;
+// Adapters from torchtune, Unsloth, axolotl and LLaMA-Factory: exact conversion or a refusal that says what to do.
+mod trainers_cli;
+
+// `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
+mod inspect_cli;
 
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
-use lora_gguf::convert::{self, Options, OutType, Summary};
+use clap::{Parser, Subcommand, ValueEnum};
+use lora_gguf::convert::error::chain;
+use lora_gguf::convert::{self, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest};
+use lora_gguf::inspect;
 use lora_gguf::peft::Framework;
 
 /// Convert a PEFT or mlx-lm LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the
@@ -13,17 +15,62 @@ use lora_gguf::peft::Framework;
 #[command(
     name = "lora-convert",
     version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "lora-convert ADAPTER_DIR -o OUT.gguf [OPTIONS]\n       lora-convert inspect PATH [--base BASE.gguf | --base-config HF_DIR] [--json]",
     after_help = "Exit status: 0 the adapter was written; 2 it was refused or the input is bad (nothing is written).\n\n\
-                  Example:\n  lora-convert ./my-peft-adapter -o adapter.gguf --base model-Q4_K_M.gguf --verify"
+                  Examples:\n  lora-convert ./my-peft-adapter -o adapter.gguf --base model-Q4_K_M.gguf --verify\n  \
+                  lora-convert inspect ./my-peft-adapter --base model-Q4_K_M.gguf\n\n\
+                  An adapter directory literally named `inspect` is given as `./inspect`."
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    convert: ConvertArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what an adapter is and what conversion would do with it (PEFT/mlx-lm directory or GGUF adapter); nothing is
+    /// written. Exit status: 0 inspected (and, with --base/--base-config, it fits); 2 unreadable, or it does not fit.
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    /// A PEFT or mlx-lm adapter directory, or a GGUF LoRA adapter file.
+    path: PathBuf,
+
+    /// A base model GGUF: a PEFT directory is planned against it; a GGUF adapter gets the fit check lora-validate
+    /// runs before llama.cpp.
+    #[arg(long, value_name = "BASE.gguf")]
+    base: Option<PathBuf>,
+
+    /// A Hugging Face model directory (or its config.json) describing the base (adapter directories only).
+    #[arg(long, value_name = "HF_CONFIG_DIR")]
+    base_config: Option<PathBuf>,
+
+    /// How to treat torchtune's Qwen2 q/k export (as for conversion).
+    #[arg(long, value_enum, value_name = "HOW")]
+    torchtune_qwen2: Option<TorchtuneArg>,
+
+    /// Print the report as JSON (schema `lora-gguf.inspect/1`, docs/inspect-and-manifest.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConvertArgs {
     /// The adapter directory: PEFT (adapter_config.json + adapter_model.safetensors) or mlx-lm
     /// (adapter_config.json + adapters.safetensors), told apart by its files.
-    adapter_dir: PathBuf,
+    #[arg(required = true, value_name = "ADAPTER_DIR")]
+    adapter_dir: Option<PathBuf>,
 
     /// The GGUF adapter to write.
-    #[arg(short, long, value_name = "OUT.gguf")]
-    output: PathBuf,
+    #[arg(short, long, value_name = "OUT.gguf", required = true)]
+    output: Option<PathBuf>,
 
     /// The base model GGUF you will run the adapter with: architecture, every target tensor and its shape, the
     /// expert count and tied embeddings are checked against it.
@@ -51,6 +98,16 @@ struct Cli {
     #[arg(long)]
     verify: bool,
 
+    /// Write a JSON manifest of the conversion: every source tensor → GGUF tensor with its factors, every skip and
+    /// refusal (schema `lora-gguf.manifest/1`). Written also when the conversion is refused.
+    #[arg(long, value_name = "FILE.json")]
+    manifest: Option<PathBuf>,
+
+    /// torchtune's PEFT export of a Qwen2 model has its q/k lora_B rows permuted as for Llama: `undo` converts what
+    /// torchtune trained, `as-saved` the file as PEFT reads it. Without this option such an adapter is refused.
+    #[arg(long, value_enum, value_name = "HOW")]
+    torchtune_qwen2: Option<TorchtuneArg>,
+
     /// Worker threads for dtype conversion (default: all cores).
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
@@ -62,6 +119,21 @@ struct Cli {
     /// Print every written tensor.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TorchtuneArg {
+    Undo,
+    AsSaved,
+}
+
+impl From<TorchtuneArg> for TorchtuneQwen2 {
+    fn from(t: TorchtuneArg) -> Self {
+        match t {
+            TorchtuneArg::Undo => TorchtuneQwen2::Undo,
+            TorchtuneArg::AsSaved => TorchtuneQwen2::AsSaved,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,9 +160,50 @@ impl From<OutTypeArg> for OutType {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Inspect(args)) => inspect(args),
+        None => convert_main(cli.convert),
+    }
+}
+
+fn inspect(args: InspectArgs) -> ExitCode {
+    let request = inspect::Request {
+        path: args.path,
+        base: args.base,
+        base_config: args.base_config,
+        quirks: Quirks {
+            torchtune_qwen2: args.torchtune_qwen2.map(Into::into),
+        },
+    };
+    match inspect::inspect(&request) {
+        Ok(report) => {
+            if args.json {
+                print!("{}", report.to_json());
+            } else {
+                print!("{}", inspect::render::text(&report));
+            }
+            if report.fits() == Some(false) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {}", chain(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn convert_main(cli: ConvertArgs) -> ExitCode {
+    // clap requires both unless a subcommand is given.
+    let (Some(adapter_dir), Some(output)) = (cli.adapter_dir.clone(), cli.output.clone()) else {
+        eprintln!("error: ADAPTER_DIR and -o OUT.gguf are required");
+        return ExitCode::from(2);
+    };
     let opts = Options {
-        adapter_dir: cli.adapter_dir.clone(),
-        output: cli.output.clone(),
+        adapter_dir,
+        output,
         base: cli.base.clone(),
         base_config: cli.base_config.clone(),
         outtype: cli.outtype.into(),
@@ -98,33 +211,40 @@ fn main() -> ExitCode {
         force: cli.force,
         verify: cli.verify,
         threads: cli.threads,
+        quirks: Quirks {
+            torchtune_qwen2: cli.torchtune_qwen2.map(Into::into),
+        },
     };
-    match convert::convert(&opts) {
+    let outcome = convert::run(&opts);
+    let mut status = match &outcome.result {
         Ok(summary) => {
             if !cli.quiet {
-                print_summary(&summary, cli.verbose);
+                print_summary(summary, cli.verbose);
             }
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            eprintln!("error: {}", chain(err));
+            let more = outcome.prepared.as_ref().map_or(0, |p| p.refusals.len());
+            if more > 0 {
+                let listed = if cli.manifest.is_some() {
+                    "the manifest lists them"
+                } else {
+                    "`lora-convert inspect` lists them"
+                };
+                eprintln!("({more} more reason(s) to refuse; {listed})");
+            }
             ExitCode::from(2)
         }
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
+    };
+    if let Some(path) = &cli.manifest {
+        let m = manifest::build(&outcome);
+        if let Err(e) = manifest::write(path, &m) {
+            eprintln!("error: {}", chain(&e));
+            status = ExitCode::from(2);
         }
-        source = s.source();
     }
-    text
+    status
 }
 
 fn print_summary(s: &Summary, verbose: bool) {

@@ -23,11 +23,13 @@ pub enum ConvertError {
     /// No base model was given and none could be found.
     #[error(
         "no base model to check the adapter against: {why}; pass `--base BASE.gguf` (the GGUF you will run the \
-         adapter with: every tensor is checked against it) or `--base-config HF_MODEL_DIR` (its config.json)"
+         adapter with: every tensor is checked against it) or `--base-config HF_MODEL_DIR` (its config.json){hint}"
     )]
     NoBase {
         /// Why `base_model_name_or_path` did not help.
         why: String,
+        /// What else we know (a quantized repo name, a config.json beside the adapter), or empty.
+        hint: String,
     },
     /// The architecture is not one llama.cpp converts, or not one we know.
     #[error("{what}; supported GGUF architectures: {supported}")]
@@ -228,6 +230,43 @@ pub enum ConvertError {
         /// What the adapter has.
         found: &'static str,
     },
+    /// torchtune's PEFT export of a Qwen2 model: the q/k factors are in the wrong row order (see `convert::quirks`).
+    #[error(
+        "module `{module}`: this is torchtune's PEFT export ({evidence}) of a Qwen2 model, and torchtune 0.6.1 \
+         permutes the lora_B rows of q_proj and k_proj as if the model were Llama (`tune_to_peft_adapter_weights` → \
+         `_permute_lora_matrix`) although its Qwen2 keeps the HF rotary layout, so these factors are not what was \
+         trained (PEFT in PyTorch runs them wrongly too) — pass `--torchtune-qwen2 undo` to convert what torchtune \
+         trained (the permutation is reversed exactly), or `--torchtune-qwen2 as-saved` to convert the file as PEFT \
+         reads it"
+    )]
+    TorchtuneQwen2 {
+        /// The PEFT module path.
+        module: String,
+        /// Why we think torchtune wrote it.
+        evidence: String,
+    },
+    /// The adapter was trained with added tokens: its embedding / output head have more rows than the base.
+    #[error(
+        "`{key}` has {rows} vocabulary rows but the base {base} has {base_vocab}: the vocabulary was grown by \
+         {added} rows for added tokens (chat or special tokens; trainers pad the new size to a multiple of 32 or \
+         64), so this adapter needs a base that has them. A GGUF LoRA \
+         cannot add tokens or replace full tensors, so the base GGUF itself must be re-made: merge the adapter with \
+         its resized embeddings into the base (`PeftModel.from_pretrained(base_with_resized_vocab, DIR)\
+         .merge_and_unload()`, saved with the trainer's tokenizer) and convert that model with \
+         convert_hf_to_gguf.py — or retrain without new tokens"
+    )]
+    ResizedVocabulary {
+        /// The full-weight key.
+        key: String,
+        /// Its vocabulary rows.
+        rows: u64,
+        /// The base description.
+        base: String,
+        /// The base's vocabulary.
+        base_vocab: u64,
+        /// rows − base_vocab.
+        added: u64,
+    },
     /// The adapter has no LoRA pairs at all.
     #[error("`{dir}` holds no LoRA pairs: nothing to convert")]
     Empty {
@@ -271,4 +310,89 @@ pub enum ConvertError {
         /// Where (ΔW column).
         col: usize,
     },
+}
+
+/// The message of `err` with its sources appended where they add something (what the command lines print).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl ConvertError {
+    /// What the refusal is about — a module, key, tensor or file — for listings (`inspect`, the manifest).
+    pub fn subject(&self) -> String {
+        use ConvertError as C;
+        let path = |p: &std::path::Path| p.display().to_string();
+        match self {
+            C::Adapter(e) => peft_subject(e),
+            C::MlxAdapter(e) => mlx_subject(e),
+            C::Base(_) | C::NoBase { .. } => "(base)".into(),
+            C::UnknownArchitecture { .. } | C::ArchMismatch { .. } => "(architecture)".into(),
+            C::Map { module, .. }
+            | C::Rows { module, .. }
+            | C::NeedHeads { module, .. }
+            | C::TiedEmbedding { module, .. }
+            | C::TargetMissing { module, .. }
+            | C::ShapeMismatch { module, .. }
+            | C::ExpertCount { module, .. }
+            | C::KindMismatch { module, .. }
+            | C::ExpertStack { module, .. }
+            | C::TorchtuneQwen2 { module, .. } => module.clone(),
+            C::ParameterShape { saved_as, .. } | C::ParameterAmbiguous { saved_as, .. } => {
+                peft::tensors::strip_base_layers(saved_as)
+            }
+            C::DuplicateTarget { second, .. } => second.clone(),
+            C::ExpertRanks { target, .. } | C::Verify { target, .. } => target.clone(),
+            C::ResizedVocabulary { key, .. } => key.clone(),
+            C::Empty { dir } => path(dir),
+            C::OutputExists { path: p } | C::Io { path: p, .. } => path(p),
+            C::Gguf(_) => "(gguf)".into(),
+        }
+    }
+}
+
+fn mlx_subject(e: &crate::mlx::Error) -> String {
+    use crate::mlx::Error as M;
+    let path = |p: &std::path::Path| p.display().to_string();
+    match e {
+        M::MissingFile { dir, file, .. } => path(&dir.join(file)),
+        M::Io { path: p, .. }
+        | M::ConfigJson { path: p, .. }
+        | M::Safetensors { path: p, .. }
+        | M::UnknownTensors { path: p, .. } => path(p),
+        M::ConfigField { key, .. }
+        | M::Unsupported { key, .. }
+        | M::UnsupportedTensor { key, .. }
+        | M::Dtype { key, .. } => key.clone(),
+        M::HalfPair { module, .. } | M::Shape { module, .. } | M::NotAdapted { module, .. } => {
+            module.clone()
+        }
+    }
+}
+
+fn peft_subject(e: &peft::Error) -> String {
+    use peft::Error as P;
+    let path = |p: &std::path::Path| p.display().to_string();
+    match e {
+        P::MissingFile { dir, file, .. } => path(&dir.join(file)),
+        P::Pickle { path: p }
+        | P::Io { path: p, .. }
+        | P::ConfigJson { path: p, .. }
+        | P::Safetensors { path: p, .. }
+        | P::UnknownTensors { path: p, .. } => path(p),
+        P::ConfigField { key, .. } | P::Unsupported { key, .. } => key.clone(),
+        P::UnsupportedTensor { key, .. } | P::Dtype { key, .. } | P::NonFinite { key, .. } => {
+            key.clone()
+        }
+        P::HalfPair { module, .. } | P::Shape { module, .. } => module.clone(),
+    }
 }

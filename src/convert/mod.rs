@@ -7,9 +7,11 @@
 pub mod base;
 pub mod error;
 pub mod factor;
+pub mod manifest;
 pub mod materialize;
 pub mod params;
 pub mod plan;
+pub mod quirks;
 pub mod stream;
 pub mod verify;
 pub mod write;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub use base::{BaseModel, BaseSource};
 pub use error::ConvertError;
 pub use plan::{OutType, Plan};
+pub use quirks::{Quirks, TorchtuneQwen2};
 pub use verify::VerifyReport;
 
 use crate::arch;
@@ -48,6 +51,8 @@ pub struct Options {
     pub verify: bool,
     /// Worker threads for dtype conversion (None: rayon's default).
     pub threads: Option<usize>,
+    /// Choices about trainer quirks (`--torchtune-qwen2`).
+    pub quirks: Quirks,
 }
 
 /// What was written, for the summary line and for tests.
@@ -83,18 +88,200 @@ pub struct Summary {
     pub tensors: Vec<(String, &'static str, Vec<u64>)>,
 }
 
+/// Everything decided before a byte is written: the adapter as read, the base and family when they resolve, the
+/// plan of what fits, and every refusal (in the order a user should read them).
+pub struct Prepared {
+    /// The adapter, without pairs refused on their own.
+    pub adapter: Adapter,
+    /// The base description, when one was found and readable.
+    pub base: Option<BaseModel>,
+    /// The family, when the base names one we convert.
+    pub family: Option<&'static arch::Family>,
+    /// The plan of every pair that converts (present whenever the family resolved).
+    pub plan: Option<Plan>,
+    /// Everything that stops conversion; empty means the plan can be written.
+    pub refusals: Vec<ConvertError>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("adapter", &self.adapter.dir)
+            .field("family", &self.family.map(|f| f.gguf_arch))
+            .field("pairs", &self.plan.as_ref().map(|p| p.pairs.len()))
+            .field("refusals", &self.refusals)
+            .finish()
+    }
+}
+
+/// Read the adapter and the base and plan the output, collecting every refusal instead of stopping at the first.
+/// Errors only when the adapter cannot be read at all (missing files, invalid JSON, corrupt safetensors).
+pub fn prepare(
+    adapter_dir: &Path,
+    base: Option<&Path>,
+    base_config: Option<&Path>,
+    arch_override: Option<&str>,
+    outtype: OutType,
+    quirks: &Quirks,
+) -> Result<Prepared, ConvertError> {
+    let scanned = scan_adapter(adapter_dir)?;
+    let adapter = scanned.adapter;
+    let mut refusals: Vec<ConvertError> = scanned
+        .refusals
+        .into_iter()
+        .map(ConvertError::Adapter)
+        .collect();
+    let base = match resolve_base_from(base, base_config, &adapter) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            refusals.push(e);
+            None
+        }
+    };
+    if let Some(base) = &base {
+        resized_vocabulary(&adapter, base, &mut refusals);
+    }
+    let family = match base.as_ref().map(|b| resolve_family(arch_override, b)) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            refusals.push(e);
+            None
+        }
+        None => None,
+    };
+    let mut adapter = adapter;
+    let plan = match (family, &base) {
+        (Some(family), Some(base)) => {
+            // target_parameters pairs are told apart by shape against the base; a pair that fits no parameter is
+            // refused and left out of the plan (its tensors stay listed, as refused).
+            for (pair, refusal) in params::resolve_all(&mut adapter, family, base) {
+                for (t, is_a) in [(&pair.a, true), (&pair.b, false)] {
+                    adapter.others.push(peft::OtherTensor {
+                        key: t.key.clone(),
+                        dtype: format!("{:?}", t.dtype),
+                        shape: t.shape.clone(),
+                        kind: peft::KeyKind::Factor {
+                            module: pair.module.clone(),
+                            kind: pair.kind,
+                            is_a,
+                        },
+                    });
+                }
+                refusals.push(refusal);
+            }
+            let (plan, problems) = plan::plan_all(&adapter, family, base, outtype, quirks);
+            refusals.extend(problems);
+            Some(plan)
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        adapter,
+        base,
+        family,
+        plan,
+        refusals,
+    })
+}
+
+/// Full embedding / output-head weights with more rows than the base has tokens: the adapter was trained with
+/// added tokens. That refusal says more than "a full weight", so it replaces those and goes first.
+fn resized_vocabulary(adapter: &Adapter, base: &BaseModel, refusals: &mut Vec<ConvertError>) {
+    let Some(n_vocab) = base.n_vocab else {
+        return;
+    };
+    let mut resized = Vec::new();
+    for t in &adapter.others {
+        let rows = t.shape.first().copied().unwrap_or(0) as u64;
+        if t.kind == peft::KeyKind::FullWeight
+            && peft::tensors::is_vocabulary_key(&t.key)
+            && rows > n_vocab
+        {
+            refusals.retain(|r| {
+                !matches!(r, ConvertError::Adapter(peft::Error::UnsupportedTensor { key, .. }) if *key == t.key)
+            });
+            resized.push(ConvertError::ResizedVocabulary {
+                key: t.key.clone(),
+                rows,
+                base: base.describe(),
+                base_vocab: n_vocab,
+                added: rows - n_vocab,
+            });
+        }
+    }
+    refusals.splice(0..0, resized);
+}
+
 /// Convert one adapter. On error nothing is left at `opts.output`.
 pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
+    run(opts).result
+}
+
+/// What a conversion did: what was prepared (when the adapter could be read) and the outcome.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The analysis, for the manifest. When refused, its `refusals` hold every refusal after the first.
+    pub prepared: Option<Prepared>,
+    /// The summary of the written file, or the first refusal (or error).
+    pub result: Result<Summary, ConvertError>,
+}
+
+/// Convert one adapter, keeping the analysis for the manifest. On error nothing is left at `opts.output`.
+pub fn run(opts: &Options) -> Outcome {
     if opts.output.exists() && !opts.force {
-        return Err(ConvertError::OutputExists {
-            path: opts.output.clone(),
-        });
+        let prepared = prepare_for(opts).ok();
+        return Outcome {
+            prepared,
+            result: Err(ConvertError::OutputExists {
+                path: opts.output.clone(),
+            }),
+        };
     }
-    let mut adapter = open_adapter(&opts.adapter_dir)?;
-    let base = resolve_base(opts, &adapter)?;
-    let family = resolve_family(opts.arch.as_deref(), &base)?;
-    params::resolve(&mut adapter, family, &base)?;
-    let plan = plan::plan(&adapter, family, &base, opts.outtype)?;
+    let mut prepared = match prepare_for(opts) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome {
+                prepared: None,
+                result: Err(e),
+            };
+        }
+    };
+    if !prepared.refusals.is_empty() {
+        let first = prepared.refusals.remove(0);
+        return Outcome {
+            prepared: Some(prepared),
+            result: Err(first),
+        };
+    }
+    let result = write_prepared(opts, &prepared);
+    Outcome {
+        prepared: Some(prepared),
+        result,
+    }
+}
+
+fn prepare_for(opts: &Options) -> Result<Prepared, ConvertError> {
+    prepare(
+        &opts.adapter_dir,
+        opts.base.as_deref(),
+        opts.base_config.as_deref(),
+        opts.arch.as_deref(),
+        opts.outtype,
+        &opts.quirks,
+    )
+}
+
+fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, ConvertError> {
+    let (Some(plan), Some(base)) = (&prepared.plan, &prepared.base) else {
+        // `prepare` records a refusal whenever it has no base or no plan; this is never reached.
+        return Err(ConvertError::Io {
+            path: opts.output.clone(),
+            source: std::io::Error::other(
+                "internal error: nothing refused but no plan; please report this",
+            ),
+        });
+    };
+    let adapter = &prepared.adapter;
     let heads = base.heads.unwrap_or(HeadCounts {
         n_head: 1,
         n_head_kv: 1,
@@ -103,9 +290,9 @@ pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;
         let bytes =
-            write::write_atomically(&opts.output, opts.force, &plan, &adapter, heads, |tmp| {
+            write::write_atomically(&opts.output, opts.force, plan, adapter, heads, |tmp| {
                 if opts.verify {
-                    report = Some(verify::verify(tmp, &plan, &adapter, heads)?);
+                    report = Some(verify::verify(tmp, plan, adapter, heads)?);
                 }
                 Ok(())
             })?;
@@ -122,7 +309,7 @@ pub fn convert(opts: &Options) -> Result<Summary, ConvertError> {
             .install(run)?,
         None => run()?,
     };
-    Ok(summarize(opts, &adapter, &base, &plan, bytes, verify))
+    Ok(summarize(opts, adapter, base, plan, bytes, verify))
 }
 
 /// Open an adapter directory, telling the trainer from its files: mlx-lm (`adapters.safetensors`, or an
@@ -135,9 +322,31 @@ pub fn open_adapter(dir: &Path) -> Result<Adapter, ConvertError> {
     }
 }
 
+/// Read an adapter directory with every refusal: PEFT's reader collects them all; the mlx-lm reader stops at the
+/// first, which is then the error.
+pub fn scan_adapter(dir: &Path) -> Result<peft::Scan, ConvertError> {
+    if mlx::detect(dir) {
+        Ok(peft::Scan {
+            adapter: mlx::open(dir)?,
+            refusals: Vec::new(),
+        })
+    } else {
+        Ok(peft::scan(dir)?)
+    }
+}
+
 /// Find the base description: `--base`, `--base-config`, or a local `base_model_name_or_path`.
 pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, ConvertError> {
-    match (&opts.base, &opts.base_config) {
+    resolve_base_from(opts.base.as_deref(), opts.base_config.as_deref(), adapter)
+}
+
+/// [`resolve_base`] from the two paths.
+pub fn resolve_base_from(
+    base: Option<&Path>,
+    base_config: Option<&Path>,
+    adapter: &Adapter,
+) -> Result<BaseModel, ConvertError> {
+    match (base, base_config) {
         (Some(gguf), config) => {
             let mut base = BaseModel::from_gguf(gguf)?;
             if let Some(config) = config {
@@ -150,7 +359,8 @@ pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, Conv
         (None, Some(config)) => Ok(BaseModel::from_hf_config(config)?),
         (None, None) => {
             let key = adapter.framework.base_model_key();
-            let why = match adapter.config.base_model_name_or_path.as_deref() {
+            let name = adapter.config.base_model_name_or_path.as_deref();
+            let why = match name {
                 None | Some("") => format!("adapter_config.json has no `{key}`"),
                 Some(name) => {
                     let dir = resolve_relative(&adapter.dir, name);
@@ -163,9 +373,42 @@ pub fn resolve_base(opts: &Options, adapter: &Adapter) -> Result<BaseModel, Conv
                     )
                 }
             };
-            Err(ConvertError::NoBase { why })
+            Err(ConvertError::NoBase {
+                why,
+                hint: no_base_hint(&adapter.dir, name.unwrap_or("")),
+            })
         }
     }
+}
+
+/// More help for a missing base: what a quantized repo name means, and a config.json the trainer left beside the
+/// adapter (torchtune copies the base's there).
+fn no_base_hint(adapter_dir: &Path, name: &str) -> String {
+    let mut hint = String::new();
+    let lower = name.to_ascii_lowercase();
+    if let Some(quant) = ["bnb-4bit", "bnb-8bit", "4bit", "awq", "gptq"]
+        .iter()
+        .find(|q| lower.contains(*q))
+    {
+        let plain = ["-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-8bit"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s));
+        hint.push_str(&format!(
+            ". `{name}` is a pre-quantized ({quant}) repository (Unsloth and QLoRA trainers record the repo they \
+             loaded): the adapter fits the unquantized model it came from, so pass `--base` with the GGUF you deploy \
+             (made from the unquantized model, quantized as you like) or `--base-config` with the unquantized \
+             model's config.json{}; the quantized repo's own config.json works as well if you have it locally",
+            plain.map_or(String::new(), |p| format!(" (usually `{p}`)"))
+        ));
+    }
+    if adapter_dir.join("config.json").is_file() {
+        hint.push_str(&format!(
+            ". `{}` holds a config.json (torchtune copies the base model's there): `--base-config {}` uses it",
+            adapter_dir.display(),
+            adapter_dir.display()
+        ));
+    }
+    hint
 }
 
 fn resolve_relative(adapter_dir: &Path, name: &str) -> PathBuf {

@@ -37,6 +37,31 @@ pub fn resolve(
     Ok(())
 }
 
+/// Like [`resolve`], but every pair that fits no parameter is taken out of `adapter.pairs` and returned with its
+/// refusal, so `inspect` and the manifest can list all of them.
+pub fn resolve_all(
+    adapter: &mut Adapter,
+    family: &Family,
+    base: &BaseModel,
+) -> Vec<(LoraPair, ConvertError)> {
+    let mut refused = Vec::new();
+    let mut i = 0;
+    while i < adapter.pairs.len() {
+        if adapter.pairs[i].candidates.is_empty() {
+            i += 1;
+            continue;
+        }
+        match resolve_one(adapter, i, family, base) {
+            Ok(pair) => {
+                adapter.pairs[i] = pair;
+                i += 1;
+            }
+            Err(e) => refused.push((adapter.pairs.remove(i), e)),
+        }
+    }
+    refused
+}
+
 fn resolve_one(
     adapter: &Adapter,
     i: usize,

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use super::base::BaseModel;
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
+use super::quirks::{self, Quirks};
 use crate::arch::{Family, Layout, RowTransform, Target};
 use crate::gguf::{GgmlType, TensorSpec};
 use crate::peft::{Adapter, LoraPair, PairKind, SourceDtype};
@@ -116,15 +117,32 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-/// Build the plan. Pure: reads shapes and configuration only, never tensor data.
+/// Build the plan. Pure: reads shapes and configuration only, never tensor data. The first problem is the error.
 pub fn plan(
     adapter: &Adapter,
     family: &'static Family,
     base: &BaseModel,
     outtype: OutType,
 ) -> Result<Plan, ConvertError> {
+    let (plan, problems) = plan_all(adapter, family, base, outtype, &Quirks::default());
+    match problems.into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(plan),
+    }
+}
+
+/// Build the plan as far as it goes: every problem is returned (in adapter order) and the pairs they concern are
+/// left out of the plan, so `inspect` and the manifest can show all of them at once.
+pub fn plan_all(
+    adapter: &Adapter,
+    family: &'static Family,
+    base: &BaseModel,
+    outtype: OutType,
+    quirks: &Quirks,
+) -> (Plan, Vec<ConvertError>) {
+    let mut problems = Vec::new();
     if adapter.pairs.is_empty() {
-        return Err(ConvertError::Empty {
+        problems.push(ConvertError::Empty {
             dir: adapter.dir.clone(),
         });
     }
@@ -138,57 +156,80 @@ pub fn plan(
             Some(param) => family.map_parameter(&pair.module, param),
             None => family.map_module(&pair.module),
         };
-        let targets = mapped.map_err(|source| ConvertError::Map {
-            module: pair.pattern_key(),
-            source,
-        })?;
+        let targets = match mapped {
+            Ok(t) => t,
+            Err(source) => {
+                problems.push(ConvertError::Map {
+                    module: pair.pattern_key(),
+                    source,
+                });
+                continue;
+            }
+        };
         let peft_scaling = pair.scaling.factor();
         let c = peft_scaling * pair.rank as f64;
         let fold = c / f64::from(alpha);
-        for target in targets {
-            check_tied(pair, &target, base)?;
-            let source = PlannedSource {
-                pair: index,
-                expert: None,
-                rows: target.rows,
-                peft_scaling,
-                fold,
-            };
-            let planned = plan_one(pair, &target, base, source)?;
-            if family.no_effect(&target.name) {
-                warnings.push(format!(
-                    "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor; the pair is written \
-                     but has no effect at run time",
-                    target.name, pair.module, family.gguf_arch
-                ));
-            }
-            match (planned.shape, by_target.get(&target.name)) {
-                (PairShape::Experts { .. }, Some(&at)) => {
-                    merge_expert(&mut pairs[at], planned, &adapter.pairs)?
+        for mut target in targets {
+            let step = (|| {
+                target.rows = quirks::source_rows(adapter, family, pair, &target, quirks)?;
+                check_tied(pair, &target, base)?;
+                let source = PlannedSource {
+                    pair: index,
+                    expert: None,
+                    rows: target.rows,
+                    peft_scaling,
+                    fold,
+                };
+                let planned = plan_one(pair, &target, base, source)?;
+                if family.no_effect(&target.name) {
+                    warnings.push(format!(
+                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor; the pair is \
+                         written but has no effect at run time",
+                        target.name, pair.module, family.gguf_arch
+                    ));
                 }
-                (_, Some(&at)) => {
-                    let first = adapter.pairs[pairs[at].sources[0].pair].module.clone();
-                    return Err(ConvertError::DuplicateTarget {
-                        target: target.name,
-                        first,
-                        second: pair.module.clone(),
-                    });
+                match (planned.shape, by_target.get(&target.name)) {
+                    (PairShape::Experts { .. }, Some(&at)) => {
+                        merge_expert(&mut pairs[at], planned, &adapter.pairs)
+                    }
+                    (_, Some(&at)) => {
+                        let first = adapter.pairs[pairs[at].sources[0].pair].module.clone();
+                        Err(ConvertError::DuplicateTarget {
+                            target: target.name.clone(),
+                            first,
+                            second: pair.module.clone(),
+                        })
+                    }
+                    (_, None) => {
+                        by_target.insert(target.name.clone(), pairs.len());
+                        pairs.push(planned);
+                        Ok(())
+                    }
                 }
-                (_, None) => {
-                    by_target.insert(target.name.clone(), pairs.len());
-                    pairs.push(planned);
-                }
+            })();
+            if let Err(e) = step {
+                problems.push(e);
             }
         }
     }
 
     let source_dtype = adapter.dtype();
     let mut fallbacks: Vec<u64> = Vec::new();
-    for p in &mut pairs {
-        if let PairShape::Experts { n_expert } = p.shape {
-            check_experts(p, n_expert, base, &adapter.pairs)?;
+    let mut fitting = Vec::with_capacity(pairs.len());
+    for mut p in pairs {
+        let fits = match p.shape {
+            PairShape::Experts { n_expert } => check_experts(&p, n_expert, base, &adapter.pairs),
+            _ => Ok(()),
         }
-        check_base_shape(p, base, &adapter.pairs)?;
+        .and_then(|()| check_base_shape(&mut p, base, &adapter.pairs));
+        if let Err(e) = fits {
+            problems.push(e);
+            continue;
+        }
+        fitting.push(p);
+    }
+    let mut pairs = fitting;
+    for p in &mut pairs {
         let (a_dims, b_dims) = ggml_dims(p);
         let a_type = outtype.ggml_type(source_dtype, a_dims[0]);
         let b_type = outtype.ggml_type(source_dtype, b_dims[0]);
@@ -253,12 +294,13 @@ pub fn plan(
             }
         }
     }
-    Ok(Plan {
+    let plan = Plan {
         arch: family.gguf_arch,
         alpha,
         pairs,
         warnings,
-    })
+    };
+    (plan, problems)
 }
 
 /// α = the c_m = s_m·r_m shared by the most pairs (ties: the smallest), as f32.

@@ -46,13 +46,30 @@ pub struct AdapterConfig {
     pub alora_invocation_tokens: Option<Vec<u32>>,
     /// `task_type`.
     pub task_type: Option<String>,
+    /// `modules_to_save`, as written (a non-empty list is refused).
+    pub modules_to_save: Option<Value>,
+    /// `init_lora_weights`, as written.
+    pub init_lora_weights: Option<Value>,
+    /// Every top-level key, in file order (trainers leave recognisable sets; see `peft::trainer`).
+    pub keys: Vec<String>,
     rank_regexes: Vec<Regex>,
     alpha_regexes: Vec<Regex>,
 }
 
 impl AdapterConfig {
-    /// Parse and check `adapter_config.json` text.
+    /// Parse and check `adapter_config.json` text; the first refusal is the error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
+        let (config, refusals) = Self::read(text, path)?;
+        match refusals.into_iter().next() {
+            Some(refusal) => Err(refusal),
+            None => Ok(config),
+        }
+    }
+
+    /// Parse `adapter_config.json` text, returning every refusal beside the configuration (`lora-convert inspect`
+    /// lists them all). Errors: invalid JSON, a malformed or missing field, or a `peft_type` other than LoRA (then
+    /// nothing else in the file means what a LoRA config means).
+    pub fn read(text: &str, path: &Path) -> Result<(Self, Vec<Error>), Error> {
         let value: Value = serde_json::from_str(text).map_err(|e| Error::ConfigJson {
             path: path.to_path_buf(),
             line: e.line(),
@@ -67,7 +84,16 @@ impl AdapterConfig {
             });
         };
         let cfg = Reader { path, map: &map };
-        cfg.check_refusals()?;
+        let refusals = cfg.refusals()?;
+        if let Some(wrong_type) = refusals
+            .iter()
+            .position(|e| matches!(e, Error::Unsupported { key, .. } if key == "peft_type"))
+        {
+            return Err(refusals
+                .into_iter()
+                .nth(wrong_type)
+                .unwrap_or_else(|| cfg.field("peft_type", "is not LORA".into())));
+        }
 
         let peft_type = cfg.string("peft_type")?.unwrap_or_else(|| "LORA".into());
         let rank = cfg
@@ -120,7 +146,7 @@ impl AdapterConfig {
                 ));
             }
         };
-        Ok(AdapterConfig {
+        let config = AdapterConfig {
             path: path.to_path_buf(),
             peft_type,
             base_model_name_or_path: cfg.string("base_model_name_or_path")?,
@@ -138,9 +164,13 @@ impl AdapterConfig {
             target_parameters: cfg.strings("target_parameters")?,
             alora_invocation_tokens,
             task_type: cfg.string("task_type")?,
+            modules_to_save: cfg.get("modules_to_save").cloned(),
+            init_lora_weights: cfg.get("init_lora_weights").cloned(),
+            keys: map.keys().cloned().collect(),
             rank_regexes,
             alpha_regexes,
-        })
+        };
+        Ok((config, refusals))
     }
 
     /// The parameters of `module` that `target_parameters` wraps (`gate_up_proj`, `down_proj`, `weight` …), in
@@ -303,10 +333,11 @@ impl Reader<'_> {
         }
     }
 
-    /// Everything a GGUF LoRA adapter cannot express, checked before anything else.
-    fn check_refusals(&self) -> Result<(), Error> {
-        let refuse = |key: &str, message: &str| -> Result<(), Error> {
-            Err(Error::Unsupported {
+    /// Everything a GGUF LoRA adapter cannot express, all of it (a field of the wrong type is an error).
+    fn refusals(&self) -> Result<Vec<Error>, Error> {
+        let mut out = Vec::new();
+        let mut refuse = |key: &str, message: &str| {
+            out.push(Error::Unsupported {
                 path: self.path.to_path_buf(),
                 key: key.to_string(),
                 message: message.to_string(),
@@ -326,27 +357,27 @@ impl Reader<'_> {
                 "FOURIERFT" => "FourierFT",
                 _ => t.as_str(),
             };
-            return Err(Error::Unsupported {
-                path: self.path.to_path_buf(),
-                key: "peft_type".into(),
-                message: format!(
+            refuse(
+                "peft_type",
+                &format!(
                     "is `{t}` ({name}); llama.cpp only runs LoRA (B·A) adapters — merge this adapter into the \
                          base model and convert the merged model instead"
                 ),
-            });
+            );
+            return Ok(out);
         }
         if self.boolean("use_dora")? == Some(true) {
             refuse(
                 "use_dora",
                 "is true: DoRA rescales each column of the merged weight by a learned magnitude, which a GGUF LoRA \
                  cannot express — merge the adapter into the base model instead",
-            )?;
+            );
         }
         if self.boolean("lora_bias")? == Some(true) {
             refuse(
                 "lora_bias",
                 "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
-            )?;
+            );
         }
         if let Some(bias) = self.string("bias")?
             && bias != "none"
@@ -355,26 +386,20 @@ impl Reader<'_> {
                 "bias",
                 &format!(
                     "is `{bias}`: the adapter trains base biases, which a GGUF LoRA cannot carry — retrain with \
-                         bias=\"none\", or merge"
+                     bias=\"none\", or merge"
                 ),
-            )?;
+            );
         }
         if let Some(m) = self.get("modules_to_save")
             && m.as_array().is_none_or(|a| !a.is_empty())
         {
-            refuse(
-                "modules_to_save",
-                &format!(
-                    "is {m}: these modules are saved as full weights, and llama.cpp cannot swap full tensors at \
-                         run time — merge the adapter into the base, or retrain without modules_to_save"
-                ),
-            )?;
+            refuse("modules_to_save", &modules_to_save_message(m));
         }
         if self.get("trainable_token_indices").is_some() {
             refuse(
                 "trainable_token_indices",
                 "is set: trainable token deltas are not LoRA and llama.cpp cannot apply them — merge instead",
-            )?;
+            );
         }
         if let Some(Value::String(init)) = self.get("init_lora_weights") {
             let lower = init.to_ascii_lowercase();
@@ -385,14 +410,59 @@ impl Reader<'_> {
                         "is `{init}`: a {kind} adapter only works with the base model PEFT modified at \
                          initialisation; save it converted with `model.save_pretrained(out, \
                          path_initial_model_for_weight_conversion=INIT_DIR)` (a plain LoRA of twice the rank) and \
-                         convert that"
+                         convert that{}",
+                        if kind == &"pissa" {
+                            " (LLaMA-Factory does this with `pissa_convert: true` and writes it to \
+                             OUTPUT_DIR/pissa_converted)"
+                        } else {
+                            ""
+                        }
                     ),
-                )?;
+                );
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
+
+/// Why `modules_to_save` cannot be converted, with what the trainers that set it do and what to do instead.
+fn modules_to_save_message(m: &Value) -> String {
+    let names: Vec<&str> = m
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let embeddings = names
+        .iter()
+        .any(|n| EMBEDDING_MODULES.iter().any(|e| n.ends_with(e)));
+    let norms = !names.is_empty() && names.iter().all(|n| n.contains("norm"));
+    let why = if norms {
+        "these norm weights are saved in full, and llama.cpp ignores norm vectors in an adapter (llama-adapter.cpp \
+         skips `_norm.weight` tensors), so the adapter would run without them — merge the adapter into the base \
+         instead"
+    } else if embeddings {
+        "the embedding / output head are trained and saved as full matrices (what Unsloth, axolotl \
+         `lora_modules_to_save` and LLaMA-Factory `additional_target` / `resize_vocab` do, usually because tokens \
+         were added), and a GGUF LoRA can only add B·A to the base's tensors: llama.cpp cannot swap full tensors \
+         at run time, nor grow the vocabulary. Merge the adapter into the base model (`merge_and_unload()`, with \
+         the resized tokenizer if tokens were added) and convert the merged model with convert_hf_to_gguf.py; or \
+         retrain without modules_to_save (and without new tokens)"
+    } else {
+        "these modules are saved as full weights, and llama.cpp cannot swap full tensors at run time — merge the \
+         adapter into the base, or retrain without modules_to_save"
+    };
+    format!("is {m}: {why}")
+}
+
+/// Module names that hold the vocabulary (input embedding or output head) in the families we convert.
+pub(crate) const EMBEDDING_MODULES: &[&str] = &[
+    "embed_tokens",
+    "lm_head",
+    "wte",
+    "embed_out",
+    "word_embeddings",
+    "tok_embeddings",
+    "output",
+];
 
 #[cfg(test)]
 mod tests {
@@ -475,6 +545,45 @@ mod tests {
                 .contains("`modules_to_save`")
         );
         assert!(parse(r#"{"r":8,"lora_alpha":16,"modules_to_save":[]}"#).is_ok());
+    }
+
+    #[test]
+    fn modules_to_save_message_names_what_the_trainers_do() {
+        let e = refusal(r#"{"r":8,"lora_alpha":16,"modules_to_save":["embed_tokens","lm_head"]}"#);
+        assert!(
+            e.contains("axolotl `lora_modules_to_save` and LLaMA-Factory `additional_target`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("convert the merged model with convert_hf_to_gguf.py"),
+            "{e}"
+        );
+        let e = refusal(r#"{"r":8,"lora_alpha":16,"modules_to_save":["input_layernorm","norm"]}"#);
+        assert!(
+            e.contains("llama.cpp ignores norm vectors in an adapter"),
+            "{e}"
+        );
+        let e = refusal(r#"{"r":8,"lora_alpha":16,"modules_to_save":["score"]}"#);
+        assert!(e.contains("these modules are saved as full weights"), "{e}");
+    }
+
+    #[test]
+    fn read_returns_every_refusal_and_from_json_the_first() {
+        let json =
+            r#"{"r":8,"lora_alpha":16,"use_dora":true,"bias":"all","init_lora_weights":"olora"}"#;
+        let (c, refusals) = AdapterConfig::read(json, Path::new("adapter_config.json")).unwrap();
+        assert_eq!(c.rank, 8);
+        let keys: Vec<String> = refusals
+            .iter()
+            .map(|e| match e {
+                Error::Unsupported { key, .. } => key.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(keys, ["use_dora", "bias", "init_lora_weights"]);
+        assert!(refusal(json).contains("`use_dora` is true"));
+        // A non-LoRA type is an error of its own: nothing else in the file means what it means for LoRA.
+        assert!(AdapterConfig::read(r#"{"peft_type":"IA3","r":8}"#, Path::new("c.json")).is_err());
     }
 
     #[test]

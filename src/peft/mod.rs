@@ -6,6 +6,7 @@
 pub mod config;
 pub mod scaling;
 pub mod tensors;
+pub mod trainer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -214,6 +215,19 @@ impl Framework {
     }
 }
 
+/// A tensor of the file that is not part of a LoRA pair: skipped (a base-layer copy) or refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherTensor {
+    /// The safetensors key.
+    pub key: String,
+    /// The safetensors dtype, as named there (`F32`, `BF16`, `I64` …).
+    pub dtype: String,
+    /// Shape (numpy order).
+    pub shape: Vec<usize>,
+    /// What it is.
+    pub kind: KeyKind,
+}
+
 /// An opened adapter: configuration, pairs, and the open weights file. Every trainer's adapter is read into this
 /// one shape (PEFT orientation, per-pair scaling), so planning, writing and verifying never ask who wrote it.
 #[derive(Debug)]
@@ -228,14 +242,39 @@ pub struct Adapter {
     pub pairs: Vec<LoraPair>,
     /// Copies of wrapped base layers found in the file and ignored (PEFT saves them next to embedding LoRAs).
     pub ignored: Vec<String>,
+    /// Every tensor that is not a factor of a pair (base-layer copies, full weights, DoRA vectors …), by key.
+    pub others: Vec<OtherTensor>,
+    /// Traces of the trainer that wrote the directory.
+    pub trainers: Vec<trainer::Hint>,
     path: PathBuf,
     file: File,
     /// key → absolute byte range in the file.
     ranges: BTreeMap<String, (u64, u64)>,
 }
 
-/// Open and validate a PEFT adapter directory.
+/// Open and validate a PEFT adapter directory; anything a GGUF LoRA cannot express is an error (the first such).
 pub fn open(dir: &Path) -> Result<Adapter, Error> {
+    let scanned = scan(dir)?;
+    match scanned.refusals.into_iter().next() {
+        Some(refusal) => Err(refusal),
+        None => Ok(scanned.adapter),
+    }
+}
+
+/// An adapter read as far as it can be, with every refusal instead of the first (`lora-convert inspect` and the
+/// manifest list them all). Pairs with a problem of their own (a missing half, bad shapes) are left out of
+/// `adapter.pairs`; their refusal says why.
+#[derive(Debug)]
+pub struct Scan {
+    /// The adapter, without the refused pairs.
+    pub adapter: Adapter,
+    /// Everything that stops conversion, in the order found (configuration first, then tensors by key).
+    pub refusals: Vec<Error>,
+}
+
+/// Read an adapter directory, collecting refusals. Errors only when there is nothing to read: missing or pickle
+/// files, invalid JSON, a malformed configuration, a corrupt safetensors file.
+pub fn scan(dir: &Path) -> Result<Scan, Error> {
     let config_path = dir.join(CONFIG_FILE);
     let st_path = dir.join(SAFETENSORS_FILE);
     let listing = || {
@@ -284,7 +323,42 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         path: config_path.clone(),
         source,
     })?;
-    let config = AdapterConfig::from_json(&text, &config_path)?;
+    let (config, mut refusals) = AdapterConfig::read(&text, &config_path)?;
+    let trainers = trainer::detect(dir, &config.keys, config.base_model_name_or_path.as_deref());
+    if let Some(converted) = trainer::pissa_sibling(dir) {
+        refusals.insert(
+            0,
+            Error::Unsupported {
+                path: config_path.clone(),
+                key: "init_lora_weights".into(),
+                message: format!(
+                    "says `true`, but `{}` is LLaMA-Factory's {} PiSSA adapter: its factors only work on the base \
+                     that PiSSA modified at initialisation; convert `{}` (the same adapter converted to a plain \
+                     LoRA of the original base) instead",
+                    dir.display(),
+                    if dir.ends_with("pissa_init") {
+                        "initial"
+                    } else {
+                        "trained (backup)"
+                    },
+                    converted.display()
+                ),
+            },
+        );
+    }
+    let converted_here = dir.join("pissa_converted");
+    if converted_here.join(CONFIG_FILE).is_file() {
+        for r in &mut refusals {
+            if let Error::Unsupported { key, message, .. } = r
+                && key == "init_lora_weights"
+            {
+                *message = format!(
+                    "{message}; LLaMA-Factory already did: convert `{}`",
+                    converted_here.display()
+                );
+            }
+        }
+    }
 
     let file = File::open(&st_path).map_err(|source| Error::Io {
         path: st_path.clone(),
@@ -309,28 +383,40 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
     let mut halves: BTreeMap<(String, PairKind), (Option<TensorRef>, Option<TensorRef>)> =
         BTreeMap::new();
     let mut ignored = Vec::new();
+    let mut others = Vec::new();
     let mut unknown = Vec::new();
     let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
         metadata.tensors().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, info) in tensors {
-        let unsupported = |message: &str| Error::UnsupportedTensor {
+        let kind = tensors::classify(&key);
+        let mut other = |kind: KeyKind| {
+            others.push(OtherTensor {
+                key: key.clone(),
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.clone(),
+                kind,
+            })
+        };
+        let unsupported = |message: String| Error::UnsupportedTensor {
             path: st_path.clone(),
             key: key.clone(),
-            message: message.to_string(),
+            message,
         };
-        match tensors::classify(&key) {
+        match kind {
             KeyKind::Factor { module, kind, is_a } => {
                 let dtype = match info.dtype {
                     Dtype::F32 => SourceDtype::F32,
                     Dtype::F16 => SourceDtype::F16,
                     Dtype::BF16 => SourceDtype::BF16,
-                    other => {
-                        return Err(Error::Dtype {
+                    other_dtype => {
+                        refusals.push(Error::Dtype {
                             path: st_path.clone(),
-                            key,
-                            dtype: format!("{other:?}"),
+                            key: key.clone(),
+                            dtype: format!("{other_dtype:?}"),
                         });
+                        other(KeyKind::Factor { module, kind, is_a });
+                        continue;
                     }
                 };
                 let (start, end) = info.data_offsets;
@@ -351,31 +437,48 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                     slot.1 = Some(t)
                 }
             }
-            KeyKind::BaseLayerCopy => ignored.push(key),
+            KeyKind::BaseLayerCopy => {
+                other(KeyKind::BaseLayerCopy);
+                ignored.push(key);
+            }
             KeyKind::DoraMagnitude => {
-                return Err(unsupported(
+                refusals.push(unsupported(
                     "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — merge the adapter into \
-                     the base model instead",
+                     the base model instead"
+                        .into(),
                 ));
+                other(KeyKind::DoraMagnitude);
             }
             KeyKind::LoraBias => {
-                return Err(unsupported(
-                    "is a LoRA bias: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
+                refusals.push(unsupported(
+                    "is a LoRA bias: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge".into(),
                 ));
+                other(KeyKind::LoraBias);
             }
             KeyKind::TrainableTokens => {
-                return Err(unsupported(
-                    "is a trainable-token delta: llama.cpp cannot apply it — merge instead",
+                refusals.push(unsupported(
+                    "is a trainable-token delta: llama.cpp cannot apply it — merge instead".into(),
                 ));
+                other(KeyKind::TrainableTokens);
             }
             KeyKind::FullWeight => {
-                return Err(unsupported(
-                    "is a full weight, not a LoRA factor (modules_to_save, or an embedding resized for added \
-                     tokens): llama.cpp cannot swap full tensors at run time — merge the adapter into the base, or \
-                     retrain without added tokens / modules_to_save",
-                ));
+                refusals.push(unsupported(format!(
+                    "is a full weight {:?}, not a LoRA factor ({}): llama.cpp cannot swap full tensors at run time \
+                     — merge the adapter into the base and convert the merged model, or retrain without \
+                     modules_to_save / added tokens",
+                    info.shape,
+                    if tensors::is_vocabulary_key(&key) {
+                        "modules_to_save or a resized embedding — trainers save these when tokens are added"
+                    } else {
+                        "modules_to_save"
+                    }
+                )));
+                other(KeyKind::FullWeight);
             }
-            KeyKind::Unknown => unknown.push(key),
+            KeyKind::Unknown => {
+                other(KeyKind::Unknown);
+                unknown.push(key);
+            }
         }
     }
     if !unknown.is_empty() {
@@ -385,8 +488,8 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             .map(|k| format!("`{k}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(Error::UnknownTensors {
-            path: st_path,
+        refusals.push(Error::UnknownTensors {
+            path: st_path.clone(),
             count: unknown.len(),
             examples,
         });
@@ -397,20 +500,22 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
             (Some(_), None) => {
-                return Err(Error::HalfPair {
-                    path: st_path,
+                refusals.push(Error::HalfPair {
+                    path: st_path.clone(),
                     module,
                     present: "lora_A",
                     missing: "lora_B",
                 });
+                continue;
             }
             (None, _) => {
-                return Err(Error::HalfPair {
-                    path: st_path,
+                refusals.push(Error::HalfPair {
+                    path: st_path.clone(),
                     module,
                     present: "lora_B",
                     missing: "lora_A",
                 });
+                continue;
             }
         };
         let shape_err = |message: String| Error::Shape {
@@ -423,13 +528,16 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             b_shape: b.shape.clone(),
         };
         let (&[ra, _], &[_, rb]) = (a.shape.as_slice(), b.shape.as_slice()) else {
-            return Err(shape_err("both factors must be 2-D".into()));
+            refusals.push(shape_err("both factors must be 2-D".into()));
+            continue;
         };
         if ra != rb {
-            return Err(shape_err(format!("A has rank {ra} but B has rank {rb}")));
+            refusals.push(shape_err(format!("A has rank {ra} but B has rank {rb}")));
+            continue;
         }
         if ra == 0 || a.shape.contains(&0) || b.shape.contains(&0) {
-            return Err(shape_err("a factor is empty".into()));
+            refusals.push(shape_err("a factor is empty".into()));
+            continue;
         }
         let saved_as = module.clone();
         let module = tensors::strip_base_layers(&saved_as);
@@ -442,17 +550,19 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         };
         let scaling = config.scaling_for(&module);
         if candidates.is_empty() && scaling.rank as usize != ra {
-            return Err(shape_err(format!(
+            refusals.push(shape_err(format!(
                 "the tensors have rank {ra} but adapter_config.json gives r = {} for this module (r / rank_pattern)",
                 scaling.rank
             )));
+            continue;
         }
         if candidates.is_empty() && module != saved_as {
-            return Err(shape_err(
+            refusals.push(shape_err(
                 "is saved under a `base_layer` path, which PEFT only writes for target_parameters, but \
                  adapter_config.json's target_parameters names no parameter of this module"
                     .into(),
             ));
+            continue;
         }
         pairs.push(LoraPair {
             module,
@@ -467,16 +577,19 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             scaling,
         });
     }
-    Ok(Adapter {
+    let adapter = Adapter {
         dir: dir.to_path_buf(),
         framework: Framework::Peft,
         config,
         pairs,
         ignored,
+        others,
+        trainers,
         path: st_path,
         file,
         ranges,
-    })
+    };
+    Ok(Scan { adapter, refusals })
 }
 
 /// Values per work item of [`Adapter::check_finite`].
@@ -586,6 +699,8 @@ impl Adapter {
             config,
             pairs,
             ignored: Vec::new(),
+            others: Vec::new(),
+            trainers: Vec::new(),
             path,
             file,
             ranges,

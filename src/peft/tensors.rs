@@ -248,6 +248,19 @@ pub fn classify(key: &str) -> KeyKind {
     KeyKind::Unknown
 }
 
+/// Whether a full-weight key is a vocabulary matrix (input embedding or output head).
+pub fn is_vocabulary_key(key: &str) -> bool {
+    let rest = key.strip_suffix(".weight").unwrap_or(key);
+    let leaf = rest.rsplit('.').next().unwrap_or(rest);
+    super::config::EMBEDDING_MODULES.contains(&leaf)
+        || rest.ends_with("modules_to_save.default")
+            && rest
+                .trim_end_matches(".modules_to_save.default")
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| super::config::EMBEDDING_MODULES.contains(&l))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

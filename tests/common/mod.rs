@@ -154,6 +154,7 @@ pub fn convert_case(case: &str, outtype: lora_gguf::convert::OutType, out: &Path
         force: true,
         verify,
         threads: Some(1),
+        quirks: Default::default(),
     })
     .unwrap_or_else(|e| panic!("{case}: {e}"));
 }

@@ -1,0 +1,651 @@
+//! `lora-convert inspect PATH` on PEFT directories and GGUF adapters, and `lora-convert --manifest FILE.json`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::*;
+use lora_gguf::convert::{self, OutType, manifest};
+
+fn stdout_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).into_owned()
+}
+
+fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+}
+
+fn json_of(a: &assert_cmd::assert::Assert) -> Value {
+    serde_json::from_str(&stdout_of(a)).expect("inspect --json prints JSON")
+}
+
+fn inspect(path: &Path) -> assert_cmd::Command {
+    let mut c = lora_convert();
+    c.arg("inspect").arg(path);
+    c
+}
+
+/// Convert a case with the CLI, returning the manifest text.
+fn convert_with_manifest(case: &str, out: &Path, manifest: &Path) -> assert_cmd::assert::Assert {
+    lora_convert()
+        .arg(case_dir(case))
+        .arg("-o")
+        .arg(out)
+        .arg("--base")
+        .arg(base_gguf(&base_of(case)))
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--force")
+        .assert()
+}
+
+#[test]
+fn inspect_adapter_dir_shows_every_module_and_its_target() {
+    let a = inspect(&case_dir("torchtune-llama"))
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .success();
+    let text = stdout_of(&a);
+    for want in [
+        "trainer   torchtune: adapter_config.json has only torchtune's keys",
+        "family    llama",
+        "alpha     adapter.lora.alpha = 16",
+        "model.layers.1.self_attn.q_proj",
+        "blk.1.attn_q.weight",
+        "blk.0.attn_q.weight: rows llama_rope_permute(n_head)",
+        "blk.0.attn_k.weight: rows llama_rope_permute(n_head_kv)",
+        "verdict   convertible: fits",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+}
+
+#[test]
+fn inspect_shows_mlx_lm_directories_through_the_same_analysis() {
+    let a = inspect(&case_dir("mlx-llama-keys"))
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .arg("--json")
+        .assert()
+        .success();
+    let j = json_of(&a);
+    assert_eq!(j["adapter"]["framework"], "mlx-lm");
+    assert_eq!(j["fits"], true);
+    let tensors = j["tensors"].as_array().unwrap();
+    assert!(!tensors.is_empty());
+    // mlx-lm stores lora_a (in, r) and lora_b (r, out): listed in PEFT's orientation, marked as stored transposed.
+    assert!(
+        tensors
+            .iter()
+            .all(|t| t["transposed"] == true && t["status"] == "converted"),
+        "{j:#}"
+    );
+    let a = inspect(&case_dir("mlx-llama-keys"))
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .success();
+    assert!(stdout_of(&a).contains("(mlx-lm LoRA)"), "{}", stdout_of(&a));
+    // The mlx-lm reader stops at its first refusal, which is the error.
+    let a = inspect(&case_dir("mlx-dora")).assert().code(2);
+    let want = case_info("mlx-dora")["error_contains"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(stderr_of(&a).contains(&want), "{}", stderr_of(&a));
+}
+
+#[test]
+fn inspect_json_agrees_with_the_plan() {
+    let case = "llama-patterns";
+    let a = inspect(&case_dir(case))
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .arg("--json")
+        .assert()
+        .success();
+    let j = json_of(&a);
+    assert_eq!(j["schema"], "lora-gguf.inspect/1");
+    assert_eq!(j["kind"], "adapter_dir");
+    assert_eq!(j["family"], "llama");
+    assert_eq!(j["fits"], true);
+    assert_eq!(j["convertible"], true);
+    let prepared = convert::prepare(
+        &case_dir(case),
+        Some(&base_gguf("llama")),
+        None,
+        None,
+        OutType::Auto,
+        &Default::default(),
+    )
+    .unwrap();
+    let plan = prepared.plan.as_ref().unwrap();
+    let modules = j["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), prepared.adapter.pairs.len());
+    for (m, p) in modules.iter().zip(&prepared.adapter.pairs) {
+        assert_eq!(m["module"], p.pattern_key().as_str());
+        assert_eq!(m["rank"], p.rank);
+        assert_eq!(m["peft_scaling"].as_f64(), Some(p.scaling.factor()));
+        assert_eq!(m["status"], "converted");
+        assert_eq!(m["targets"].as_array().unwrap().len(), 1);
+    }
+    // rank_pattern q_proj → 4, down_proj → 16; alpha_pattern changes s for some modules: those carry a fold.
+    let ranks: Vec<u64> = modules
+        .iter()
+        .map(|m| m["rank"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ranks.contains(&4) && ranks.contains(&16) && ranks.contains(&8),
+        "{ranks:?}"
+    );
+    assert_eq!(j["gguf_alpha"].as_f64(), Some(f64::from(plan.alpha)));
+    assert_eq!(j["pairs"].as_array().unwrap().len(), plan.pairs.len());
+    assert!(j["refusals"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn inspect_lists_every_refusal_not_just_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("many");
+    std::fs::create_dir(&adapter).unwrap();
+    std::fs::copy(
+        case_dir("llama").join("adapter_model.safetensors"),
+        adapter.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(case_dir("llama").join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["use_dora"] = true.into();
+    cfg["lora_bias"] = true.into();
+    cfg["modules_to_save"] = serde_json::json!(["input_layernorm"]);
+    std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
+
+    // Without a base: inspected (exit 0), not convertible, every reason listed.
+    let a = inspect(&adapter).arg("--json").assert().success();
+    let j = json_of(&a);
+    assert_eq!(j["convertible"], false);
+    assert_eq!(j["fits"], Value::Null);
+    let subjects: Vec<&str> = j["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["use_dora", "lora_bias", "modules_to_save", "(base)"],
+        "{j:#}"
+    );
+    let norm = j["refusals"][2]["reason"].as_str().unwrap();
+    assert!(
+        norm.contains("llama.cpp ignores norm vectors in an adapter"),
+        "{norm}"
+    );
+    // With the base: the same reasons, and it does not fit → exit 2.
+    let a = inspect(&adapter)
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .code(2);
+    let text = stdout_of(&a);
+    assert!(
+        text.contains("verdict   refused: 3 reason(s) conversion would stop at"),
+        "{text}"
+    );
+    assert!(text.contains("`use_dora` is true: DoRA"), "{text}");
+}
+
+#[test]
+fn inspect_gguf_adapter_shows_metadata_pairs_and_the_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("llama.gguf");
+    convert_case("llama", OutType::F32, &out, false);
+    let a = inspect(&out).arg("--json").assert().success();
+    let j = json_of(&a);
+    assert_eq!(j["kind"], "gguf_adapter");
+    assert_eq!(j["architecture"], "llama");
+    assert_eq!(j["general_type"], "adapter");
+    assert_eq!(j["alpha"].as_f64(), Some(16.0));
+    let alpha_kv = j["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv["key"] == "adapter.lora.alpha")
+        .unwrap();
+    assert_eq!(alpha_kv["type"], "f32");
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 28);
+    let pairs = j["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 14);
+    let q = pairs
+        .iter()
+        .find(|p| p["target"] == "blk.0.attn_q.weight")
+        .unwrap();
+    assert_eq!(q["rank"], 8);
+    assert_eq!(q["lora_a"], serde_json::json!([64, 8]));
+    assert_eq!(q["lora_b"], serde_json::json!([8, 64]));
+    assert_eq!(q["runtime_factor"].as_f64(), Some(2.0));
+    assert_eq!(j["fit"], Value::Null);
+    assert!(j["problems"].as_array().unwrap().is_empty());
+
+    let a = inspect(&out)
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .assert()
+        .success();
+    assert!(
+        stdout_of(&a).contains("verdict   fits"),
+        "{}",
+        stdout_of(&a)
+    );
+
+    // The wrong base: the precheck lora-validate runs, every mismatch listed, exit 2.
+    let a = inspect(&out)
+        .arg("--base")
+        .arg(base_gguf("qwen2"))
+        .arg("--json")
+        .assert()
+        .code(2);
+    let j = json_of(&a);
+    assert_eq!(j["fit"]["fits"], false);
+    let first = &j["fit"]["mismatches"][0];
+    assert_eq!(first["subject"], "general.architecture");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("the adapter is for `llama` but the base is `qwen2`"),
+        "{first}"
+    );
+}
+
+#[test]
+fn inspect_a_base_model_says_it_is_not_an_adapter() {
+    let a = inspect(&base_gguf("llama")).assert().success();
+    let text = stdout_of(&a);
+    assert!(
+        text.contains(
+            "problem: `general.type`: is \"model\", not \"adapter\": this is not a LoRA adapter"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("pairs     none"), "{text}");
+    assert_eq!(text.matches("problem:").count(), 1, "{text}");
+}
+
+#[test]
+fn inspect_refuses_what_it_cannot_read() {
+    let a = inspect(Path::new("/nonexistent/adapter")).assert().code(2);
+    assert!(
+        stderr_of(&a).contains("`/nonexistent/adapter` is neither an adapter directory"),
+        "{}",
+        stderr_of(&a)
+    );
+    let a = inspect(&case_dir("llama").join("adapter_config.json"))
+        .assert()
+        .code(2);
+    assert!(
+        stderr_of(&a).contains("pass the directory that holds it"),
+        "{}",
+        stderr_of(&a)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("llama.gguf");
+    convert_case("llama", OutType::F32, &out, false);
+    let a = inspect(&out)
+        .arg("--base-config")
+        .arg(base_config("llama"))
+        .assert()
+        .code(2);
+    assert!(
+        stderr_of(&a).contains("to check the GGUF adapter"),
+        "{}",
+        stderr_of(&a)
+    );
+    // A truncated GGUF: our reader's message, exit 2.
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &std::fs::read(&out).unwrap()[..100]).unwrap();
+    let a = inspect(&cut).assert().code(2);
+    assert!(
+        stderr_of(&a).contains("is truncated or corrupt"),
+        "{}",
+        stderr_of(&a)
+    );
+}
+
+#[test]
+fn subcommand_and_positional_forms_parse_unambiguously() {
+    // A directory named `inspect` is converted when given as a path (`./inspect`).
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("inspect");
+    std::fs::create_dir(&named).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(case_dir("llama").join(f), named.join(f)).unwrap();
+    }
+    lora_convert()
+        .current_dir(dir.path())
+        .args(["./inspect", "-o", "out.gguf", "--base"])
+        .arg(base_gguf("llama"))
+        .assert()
+        .success();
+    assert!(dir.path().join("out.gguf").is_file());
+    // `inspect` as the first word is the subcommand, which has no -o.
+    let a = lora_convert()
+        .current_dir(dir.path())
+        .args(["inspect", "-o", "x.gguf"])
+        .assert()
+        .code(2);
+    assert!(
+        stderr_of(&a).contains("unexpected argument '-o'"),
+        "{}",
+        stderr_of(&a)
+    );
+    // The subcommand on that directory inspects it.
+    let a = lora_convert()
+        .current_dir(dir.path())
+        .args(["inspect", "inspect"])
+        .assert()
+        .success();
+    assert!(
+        stdout_of(&a).contains("adapter   inspect (PEFT LoRA)"),
+        "{}",
+        stdout_of(&a)
+    );
+    // Conversion still needs -o.
+    let a = lora_convert().arg(case_dir("llama")).assert().code(2);
+    assert!(
+        stderr_of(&a).contains("--output <OUT.gguf>"),
+        "{}",
+        stderr_of(&a)
+    );
+}
+
+#[test]
+fn manifest_matches_the_plan_field_by_field() {
+    let case = "llama-patterns";
+    let dir = tempfile::tempdir().unwrap();
+    let (out, mpath) = (dir.path().join("o.gguf"), dir.path().join("m.json"));
+    convert_with_manifest(case, &out, &mpath).success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    assert_eq!(m["schema"], "lora-gguf.manifest/1");
+    assert_eq!(m["status"], "written");
+    let prepared = convert::prepare(
+        &case_dir(case),
+        Some(&base_gguf("llama")),
+        None,
+        None,
+        OutType::Auto,
+        &Default::default(),
+    )
+    .unwrap();
+    let (plan, adapter) = (prepared.plan.as_ref().unwrap(), &prepared.adapter);
+    assert_eq!(m["output"]["alpha"].as_f64(), Some(f64::from(plan.alpha)));
+    assert_eq!(
+        m["output"]["bytes"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
+    let pairs = m["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), plan.pairs.len());
+    let mut folded = 0;
+    for (e, p) in pairs.iter().zip(&plan.pairs) {
+        assert_eq!(e["target"], p.target.as_str());
+        assert_eq!(e["rank"], p.rank);
+        assert_eq!(e["lora_a"]["name"], p.a.name.as_str());
+        assert_eq!(e["lora_a"]["type"], p.a.ggml_type.name());
+        assert_eq!(e["lora_a"]["ne"], serde_json::json!(p.a.dims));
+        assert_eq!(e["lora_b"]["ne"], serde_json::json!(p.b.dims));
+        let runtime = f64::from(plan.alpha / p.rank as f32);
+        assert_eq!(e["runtime_factor"].as_f64(), Some(runtime));
+        let sources = e["sources"].as_array().unwrap();
+        assert_eq!(sources.len(), p.sources.len());
+        for (se, s) in sources.iter().zip(&p.sources) {
+            assert_eq!(se["module"], adapter.pairs[s.pair].pattern_key().as_str());
+            assert_eq!(se["peft_scaling"].as_f64(), Some(s.peft_scaling));
+            assert_eq!(se["fold"].as_f64(), Some(f64::from(s.fold as f32)));
+            assert_eq!(se["rows"], manifest::rows_name(s.rows).as_str());
+            let effective = se["effective_factor"].as_f64().unwrap();
+            assert!(
+                (effective - s.peft_scaling).abs() <= 1e-6 * s.peft_scaling,
+                "{}: effective {effective} vs PEFT {}",
+                p.target,
+                s.peft_scaling
+            );
+            if s.fold as f32 != 1.0 {
+                folded += 1;
+            }
+        }
+    }
+    assert!(
+        folded > 0,
+        "llama-patterns has per-module factors folded into lora_b"
+    );
+    // Every source tensor is listed once, and goes where the plan sends it.
+    let tensors = m["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 2 * adapter.pairs.len());
+    for t in tensors {
+        assert_eq!(t["status"], "converted", "{t}");
+        let dest = t["gguf"].as_array().unwrap();
+        assert_eq!(dest.len(), 1, "{t}");
+        let to = dest[0]["tensor"].as_str().unwrap();
+        let role = t["role"].as_str().unwrap();
+        assert!(
+            (role == "lora_A" && to.ends_with(".lora_a"))
+                || (role == "lora_B" && to.ends_with(".lora_b")),
+            "{t}"
+        );
+    }
+    assert!(m["refusals"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn manifest_shows_fused_splits_and_skipped_base_layer_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, mpath) = (dir.path().join("o.gguf"), dir.path().join("m.json"));
+    // InternLM2's fused wqkv becomes three GGUF tensors: one lora_A goes to three places, lora_B is split.
+    let adapter = internlm2_wqkv_adapter(dir.path());
+    lora_convert()
+        .arg(&adapter)
+        .arg("-o")
+        .arg(&out)
+        .arg("--base-config")
+        .arg(&adapter)
+        .arg("--manifest")
+        .arg(&mpath)
+        .arg("--force")
+        .assert()
+        .success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let t = |key: &str| {
+        m["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .unwrap_or_else(|| panic!("{key} not in manifest"))
+            .clone()
+    };
+    let dest = |t: &Value, field: &str| -> Vec<String> {
+        t["gguf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    let a = t("base_model.model.model.layers.0.attention.wqkv.lora_A.weight");
+    assert_eq!(
+        dest(&a, "tensor"),
+        [
+            "blk.0.attn_q.weight.lora_a",
+            "blk.0.attn_k.weight.lora_a",
+            "blk.0.attn_v.weight.lora_a"
+        ]
+    );
+    assert_eq!(dest(&a, "transform"), ["copy", "copy", "copy"]);
+    let b = t("base_model.model.model.layers.0.attention.wqkv.lora_B.weight");
+    assert_eq!(
+        dest(&b, "transform"),
+        [
+            "rows internlm2_qkv_split(q, llama_rope_permute)",
+            "rows internlm2_qkv_split(k, llama_rope_permute)",
+            "rows internlm2_qkv_split(v)"
+        ]
+    );
+
+    // Embedding LoRAs come with base_layer copies in PEFT files: listed as skipped, with the reason.
+    convert_with_manifest("llama-embed-lmhead", &out, &mpath).success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let embd_a = m["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "base_model.model.model.embed_tokens.lora_embedding_A")
+        .unwrap()
+        .clone();
+    assert_eq!(embd_a["gguf"][0]["tensor"], "token_embd.weight.lora_a");
+    assert_eq!(embd_a["gguf"][0]["transform"], "transpose");
+    let skipped: Vec<&Value> = m["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "skipped")
+        .collect();
+    let keys: Vec<&str> = skipped.iter().map(|s| s["key"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "base_model.model.lm_head.base_layer.weight",
+            "base_model.model.model.embed_tokens.base_layer.weight"
+        ]
+    );
+    for s in &skipped {
+        assert_eq!(s["role"], "base_layer_copy");
+        assert!(
+            s["reason"]
+                .as_str()
+                .unwrap()
+                .contains("copy of the wrapped base layer")
+        );
+    }
+}
+
+/// A one-module PEFT adapter on InternLM2's fused `wqkv` (4 heads, 2 KV heads, head_dim 16), with the base's
+/// config.json in the same directory.
+fn internlm2_wqkv_adapter(dir: &Path) -> std::path::PathBuf {
+    use safetensors::tensor::{Dtype, TensorView};
+    let out = dir.join("internlm2");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("config.json"),
+        r#"{"architectures": ["InternLM2ForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 272, "intermediate_size": 128}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        out.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "bias": "none", "target_modules": ["wqkv"]}"#,
+    )
+    .unwrap();
+    let a: Vec<u8> = (0..8 * 64)
+        .flat_map(|i| (i as f32 / 512.0).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = (0..128 * 8)
+        .flat_map(|i| (i as f32 / 1024.0).to_le_bytes())
+        .collect();
+    let views = vec![
+        (
+            "base_model.model.model.layers.0.attention.wqkv.lora_A.weight",
+            TensorView::new(Dtype::F32, vec![8, 64], &a).unwrap(),
+        ),
+        (
+            "base_model.model.model.layers.0.attention.wqkv.lora_B.weight",
+            TensorView::new(Dtype::F32, vec![128, 8], &b).unwrap(),
+        ),
+    ];
+    std::fs::write(
+        out.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn manifest_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let (m1, m2) = (dir.path().join("m1.json"), dir.path().join("m2.json"));
+    convert_with_manifest("torchtune-llama", &out, &m1).success();
+    convert_with_manifest("torchtune-llama", &out, &m2).success();
+    let (a, b) = (std::fs::read(&m1).unwrap(), std::fs::read(&m2).unwrap());
+    assert!(a == b, "two runs gave different manifests");
+}
+
+#[test]
+fn manifest_is_written_on_refusal_with_every_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, mpath) = (dir.path().join("o.gguf"), dir.path().join("m.json"));
+    let a = convert_with_manifest("axolotl-added-tokens", &out, &mpath).code(2);
+    assert!(
+        stderr_of(&a).contains("(2 more reason(s) to refuse; the manifest lists them)"),
+        "{}",
+        stderr_of(&a)
+    );
+    assert!(!out.exists());
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    assert_eq!(m["status"], "refused");
+    assert_eq!(m["output"], Value::Null);
+    let subjects: Vec<&str> = m["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "base_model.model.lm_head.weight",
+            "base_model.model.model.embed_tokens.weight",
+            "modules_to_save"
+        ]
+    );
+    // The full weights are listed as refused tensors with their reason; the LoRA pairs were planned.
+    let embed = m["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "base_model.model.model.embed_tokens.weight")
+        .unwrap()
+        .clone();
+    assert_eq!(embed["role"], "full_weight");
+    assert_eq!(embed["status"], "refused");
+    assert_eq!(embed["shape"], serde_json::json!([288, 64]));
+    assert!(
+        embed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has 288 vocabulary rows")
+    );
+    assert_eq!(m["pairs"].as_array().unwrap().len(), 4);
+
+    // Unreadable input: status `error`, the reason, exit 2.
+    let a = lora_convert()
+        .arg(dir.path().join("missing"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--manifest")
+        .arg(&mpath)
+        .assert()
+        .code(2);
+    assert!(
+        stderr_of(&a).contains("not a directory"),
+        "{}",
+        stderr_of(&a)
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    assert_eq!(m["status"], "error");
+    assert_eq!(m["refusals"].as_array().unwrap().len(), 1);
+    assert_eq!(m["adapter"], Value::Null);
+}
