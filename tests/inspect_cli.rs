@@ -1,11 +1,14 @@
-//! `lora-convert inspect PATH` on PEFT directories and GGUF adapters, and `lora-convert --manifest FILE.json`.
+//! `lora-convert inspect PATH` on PEFT and mlx-lm directories (dense and mixture-of-experts) and GGUF adapters, and
+//! `lora-convert --manifest FILE.json`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::*;
 use lora_gguf::convert::{self, OutType, manifest};
+use lora_gguf::gguf::GgufFile;
 
 fn stdout_of(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stdout).into_owned()
@@ -61,39 +64,465 @@ fn inspect_adapter_dir_shows_every_module_and_its_target() {
     }
 }
 
+/// A safetensors file's header: key → (dtype, shape), and the data bytes of each tensor.
+fn safetensors_of(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                (
+                    format!("{:?}", t.dtype()),
+                    t.shape().to_vec(),
+                    t.data().to_vec(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn find<'j>(items: &'j Value, field: &str, value: &str) -> &'j Value {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x[field] == value)
+        .unwrap_or_else(|| panic!("no {field} = {value} in {items:#}"))
+}
+
 #[test]
-fn inspect_shows_mlx_lm_directories_through_the_same_analysis() {
-    let a = inspect(&case_dir("mlx-llama-keys"))
+fn inspect_shows_an_mlx_lm_moe_adapter_in_its_own_terms() {
+    let case = "mlx-mixtral";
+    let base = base_gguf("mixtral");
+    let a = inspect(&case_dir(case))
         .arg("--base")
-        .arg(base_gguf("llama"))
+        .arg(&base)
         .arg("--json")
         .assert()
         .success();
     let j = json_of(&a);
+    assert_eq!(j["kind"], "adapter_dir");
     assert_eq!(j["adapter"]["framework"], "mlx-lm");
-    assert_eq!(j["fits"], true);
-    let tensors = j["tensors"].as_array().unwrap();
-    assert!(!tensors.is_empty());
-    // mlx-lm stores lora_a (in, r) and lora_b (r, out): listed in PEFT's orientation, marked as stored transposed.
-    assert!(
-        tensors
-            .iter()
-            .all(|t| t["transposed"] == true && t["status"] == "converted"),
-        "{j:#}"
+    // mlx-lm's own settings, and the PEFT configuration they are equivalent to (lora_alpha = scale·rank).
+    assert_eq!(
+        j["adapter"]["mlx"],
+        json!({"fine_tune_type": "lora", "rank": 8, "scale": 20.0, "keys": null, "num_layers": -1,
+               "model": "models/mixtral"})
     );
-    let a = inspect(&case_dir("mlx-llama-keys"))
+    assert_eq!(j["adapter"]["config"]["lora_alpha"], 160.0);
+    assert_eq!(j["gguf_alpha"], 160.0);
+    // llama.cpp's converter writes Mixtral as the llama architecture.
+    assert_eq!(j["family"], "llama");
+    assert_eq!(
+        (&j["convertible"], &j["fits"]),
+        (&json!(true), &json!(true))
+    );
+
+    // Shapes, dtypes and sizes are the file's.
+    let weights = case_dir(case).join("adapters.safetensors");
+    let header = safetensors_of(&weights);
+    assert_eq!(j["dtypes"], json!({"F32": header.len()}));
+    let data: usize = header.values().map(|(_, _, d)| d.len()).sum();
+    assert_eq!(j["size"]["factor_bytes"], data);
+    assert_eq!(j["size"]["gguf_tensor_bytes"], data);
+    assert_eq!(
+        j["size"]["weights_bytes"],
+        std::fs::metadata(&weights).unwrap().len()
+    );
+    let tensors = j["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), header.len());
+    for t in tensors {
+        let (dtype, shape, _) = &header[t["key"].as_str().unwrap()];
+        assert_eq!(t["dtype"], dtype.as_str());
+        assert_eq!(t["file_shape"], json!(shape), "{t}");
+        assert_eq!(t["status"], "converted", "{t}");
+    }
+
+    // A SwitchLinear stack: the Hugging Face name the tables map, mlx-lm's (E, r, in) / (E, out, r) in the file,
+    // PEFT's (E·r, in) / (out, E·r) view, one stacked GGUF pair as deep as the base's expert count.
+    let n_expert = GgufFile::open(&base)
+        .unwrap()
+        .get_u64("llama.expert_count")
+        .unwrap();
+    assert_eq!(n_expert, 4);
+    let m = find(
+        &j["modules"],
+        "module",
+        "model.layers.0.block_sparse_moe.experts.w1",
+    );
+    assert_eq!(
+        m["saved_as"],
+        "model.layers.0.block_sparse_moe.switch_mlp.gate_proj"
+    );
+    assert_eq!(m["packing"], "mlx_experts");
+    assert_eq!(m["n_expert"], n_expert);
+    assert_eq!(m["expert"], Value::Null);
+    assert_eq!(m["rank"], 8);
+    assert_eq!(m["peft_scaling"], 20.0);
+    assert_eq!(m["a_shape"], json!([32, 32]));
+    assert_eq!(m["b_shape"], json!([24, 32]));
+    assert_eq!(m["file_shapes"], json!([[4, 8, 32], [4, 24, 8]]));
+    assert_eq!(m["targets"], json!(["blk.0.ffn_gate_exps.weight"]));
+    let p = find(&j["pairs"], "target", "blk.0.ffn_gate_exps.weight");
+    assert_eq!(p["kind"], "experts");
+    assert_eq!(p["n_expert"], n_expert);
+    assert_eq!(p["zero_filled_experts"], json!([]));
+    assert_eq!(p["lora_a"]["ne"], json!([32, 8, 4]));
+    assert_eq!(p["lora_b"]["ne"], json!([8, 24, 4]));
+    assert_eq!(p["runtime_factor"], 20.0);
+    // The router mlx-lm adapts by default is a plain Linear, stored transposed.
+    let r = find(
+        &j["modules"],
+        "module",
+        "model.layers.0.block_sparse_moe.gate",
+    );
+    assert_eq!(r["packing"], "single");
+    assert_eq!(r["n_expert"], Value::Null);
+    assert_eq!(r["file_shapes"], json!([[32, 8], [8, 4]]));
+    assert_eq!(r["targets"], json!(["blk.0.ffn_gate_inp.weight"]));
+    assert_eq!(j["modules"].as_array().unwrap().len(), 16);
+
+    let a = inspect(&case_dir(case))
+        .arg("--base")
+        .arg(&base)
+        .assert()
+        .success();
+    let text = stdout_of(&a);
+    for want in [
+        "adapter   fixtures/cases/mlx-mixtral (mlx-lm LoRA)",
+        "mlx-lm    fine_tune_type lora, rank 8, scale 20, num_layers -1, keys —, model models/mixtral",
+        "as PEFT   r 8, lora_alpha 160,",
+        "(saved as model.layers.0.block_sparse_moe.switch_mlp.gate_proj)",
+        "blk.0.ffn_gate_exps.weight: 4 experts, lora_a ne [32, 8, 4], lora_b ne [8, 24, 4]; from expert(s) all \
+         (mlx_experts)",
+        "verdict   convertible: fits",
+    ] {
+        let want = want.replace(
+            "fixtures/cases/mlx-mixtral",
+            &case_dir(case).display().to_string(),
+        );
+        assert!(text.contains(&want), "missing `{want}` in:\n{text}");
+    }
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("model.layers.1.block_sparse_moe.experts.w2 "))
+        .unwrap();
+    assert!(
+        row.contains(
+            "4×lin    8       20 F32   [32, 24]     [32, 32]     blk.1.ffn_down_exps.weight"
+        ),
+        "{row}"
+    );
+}
+
+#[test]
+fn inspect_lists_every_refusal_of_an_mlx_lm_dora_adapter() {
+    let case = "mlx-dora";
+    // Without a base: inspected (exit 0), with every reason listed.
+    let a = inspect(&case_dir(case)).arg("--json").assert().success();
+    let j = json_of(&a);
+    assert_eq!(j["adapter"]["mlx"]["fine_tune_type"], "dora");
+    assert_eq!(j["convertible"], false);
+    assert_eq!(j["fits"], Value::Null);
+    let refusals = j["refusals"].as_array().unwrap();
+    let want = case_info(case)["error_contains"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(refusals[0]["subject"], "fine_tune_type");
+    assert!(
+        refusals[0]["reason"].as_str().unwrap().contains(&want),
+        "{refusals:#?}"
+    );
+    // Each `.m` magnitude vector is refused by name; the LoRA factors beside them are read.
+    let header = safetensors_of(&case_dir(case).join("adapters.safetensors"));
+    let magnitudes: Vec<&String> = header.keys().filter(|k| k.ends_with(".m")).collect();
+    assert_eq!(magnitudes.len(), 7);
+    // … and, without --base, that `model` (models/llama) is not a local directory.
+    assert_eq!(refusals.len(), 1 + magnitudes.len() + 1);
+    assert_eq!(refusals[8]["subject"], "(base)");
+    for (k, r) in magnitudes.iter().zip(&refusals[1..8]) {
+        assert_eq!(r["subject"], k.as_str());
+        assert_eq!(
+            r["reason"],
+            format!(
+                "`{}`: tensor `{k}` is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the \
+                 adapter with `mlx_lm fuse` and convert the fused model instead",
+                case_dir(case).join("adapters.safetensors").display()
+            )
+        );
+        let t = find(&j["tensors"], "key", k);
+        assert_eq!(t["role"], "dora_magnitude");
+        assert_eq!(t["status"], "refused");
+        assert_eq!(t["reason"], r["reason"]);
+        assert_eq!(t["file_shape"], json!(header[k.as_str()].1));
+    }
+    assert_eq!(j["tensors"].as_array().unwrap().len(), header.len());
+    // With a base it does not fit: exit 2, and the text lists all eight.
+    let a = inspect(&case_dir(case))
         .arg("--base")
         .arg(base_gguf("llama"))
         .assert()
-        .success();
-    assert!(stdout_of(&a).contains("(mlx-lm LoRA)"), "{}", stdout_of(&a));
-    // The mlx-lm reader stops at its first refusal, which is the error.
-    let a = inspect(&case_dir("mlx-dora")).assert().code(2);
-    let want = case_info("mlx-dora")["error_contains"]
+        .code(2);
+    assert!(
+        stdout_of(&a).contains("verdict   refused: 8 reason(s) conversion would stop at"),
+        "{}",
+        stdout_of(&a)
+    );
+    // A full fine-tune has no LoRA settings to show: its refusal is the error.
+    let a = inspect(&case_dir("mlx-full")).assert().code(2);
+    let want = case_info("mlx-full")["error_contains"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(stderr_of(&a).contains(&want), "{}", stderr_of(&a));
+}
+
+#[test]
+fn manifest_of_an_mlx_lm_conversion_says_what_each_stored_tensor_became() {
+    for case in ["mlx-mixtral", "mlx-llama-keys"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, mpath) = (dir.path().join("o.gguf"), dir.path().join("m.json"));
+        convert_with_manifest(case, &out, &mpath).success();
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+        assert_eq!(m["status"], "written");
+        let scale = m["adapter"]["mlx"]["scale"].as_f64().unwrap();
+        let rank = m["adapter"]["mlx"]["rank"].as_f64().unwrap();
+        let gguf = GgufFile::open(&out).unwrap();
+        // α = scale·rank, so llama.cpp's α/rank is mlx-lm's scale for every pair.
+        assert_eq!(gguf.get_f64("adapter.lora.alpha"), Some(scale * rank));
+        assert_eq!(m["output"]["alpha"].as_f64(), Some(scale * rank));
+        let header = safetensors_of(&case_dir(case).join("adapters.safetensors"));
+        let mut checked = BTreeMap::<String, usize>::new();
+        for t in m["tensors"].as_array().unwrap() {
+            let key = t["key"].as_str().unwrap();
+            let (_, file_shape, bytes) = &header[key];
+            assert_eq!(t["file_shape"], json!(file_shape), "{t}");
+            assert_eq!(t["status"], "converted", "{t}");
+            let dest = t["gguf"].as_array().unwrap();
+            assert_eq!(dest.len(), 1, "{t}");
+            let d = &dest[0];
+            assert_eq!(d["effective_factor"].as_f64(), Some(scale), "{t}");
+            let written = gguf.read_tensor_f32(d["tensor"].as_str().unwrap()).unwrap();
+            let stored = f32s(bytes);
+            // What the manifest says was done, checked on the bytes written.
+            let transform = d["transform"].as_str().unwrap();
+            let expect = match transform {
+                "copy"
+                | "rows identity"
+                | "copy, all 4 experts"
+                | "rows identity, all 4 experts" => stored.clone(),
+                "transpose" | "transpose, rows identity" => {
+                    let (rows, cols) = (file_shape[0], file_shape[1]);
+                    (0..rows * cols)
+                        .map(|i| stored[(i % rows) * cols + i / rows])
+                        .collect()
+                }
+                // the rope permutation of q/k rows is checked by the logits tests
+                t if t.starts_with("transpose, rows llama_rope_permute") => continue,
+                other => panic!("{case}: unexpected transform `{other}` for {key}"),
+            };
+            assert_eq!(written, expect, "{case}: {key} → {d}");
+            *checked.entry(transform.to_string()).or_default() += 1;
+        }
+        eprintln!("{case}: {checked:?}");
+        match case {
+            "mlx-mixtral" => {
+                // 2 blocks × 3 stacks × (A, B), the routers and attention transposed.
+                assert_eq!(checked["copy, all 4 experts"], 6);
+                assert_eq!(checked["rows identity, all 4 experts"], 6);
+                assert_eq!(checked["transpose"], 8 + 2);
+            }
+            _ => {
+                // mlx-lm's embedding LoRA stores lora_a (vocab, r): exactly llama.cpp's token_embd lora_a.
+                let e = find(&m["tensors"], "key", "model.embed_tokens.lora_a");
+                assert_eq!(e["gguf"][0]["tensor"], "token_embd.weight.lora_a");
+                assert_eq!(e["gguf"][0]["transform"], "copy");
+                assert!(checked["copy"] >= 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn manifest_of_peft_moe_conversions_shows_slots_gaps_interleaving_and_the_router() {
+    // Legacy per-expert Linear LoRAs (experts.N.w1/w2/w3): stacked by slot, the expert without a LoRA zero-filled.
+    let case = "mixtral-legacy";
+    let dir = tempfile::tempdir().unwrap();
+    let (out, mpath) = (dir.path().join("o.gguf"), dir.path().join("m.json"));
+    convert_with_manifest(case, &out, &mpath).success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let gguf = GgufFile::open(&out).unwrap();
+    let header = safetensors_of(&case_dir(case).join("adapter_model.safetensors"));
+    let p = find(&m["pairs"], "target", "blk.0.ffn_gate_exps.weight");
+    assert_eq!(p["kind"], "experts");
+    assert_eq!(p["n_expert"], 4);
+    assert_eq!(p["zero_filled_experts"], json!([2]));
+    let slots: Vec<u64> = p["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["expert"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slots, [0, 1, 3]);
+    assert_eq!(p["lora_a"]["ne"], json!([32, 4, 4]));
+    assert_eq!(p["lora_b"]["ne"], json!([4, 24, 4]));
+    let a = gguf
+        .read_tensor_f32("blk.0.ffn_gate_exps.weight.lora_a")
+        .unwrap();
+    let b = gguf
+        .read_tensor_f32("blk.0.ffn_gate_exps.weight.lora_b")
+        .unwrap();
+    let (a_slot, b_slot) = (4 * 32, 24 * 4);
+    for e in 0..4 {
+        let (a_e, b_e) = (
+            &a[e * a_slot..(e + 1) * a_slot],
+            &b[e * b_slot..(e + 1) * b_slot],
+        );
+        if e == 2 {
+            assert!(a_e.iter().chain(b_e).all(|&x| x == 0.0), "slot 2 is zero");
+            continue;
+        }
+        for (half, got) in [("A", a_e), ("B", b_e)] {
+            let key = format!(
+                "base_model.model.model.layers.0.block_sparse_moe.experts.{e}.w1.lora_{half}.weight"
+            );
+            let t = find(&m["tensors"], "key", &key);
+            let want = if half == "A" {
+                format!("copy, expert slot {e} of 4")
+            } else {
+                format!("rows identity, expert slot {e} of 4")
+            };
+            assert_eq!(
+                t["gguf"],
+                json!([{"tensor": format!("blk.0.ffn_gate_exps.weight.lora_{}", half.to_lowercase()),
+                        "transform": want, "fold": 1.0, "effective_factor": 2.0}])
+            );
+            assert_eq!(got, f32s(&header[&key].2).as_slice(), "{key}");
+        }
+    }
+    assert!(
+        m["warnings"].as_array().unwrap().iter().any(|w| w
+            == "`blk.0.ffn_gate_exps.weight`: expert(s) 2 of 4 have no LoRA in the adapter and are written as zero \
+                (no change), as PEFT leaves them"),
+        "{:#}",
+        m["warnings"]
+    );
+    let router = find(&m["pairs"], "target", "blk.0.ffn_gate_inp.weight");
+    assert_eq!(router["kind"], "linear");
+    assert_eq!(
+        router["sources"][0]["module"],
+        "model.layers.0.block_sparse_moe.gate"
+    );
+
+    // transformers-5 fused experts through PEFT's ParamWrapper: B's columns are interleaved by expert, gate_up is
+    // split gate first; the router (`mlp.gate.weight`) and the shared expert's gate are plain pairs.
+    let case = "qwen2moe";
+    let (out, mpath) = (dir.path().join("q.gguf"), dir.path().join("q.json"));
+    convert_with_manifest(case, &out, &mpath).success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let gguf = GgufFile::open(&out).unwrap();
+    let header = safetensors_of(&case_dir(case).join("adapter_model.safetensors"));
+    let key = "base_model.model.model.layers.0.mlp.experts.base_layer.lora_B.weight";
+    let t = find(&m["tensors"], "key", key);
+    assert_eq!(t["module"], "model.layers.0.mlp.experts.gate_up_proj");
+    assert_eq!(t["file_shape"], json!([48, 16]));
+    let (e_n, r, ff) = (4usize, 4usize, 24usize);
+    let stored = f32s(&header[key].2);
+    for (i, (target, part)) in [
+        ("blk.0.ffn_gate_exps.weight", 0),
+        ("blk.0.ffn_up_exps.weight", 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = &t["gguf"][i];
+        assert_eq!(d["tensor"], format!("{target}.lora_b"));
+        assert_eq!(
+            d["transform"],
+            format!(
+                "expert e = columns e, E+e, 2E+e, … (PEFT interleaves them), rows chunk({part} of 2), all 4 experts"
+            )
+        );
+        let written = gguf.read_tensor_f32(&format!("{target}.lora_b")).unwrap();
+        // lora_b ne [r, ff, E]: expert e, row i, rank k is the stored B[part·ff + i][k·E + e].
+        let expect: Vec<f32> = (0..e_n)
+            .flat_map(|e| {
+                let stored = &stored;
+                (0..ff).flat_map(move |i| {
+                    (0..r).map(move |k| stored[(part * ff + i) * (e_n * r) + k * e_n + e])
+                })
+            })
+            .collect();
+        assert_eq!(written, expect, "{target}");
+        let p = find(&m["pairs"], "target", target);
+        assert_eq!(p["sources"][0]["packing"], "peft_experts");
+        assert_eq!(
+            p["sources"][0]["saved_as"],
+            "model.layers.0.mlp.experts.base_layer"
+        );
+        assert_eq!(p["n_expert"], 4);
+    }
+    for (target, module) in [
+        (
+            "blk.0.ffn_gate_inp.weight",
+            "model.layers.0.mlp.gate.weight",
+        ),
+        (
+            "blk.0.ffn_gate_inp_shexp.weight",
+            "model.layers.0.mlp.shared_expert_gate",
+        ),
+    ] {
+        let p = find(&m["pairs"], "target", target);
+        assert_eq!(p["kind"], "linear");
+        assert_eq!(p["sources"][0]["module"], module);
+        assert_eq!(p["sources"][0]["effective_factor"], 2.0);
+    }
+}
+
+#[test]
+fn inspect_names_every_stack_with_the_wrong_expert_count() {
+    let case = "expert-count-mismatch";
+    let a = inspect(&case_dir(case))
+        .arg("--base")
+        .arg(base_gguf(&base_of(case)))
+        .arg("--json")
+        .assert()
+        .code(2);
+    let j = json_of(&a);
+    let subjects: Vec<&str> = j["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "model.layers.0.mlp.experts.down_proj",
+            "model.layers.0.mlp.experts.gate_up_proj",
+            "model.layers.1.mlp.experts.down_proj",
+            "model.layers.1.mlp.experts.gate_up_proj"
+        ]
+    );
+    assert_eq!(
+        j["refusals"][0]["reason"],
+        format!(
+            "`model.layers.0.mlp.experts.down_proj`: the LoRA holds 8 experts (lora_A has 32 rows = 8 experts × r 4) \
+             but the base {} has 4 experts per layer — the adapter was trained on another model; llama.cpp would \
+             load it without noticing and compute garbage",
+            base_gguf(&base_of(case)).display()
+        )
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@ use super::error::{ConvertError, chain};
 use super::plan::{PairShape, Plan};
 use super::{Outcome, Prepared};
 use crate::arch::{Heads, QkvPart, RowTransform};
-use crate::peft::{Adapter, KeyKind, PairKind};
+use crate::mlx::MlxConfig;
+use crate::peft::{Adapter, KeyKind, LoraPair, Packing, PairKind};
 
 /// The schema identifier; bumped when a field changes meaning or disappears (additions keep it).
 pub const SCHEMA: &str = "lora-gguf.manifest/1";
@@ -62,10 +63,31 @@ pub struct AdapterSection {
     pub framework: &'static str,
     /// Trainers whose traces were found, with the evidence.
     pub trainers: Vec<TrainerHint>,
-    /// The adapter_config.json fields that decide the scaling.
+    /// The adapter_config.json fields that decide the scaling (for mlx-lm: the PEFT configuration it is
+    /// equivalent to, r and lora_alpha = scale·r).
     pub config: ConfigSection,
+    /// mlx-lm's own settings; only for an mlx-lm adapter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlx: Option<MlxSection>,
     /// Size of the weights file in bytes.
     pub weights_bytes: u64,
+}
+
+/// mlx-lm's `adapter_config.json`, as `mlx_lm lora` wrote it.
+#[derive(Debug, Serialize)]
+pub struct MlxSection {
+    /// `fine_tune_type`.
+    pub fine_tune_type: String,
+    /// `lora_parameters.rank`.
+    pub rank: u32,
+    /// `lora_parameters.scale`: the absolute multiplier (the effective factor of every module).
+    pub scale: f64,
+    /// `lora_parameters.keys` (null: every Linear of the adapted blocks).
+    pub keys: Option<Vec<String>>,
+    /// `num_layers` (the last N blocks; ≤ 0: all).
+    pub num_layers: Option<i64>,
+    /// `model`.
+    pub model: Option<String>,
 }
 
 /// A trainer hint.
@@ -140,6 +162,12 @@ pub struct PairEntry {
     pub target: String,
     /// Rank (ne[0] of lora_b).
     pub rank: usize,
+    /// `linear`, `embedding` or `experts` (a stacked `*_exps` tensor: ne [in, r, E] and [r, out, E]).
+    pub kind: &'static str,
+    /// Experts in the stack, for `experts`.
+    pub n_expert: Option<usize>,
+    /// Expert slots no source fills, written as zero (no change), for a stack built from per-expert modules.
+    pub zero_filled_experts: Vec<usize>,
     /// llama.cpp's factor at scale 1: α / rank, in f32 as llama.cpp computes it.
     pub runtime_factor: f64,
     /// `lora_a` as written.
@@ -165,9 +193,15 @@ pub struct GgufTensor {
 /// One PEFT module's part in a pair.
 #[derive(Debug, Serialize)]
 pub struct PairSource {
-    /// The module path.
+    /// The module path (the Hugging Face module, as the family tables name it).
     pub module: String,
-    /// Expert slot, for stacked experts.
+    /// The module as the file names it, when that differs (PEFT's `base_layer` nesting, mlx-lm's `switch_mlp`).
+    pub saved_as: Option<String>,
+    /// How the source holds its factors: `single`, `peft_experts` (PEFT ParamWrapper on a 3-D expert parameter)
+    /// or `mlx_experts` (mlx-lm SwitchLinear).
+    pub packing: &'static str,
+    /// Expert slot, for a per-expert module stacked into an `experts` pair (null: a single matrix, or the whole
+    /// stack).
     pub expert: Option<usize>,
     /// PEFT's scaling s (α/r or α/√r, with patterns).
     pub peft_scaling: f64,
@@ -187,9 +221,12 @@ pub struct TensorEntry {
     pub key: String,
     /// The safetensors dtype.
     pub dtype: String,
-    /// The shape (numpy order), in PEFT's orientation.
+    /// The shape (numpy order): for a factor of a pair in PEFT's orientation (A (r, in), B (out, r); a stack
+    /// (E·r, in) and (out, E·r)), otherwise as stored.
     pub shape: Vec<usize>,
-    /// Whether the file stores the transpose of `shape` (mlx-lm does).
+    /// The shape as the file stores it.
+    pub file_shape: Vec<usize>,
+    /// Whether the file stores the transpose of `shape` (mlx-lm's Linear factors).
     pub transposed: bool,
     /// `lora_A`, `lora_B`, `lora_embedding_A`, `lora_embedding_B`, `base_layer_copy`, `full_weight`,
     /// `dora_magnitude`, `lora_bias`, `trainable_tokens`, `unknown`.
@@ -313,7 +350,7 @@ pub fn refusal(e: &ConvertError) -> Refusal {
 
 fn fill(m: &mut Manifest, p: &Prepared, refusals: &[Refusal]) {
     let a = &p.adapter;
-    m.adapter = Some(adapter_section(a));
+    m.adapter = Some(adapter_section(a, p.mlx.as_ref()));
     m.base = p.base.as_ref().map(base_section);
     if let Some(plan) = &p.plan {
         m.pairs = pairs(plan, a);
@@ -322,8 +359,8 @@ fn fill(m: &mut Manifest, p: &Prepared, refusals: &[Refusal]) {
     m.tensors = tensors(a, p.plan.as_ref(), refusals);
 }
 
-/// The adapter section.
-pub fn adapter_section(a: &Adapter) -> AdapterSection {
+/// The adapter section (`mlx`: mlx-lm's own configuration, for an mlx-lm adapter).
+pub fn adapter_section(a: &Adapter, mlx: Option<&MlxConfig>) -> AdapterSection {
     AdapterSection {
         dir: a.dir.display().to_string(),
         framework: match a.framework {
@@ -346,6 +383,14 @@ pub fn adapter_section(a: &Adapter) -> AdapterSection {
             alpha_pattern: a.config.alpha_pattern.clone(),
             base_model_name_or_path: a.config.base_model_name_or_path.clone(),
         },
+        mlx: mlx.map(|c| MlxSection {
+            fine_tune_type: c.fine_tune_type.clone(),
+            rank: c.rank,
+            scale: c.scale,
+            keys: c.keys.clone(),
+            num_layers: c.num_layers,
+            model: c.model.clone(),
+        }),
         weights_bytes: std::fs::metadata(a.safetensors_path()).map_or(0, |md| md.len()),
     }
 }
@@ -378,9 +423,17 @@ pub fn pairs(plan: &Plan, a: &Adapter) -> Vec<PairEntry> {
         .iter()
         .map(|p| {
             let runtime = runtime_factor(plan, p.rank);
+            let (kind, n_expert) = match p.shape {
+                PairShape::Linear => ("linear", None),
+                PairShape::Embedding { .. } => ("embedding", None),
+                PairShape::Experts { n_expert } => ("experts", Some(n_expert)),
+            };
             PairEntry {
                 target: p.target.clone(),
                 rank: p.rank,
+                kind,
+                n_expert,
+                zero_filled_experts: zero_filled(p),
                 runtime_factor: runtime,
                 lora_a: tensor(&p.a),
                 lora_b: tensor(&p.b),
@@ -389,8 +442,11 @@ pub fn pairs(plan: &Plan, a: &Adapter) -> Vec<PairEntry> {
                     .iter()
                     .map(|s| {
                         let fold = f64::from(s.fold as f32);
+                        let pair = &a.pairs[s.pair];
                         PairSource {
-                            module: a.pairs[s.pair].pattern_key(),
+                            module: pair.pattern_key(),
+                            saved_as: (pair.saved_as != pair.module).then(|| pair.saved_as.clone()),
+                            packing: pair.packing_name(),
                             expert: s.expert,
                             peft_scaling: s.peft_scaling,
                             rows: rows_name(s.rows),
@@ -416,18 +472,12 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
                 (PairShape::Experts { n_expert }, Some(e)) => {
                     format!("{what}, expert slot {e} of {n_expert}")
                 }
+                (PairShape::Experts { n_expert }, None) => {
+                    format!("{what}, all {n_expert} experts")
+                }
                 _ => what,
             };
-            let a_transform = match p.shape {
-                PairShape::Embedding { vocab }
-                    if vocab < pair.a.shape.get(1).copied().unwrap_or(vocab) =>
-                {
-                    format!("keep vocabulary columns 0..{vocab}, transpose")
-                }
-                PairShape::Embedding { .. } => "transpose".into(),
-                _ => "copy".into(),
-            };
-            let mut b_transform = format!("rows {}", rows_name(s.rows));
+            let mut b_transform = b_transform(pair, s.rows);
             if fold != 1.0 {
                 b_transform.push_str(&format!(", × {fold}"));
             }
@@ -435,7 +485,7 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
                 .or_default()
                 .push(Destination {
                     tensor: p.a.name.clone(),
-                    transform: slot(a_transform),
+                    transform: slot(a_transform(pair, p.shape)),
                     fold: 1.0,
                     effective_factor: runtime * fold,
                 });
@@ -450,6 +500,50 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
         }
     }
     out
+}
+
+/// What is done to a source A on its way to `lora_a` (ne [in, r] is numpy (r, in): PEFT's A as stored).
+fn a_transform(pair: &LoraPair, shape: PairShape) -> String {
+    match shape {
+        // lora_a is Aᵀ (vocab, r): what mlx-lm stores, the transpose of PEFT's A
+        PairShape::Embedding { vocab } => {
+            let full = pair.a.shape.get(1).copied().unwrap_or(vocab);
+            match (pair.a.transposed, vocab < full) {
+                (false, false) => "transpose".into(),
+                (false, true) => format!("keep vocabulary columns 0..{vocab}, transpose"),
+                (true, false) => "copy".into(),
+                (true, true) => format!("keep vocabulary rows 0..{vocab}"),
+            }
+        }
+        _ if pair.a.transposed => "transpose".into(),
+        // a stack's A holds expert e in rows e·r..(e+1)·r, which is ne [in, r, E]
+        _ => "copy".into(),
+    }
+}
+
+/// What is done to a source B on its way to `lora_b` (ne [r, out] is numpy (out, r): PEFT's B as stored).
+fn b_transform(pair: &LoraPair, rows: RowTransform) -> String {
+    let rows = format!("rows {}", rows_name(rows));
+    match pair.packing {
+        Packing::PeftExperts { .. } => {
+            format!("expert e = columns e, E+e, 2E+e, … (PEFT interleaves them), {rows}")
+        }
+        // mlx-lm's (E, out, r) is already ne [r, out, E]
+        Packing::MlxExperts { .. } => rows,
+        Packing::Single if pair.b.transposed => format!("transpose, {rows}"),
+        Packing::Single => rows,
+    }
+}
+
+/// The expert slots of a stack that no source fills: written as zero.
+fn zero_filled(p: &super::plan::PlannedPair) -> Vec<usize> {
+    match p.shape {
+        PairShape::Experts { n_expert } if p.sources.iter().all(|s| s.expert.is_some()) => (0
+            ..n_expert)
+            .filter(|e| !p.sources.iter().any(|s| s.expert == Some(*e)))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Every tensor of the adapter file with its fate.
@@ -489,6 +583,7 @@ pub fn tensors(a: &Adapter, plan: Option<&Plan>, refusals: &[Refusal]) -> Vec<Te
                 key: t.key.clone(),
                 dtype: format!("{:?}", t.dtype),
                 shape: t.shape.clone(),
+                file_shape: pair.stored_shape(is_a),
                 transposed: t.transposed,
                 role,
                 module: Some(pair.pattern_key()),
@@ -536,6 +631,7 @@ pub fn tensors(a: &Adapter, plan: Option<&Plan>, refusals: &[Refusal]) -> Vec<Te
             key: t.key.clone(),
             dtype: t.dtype.clone(),
             shape: t.shape.clone(),
+            file_shape: t.shape.clone(),
             transposed: false,
             role,
             module,

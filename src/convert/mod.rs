@@ -93,6 +93,8 @@ pub struct Summary {
 pub struct Prepared {
     /// The adapter, without pairs refused on their own.
     pub adapter: Adapter,
+    /// mlx-lm's own configuration, for an mlx-lm adapter.
+    pub mlx: Option<mlx::MlxConfig>,
     /// The base description, when one was found and readable.
     pub base: Option<BaseModel>,
     /// The family, when the base names one we convert.
@@ -124,13 +126,11 @@ pub fn prepare(
     outtype: OutType,
     quirks: &Quirks,
 ) -> Result<Prepared, ConvertError> {
-    let scanned = scan_adapter(adapter_dir)?;
-    let adapter = scanned.adapter;
-    let mut refusals: Vec<ConvertError> = scanned
-        .refusals
-        .into_iter()
-        .map(ConvertError::Adapter)
-        .collect();
+    let Scanned {
+        adapter,
+        mut refusals,
+        mlx,
+    } = scan_adapter(adapter_dir)?;
     let base = match resolve_base_from(base, base_config, &adapter) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -177,6 +177,7 @@ pub fn prepare(
     };
     Ok(Prepared {
         adapter,
+        mlx,
         base,
         family,
         plan,
@@ -322,16 +323,33 @@ pub fn open_adapter(dir: &Path) -> Result<Adapter, ConvertError> {
     }
 }
 
-/// Read an adapter directory with every refusal: PEFT's reader collects them all; the mlx-lm reader stops at the
-/// first, which is then the error.
-pub fn scan_adapter(dir: &Path) -> Result<peft::Scan, ConvertError> {
+/// An adapter directory as read, with every refusal.
+#[derive(Debug)]
+pub struct Scanned {
+    /// The adapter, without the pairs refused on their own (their tensors are in `adapter.others`).
+    pub adapter: Adapter,
+    /// Everything that stops conversion, in the order found.
+    pub refusals: Vec<ConvertError>,
+    /// mlx-lm's own configuration, for an mlx-lm adapter (`adapter.config` is its PEFT equivalent).
+    pub mlx: Option<mlx::MlxConfig>,
+}
+
+/// Read an adapter directory (trainer told from its files, as [`open_adapter`]) with every refusal, not the first.
+pub fn scan_adapter(dir: &Path) -> Result<Scanned, ConvertError> {
     if mlx::detect(dir) {
-        Ok(peft::Scan {
-            adapter: mlx::open(dir)?,
-            refusals: Vec::new(),
+        let s = mlx::scan(dir)?;
+        Ok(Scanned {
+            adapter: s.adapter,
+            refusals: s.refusals.into_iter().map(ConvertError::from).collect(),
+            mlx: Some(s.config),
         })
     } else {
-        Ok(peft::scan(dir)?)
+        let s = peft::scan(dir)?;
+        Ok(Scanned {
+            adapter: s.adapter,
+            refusals: s.refusals.into_iter().map(ConvertError::from).collect(),
+            mlx: None,
+        })
     }
 }
 

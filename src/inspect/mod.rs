@@ -1,8 +1,8 @@
 //! `lora-convert inspect PATH`: what an adapter is and what conversion would do with it, without writing anything.
-//! An adapter directory (PEFT or mlx-lm) is analysed by the converter's own `prepare` (so inspect lists exactly the refusals conversion
-//! would hit, all of them); a GGUF adapter is read with our GGUF reader and, with `--base`, checked by [`fit`] —
-//! the same check `lora-validate` runs before llama.cpp sees the file. Schema `lora-gguf.inspect/1`
-//! (docs/inspect-and-manifest.md).
+//! An adapter directory (PEFT or mlx-lm) is analysed by the converter's own `prepare`, so inspect lists exactly the
+//! refusals conversion would hit, all of them; a GGUF adapter is read with our GGUF reader and, with `--base`,
+//! checked by [`fit`] — the same check `lora-validate` runs before llama.cpp sees the file. Schema
+//! `lora-gguf.inspect/1` (docs/inspect-and-manifest.md).
 
 pub mod fit;
 pub mod gguf_adapter;
@@ -26,7 +26,7 @@ pub struct Request {
     pub path: PathBuf,
     /// A base model GGUF to check against.
     pub base: Option<PathBuf>,
-    /// A Hugging Face config describing the base (PEFT directories only).
+    /// A Hugging Face config describing the base (adapter directories only).
     pub base_config: Option<PathBuf>,
     /// Trainer-quirk choices, as for conversion.
     pub quirks: Quirks,
@@ -37,9 +37,9 @@ pub struct Request {
 #[serde(untagged)]
 pub enum Report {
     /// An adapter directory (PEFT or mlx-lm).
-    Peft(peft_dir::PeftReport),
+    Peft(Box<peft_dir::PeftReport>),
     /// A GGUF adapter.
-    Gguf(gguf_adapter::GgufReport),
+    Gguf(Box<gguf_adapter::GgufReport>),
 }
 
 impl Report {
@@ -65,7 +65,7 @@ impl Report {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InspectError {
-    /// The PEFT directory is unreadable.
+    /// The adapter directory is unreadable.
     #[error(transparent)]
     Adapter(#[from] ConvertError),
     /// The GGUF file (or the base) is unreadable.
@@ -81,7 +81,7 @@ pub enum InspectError {
     },
     /// `--base-config` with a GGUF adapter.
     #[error(
-        "`--base-config` describes a base for a PEFT directory; to check the GGUF adapter `{path}`, pass `--base \
+        "`--base-config` describes a base for an adapter directory; to check the GGUF adapter `{path}`, pass `--base \
          BASE.gguf` (the fit is decided by the base's tensor names and shapes)"
     )]
     BaseConfigForGguf {
@@ -94,7 +94,7 @@ pub enum InspectError {
 pub fn inspect(req: &Request) -> Result<Report, InspectError> {
     let path = req.path.as_path();
     if path.is_dir() {
-        return Ok(Report::Peft(peft_dir::inspect(req)?));
+        return Ok(Report::Peft(Box::new(peft_dir::inspect(req)?)));
     }
     if is_gguf(path) {
         if req.base_config.is_some() {
@@ -102,10 +102,10 @@ pub fn inspect(req: &Request) -> Result<Report, InspectError> {
                 path: path.to_path_buf(),
             });
         }
-        return Ok(Report::Gguf(gguf_adapter::inspect(
+        return Ok(Report::Gguf(Box::new(gguf_adapter::inspect(
             path,
             req.base.as_deref(),
-        )?));
+        )?)));
     }
     let what = if !path.exists() {
         ": it does not exist".to_string()

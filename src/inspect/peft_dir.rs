@@ -1,4 +1,5 @@
-//! Inspecting an adapter directory (PEFT or mlx-lm): the converter's own analysis (`convert::prepare`), shown module by module.
+//! Inspecting an adapter directory (PEFT or mlx-lm): the converter's own analysis (`convert::prepare`), shown
+//! module by module.
 
 use std::collections::BTreeMap;
 
@@ -9,9 +10,9 @@ use crate::convert::manifest::{
     self, AdapterSection, BaseSection, PairEntry, Refusal, TensorEntry,
 };
 use crate::convert::{self, ConvertError, OutType};
-use crate::peft::PairKind;
+use crate::peft::{Packing, PairKind};
 
-/// The report on a PEFT directory.
+/// The report on an adapter directory (PEFT or mlx-lm).
 #[derive(Debug, Serialize)]
 pub struct PeftReport {
     /// [`SCHEMA`].
@@ -62,24 +63,34 @@ pub struct Size {
 /// One LoRA module of the adapter.
 #[derive(Debug, Serialize)]
 pub struct Module {
-    /// The module path (`model.layers.0.self_attn.q_proj`).
+    /// The module path (`model.layers.0.self_attn.q_proj`), as the family tables name it.
     pub module: String,
+    /// The module as the file names it (PEFT's `base_layer` nesting, mlx-lm's `switch_mlp` stacks differ).
+    pub saved_as: String,
     /// `linear` or `embedding`.
     pub kind: &'static str,
-    /// Rank.
+    /// `single`, `peft_experts` (PEFT ParamWrapper on a 3-D expert parameter) or `mlx_experts` (SwitchLinear).
+    pub packing: &'static str,
+    /// Experts the module holds (a stack), else null.
+    pub n_expert: Option<usize>,
+    /// The expert slot of a per-expert module (`experts.3.w1`) in its stacked GGUF tensor, else null.
+    pub expert: Option<usize>,
+    /// Rank (per expert).
     pub rank: usize,
-    /// α used for this module (`lora_alpha` or its `alpha_pattern` entry).
+    /// α used for this module (`lora_alpha` or its `alpha_pattern` entry; mlx-lm: scale·rank).
     pub alpha: f64,
     /// `use_rslora`.
     pub rslora: bool,
-    /// PEFT's effective scaling s = α/r (or α/√r).
+    /// The effective scaling s of ΔW = s·B·A: PEFT's α/r (or α/√r), mlx-lm's `scale`.
     pub peft_scaling: f64,
     /// dtype of A and B.
     pub dtype: String,
-    /// A's shape (numpy order).
+    /// A's shape (numpy order, PEFT's orientation).
     pub a_shape: Vec<usize>,
-    /// B's shape (numpy order).
+    /// B's shape (numpy order, PEFT's orientation).
     pub b_shape: Vec<usize>,
+    /// A's and B's shapes as the file stores them.
+    pub file_shapes: [Vec<usize>; 2],
     /// The GGUF base tensors it becomes.
     pub targets: Vec<String>,
     /// `converted`, `refused` or `not_planned`.
@@ -99,14 +110,15 @@ pub fn inspect(req: &Request) -> Result<PeftReport, ConvertError> {
     let a = &prepared.adapter;
     let refusals: Vec<Refusal> = prepared.refusals.iter().map(manifest::refusal).collect();
     let plan = prepared.plan.as_ref();
-    let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut targets: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut slots: BTreeMap<usize, usize> = BTreeMap::new();
     if let Some(plan) = plan {
         for p in &plan.pairs {
             for s in &p.sources {
-                targets
-                    .entry(a.pairs[s.pair].pattern_key())
-                    .or_default()
-                    .push(p.target.clone());
+                targets.entry(s.pair).or_default().push(p.target.clone());
+                if let Some(e) = s.expert {
+                    slots.insert(s.pair, e);
+                }
             }
         }
     }
@@ -115,7 +127,8 @@ pub fn inspect(req: &Request) -> Result<PeftReport, ConvertError> {
     let modules = a
         .pairs
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             for t in [&p.a, &p.b] {
                 *dtypes.entry(format!("{:?}", t.dtype)).or_insert(0) += 1;
                 factor_bytes += (t.shape.iter().product::<usize>() * t.dtype.size()) as u64;
@@ -125,13 +138,17 @@ pub fn inspect(req: &Request) -> Result<PeftReport, ConvertError> {
             } else {
                 format!("{:?}/{:?}", p.a.dtype, p.b.dtype)
             };
-            let t = targets.remove(&p.pattern_key()).unwrap_or_default();
+            let t = targets.remove(&i).unwrap_or_default();
             Module {
                 module: p.pattern_key(),
+                saved_as: p.saved_as.clone(),
                 kind: match p.kind {
                     PairKind::Linear => "linear",
                     PairKind::Embedding => "embedding",
                 },
+                packing: p.packing_name(),
+                n_expert: (p.packing != Packing::Single).then(|| p.packing.n_expert()),
+                expert: slots.get(&i).copied(),
                 rank: p.rank,
                 alpha: p.scaling.alpha,
                 rslora: p.scaling.rslora,
@@ -139,6 +156,7 @@ pub fn inspect(req: &Request) -> Result<PeftReport, ConvertError> {
                 dtype,
                 a_shape: p.a.shape.clone(),
                 b_shape: p.b.shape.clone(),
+                file_shapes: [p.stored_shape(true), p.stored_shape(false)],
                 status: if !t.is_empty() {
                     "converted"
                 } else if plan.is_some() {
@@ -162,7 +180,7 @@ pub fn inspect(req: &Request) -> Result<PeftReport, ConvertError> {
         schema: SCHEMA,
         kind: "adapter_dir",
         path: req.path.display().to_string(),
-        adapter: manifest::adapter_section(a),
+        adapter: manifest::adapter_section(a, prepared.mlx.as_ref()),
         base: prepared.base.as_ref().map(manifest::base_section),
         family: prepared.family.map(|f| f.gguf_arch),
         gguf_alpha: plan.map(|p| f64::from(p.alpha)),

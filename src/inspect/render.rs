@@ -34,9 +34,26 @@ fn peft(r: &PeftReport) -> String {
             format!("{n} keys")
         }
     };
+    if let Some(m) = &a.mlx {
+        let _ = writeln!(
+            o,
+            "mlx-lm    fine_tune_type {}, rank {}, scale {}, num_layers {}, keys {}, model {}",
+            m.fine_tune_type,
+            m.rank,
+            m.scale,
+            m.num_layers.map_or("—".to_string(), |n| n.to_string()),
+            m.keys.as_ref().map_or("—".to_string(), |k| k.join(" ")),
+            m.model.as_deref().unwrap_or("—")
+        );
+    }
     let _ = writeln!(
         o,
-        "config    r {}, lora_alpha {}, use_rslora {}, rank_pattern {}, alpha_pattern {}, base_model_name_or_path {}",
+        "{}r {}, lora_alpha {}, use_rslora {}, rank_pattern {}, alpha_pattern {}, base_model_name_or_path {}",
+        if a.mlx.is_some() {
+            "as PEFT   "
+        } else {
+            "config    "
+        },
         c.r,
         c.lora_alpha,
         c.use_rslora,
@@ -86,16 +103,28 @@ fn peft(r: &PeftReport) -> String {
         "module", "kind", "rank", "scaling", "dtype", "A", "B"
     );
     for m in &r.modules {
-        let targets = if m.targets.is_empty() {
+        let mut targets = if m.targets.is_empty() {
             format!("({})", m.status)
         } else {
             m.targets.join(", ")
+        };
+        if let Some(e) = m.expert {
+            targets.push_str(&format!(" [expert {e}]"));
+        }
+        if m.saved_as != m.module {
+            targets.push_str(&format!(" (saved as {})", m.saved_as));
+        }
+        // a stack of E experts: "E×lin", A and B shapes as PEFT's (E·r, in) and (out, E·r)
+        let kind = match (m.n_expert, m.kind) {
+            (Some(e), _) => format!("{e}×lin"),
+            (None, "linear") => "lin".into(),
+            (None, _) => "emb".into(),
         };
         let _ = writeln!(
             o,
             "{:<44} {:<5} {:>4} {:>8} {:<5} {:<12} {:<12} {}",
             m.module,
-            if m.kind == "linear" { "lin" } else { "emb" },
+            kind,
             m.rank,
             format!("{}", m.peft_scaling),
             m.dtype,
@@ -129,6 +158,44 @@ fn peft(r: &PeftReport) -> String {
         let _ = writeln!(o, "\nskipped");
         for t in skipped {
             let _ = writeln!(o, "  {}: {}", t.key, t.reason.as_deref().unwrap_or(""));
+        }
+    }
+    let stacks: Vec<String> = r
+        .pairs
+        .iter()
+        .filter_map(|p| {
+            let n = p.n_expert?;
+            let from: Vec<String> = p
+                .sources
+                .iter()
+                .map(|s| match s.expert {
+                    Some(e) => format!("{e}"),
+                    None => format!("all ({})", s.packing),
+                })
+                .collect();
+            let zero = if p.zero_filled_experts.is_empty() {
+                String::new()
+            } else {
+                let z: Vec<String> = p
+                    .zero_filled_experts
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect();
+                format!("; zero-filled: {}", z.join(", "))
+            };
+            Some(format!(
+                "  {}: {n} experts, lora_a ne {:?}, lora_b ne {:?}; from expert(s) {}{zero}",
+                p.target,
+                p.lora_a.ne,
+                p.lora_b.ne,
+                from.join(", ")
+            ))
+        })
+        .collect();
+    if !stacks.is_empty() {
+        let _ = writeln!(o, "\nexpert stacks");
+        for s in stacks {
+            let _ = writeln!(o, "{s}");
         }
     }
     for w in &r.warnings {

@@ -15,6 +15,8 @@ use super::Error;
 pub struct MlxConfig {
     /// The file it came from.
     pub path: PathBuf,
+    /// `fine_tune_type` (absent: `lora`).
+    pub fine_tune_type: String,
     /// `lora_parameters.rank`.
     pub rank: u32,
     /// `lora_parameters.scale`: ΔW = scale · (lora_a @ lora_b)ᵀ, whatever the rank.
@@ -35,8 +37,20 @@ pub fn looks_like_mlx(map: &Map<String, Value>) -> bool {
 }
 
 impl MlxConfig {
-    /// Parse and check the text of an mlx-lm `adapter_config.json`.
+    /// Parse and check the text of an mlx-lm `adapter_config.json`; a fine-tune type other than `lora` is an error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
+        let (config, refusals) = Self::read(text, path)?;
+        match refusals.into_iter().next() {
+            Some(refusal) => Err(refusal),
+            None => Ok(config),
+        }
+    }
+
+    /// Parse the configuration, returning a `fine_tune_type` that cannot be converted (DoRA …) as a refusal beside
+    /// it, so `inspect` can still list the tensors. Errors when the LoRA settings themselves are missing or odd;
+    /// for a refused fine-tune type that has none (a full fine-tune saves `lora_parameters: null`), that refusal is
+    /// the error.
+    pub fn read(text: &str, path: &Path) -> Result<(Self, Vec<Error>), Error> {
         let value: Value = serde_json::from_str(text).map_err(|e| Error::ConfigJson {
             path: path.to_path_buf(),
             line: e.line(),
@@ -68,32 +82,45 @@ impl MlxConfig {
             key: "fine_tune_type".into(),
             message,
         };
-        match fine_tune_type {
-            "lora" => {}
-            "dora" => {
-                return Err(refuse(
-                    "is `dora`: DoRA rescales each column of the merged weight by a learned magnitude (the `.m` \
-                     tensors), which a GGUF LoRA cannot express — fuse the adapter into the model with `mlx_lm \
-                     fuse` and convert the fused model instead"
-                        .into(),
-                ));
-            }
-            "full" => {
-                return Err(refuse(
-                    "is `full`: adapters.safetensors holds the full weights of the fine-tuned blocks, not LoRA \
-                     factors, and llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and \
-                     convert the whole model with llama.cpp's convert_hf_to_gguf.py"
-                        .into(),
-                ));
-            }
-            other => {
-                return Err(refuse(format!(
-                    "is `{other}`, which mlx-lm does not define (it trains `lora`, `dora` or `full`); only `lora` \
-                     adapters can be converted"
-                )));
-            }
+        let refusal = match fine_tune_type {
+            "lora" => None,
+            "dora" => Some(refuse(
+                "is `dora`: DoRA rescales each column of the merged weight by a learned magnitude (the `.m` \
+                 tensors), which a GGUF LoRA cannot express — fuse the adapter into the model with `mlx_lm \
+                 fuse` and convert the fused model instead"
+                    .into(),
+            )),
+            "full" => Some(refuse(
+                "is `full`: adapters.safetensors holds the full weights of the fine-tuned blocks, not LoRA \
+                 factors, and llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and \
+                 convert the whole model with llama.cpp's convert_hf_to_gguf.py"
+                    .into(),
+            )),
+            other => Some(refuse(format!(
+                "is `{other}`, which mlx-lm does not define (it trains `lora`, `dora` or `full`); only `lora` \
+                 adapters can be converted"
+            ))),
+        };
+        let fine_tune_type = fine_tune_type.to_string();
+        match (Self::lora_settings(&map, path, fine_tune_type), refusal) {
+            (Ok(config), refusal) => Ok((config, refusal.into_iter().collect())),
+            (Err(_), Some(refusal)) => Err(refusal),
+            (Err(e), None) => Err(e),
         }
+    }
 
+    /// Everything but the fine-tune type.
+    fn lora_settings(
+        map: &Map<String, Value>,
+        path: &Path,
+        fine_tune_type: String,
+    ) -> Result<Self, Error> {
+        let field = |key: &str, message: String| Error::ConfigField {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let get = |key: &str| map.get(key).filter(|v| !v.is_null());
         let params = match get("lora_parameters") {
             Some(Value::Object(p)) => p,
             None => {
@@ -187,6 +214,7 @@ impl MlxConfig {
         };
         Ok(MlxConfig {
             path: path.to_path_buf(),
+            fine_tune_type,
             rank,
             scale,
             keys,
@@ -260,6 +288,36 @@ mod tests {
             e.contains("`fine_tune_type` is `qlora`, which mlx-lm does not define"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn read_keeps_a_dora_configuration_beside_its_refusal() {
+        let path = Path::new("adapter_config.json");
+        let (c, refusals) = MlxConfig::read(
+            r#"{"fine_tune_type":"dora","lora_parameters":{"rank":8,"scale":20.0}}"#,
+            path,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.fine_tune_type.as_str(), c.rank, c.scale),
+            ("dora", 8, 20.0)
+        );
+        assert_eq!(refusals.len(), 1);
+        assert!(
+            refusals[0]
+                .to_string()
+                .starts_with("`adapter_config.json`: `fine_tune_type` is `dora`: DoRA"),
+            "{}",
+            refusals[0]
+        );
+        // A full fine-tune saves no LoRA settings: its refusal is the error.
+        let e = MlxConfig::read(r#"{"fine_tune_type":"full","lora_parameters":null}"#, path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`fine_tune_type` is `full`"), "{e}");
+        let (c, refusals) =
+            MlxConfig::read(r#"{"lora_parameters":{"rank":8,"scale":20.0}}"#, path).unwrap();
+        assert_eq!((c.fine_tune_type.as_str(), refusals.len()), ("lora", 0));
     }
 
     #[test]

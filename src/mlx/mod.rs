@@ -31,7 +31,9 @@ use serde_json::Value;
 
 pub use config::MlxConfig;
 
-use crate::peft::{self, Adapter, AdapterConfig, Framework, LoraPair, Packing, PairKind, Scaling};
+use crate::peft::{
+    self, Adapter, AdapterConfig, Framework, LoraPair, OtherTensor, Packing, PairKind, Scaling,
+};
 use crate::peft::{SourceDtype, TensorRef};
 use tensors::KeyKind;
 
@@ -226,8 +228,53 @@ struct Stored {
     shape: Vec<usize>,
 }
 
-/// Open and validate an mlx-lm adapter directory.
+impl Stored {
+    /// The factor as a tensor that is not part of a pair (its pair was refused).
+    fn other(&self, module: &str, is_a: bool) -> OtherTensor {
+        OtherTensor {
+            key: self.key.clone(),
+            dtype: format!("{:?}", self.dtype),
+            shape: self.shape.clone(),
+            kind: factor_kind(module, is_a),
+        }
+    }
+}
+
+fn factor_kind(module: &str, is_a: bool) -> peft::KeyKind {
+    peft::KeyKind::Factor {
+        module: module.to_string(),
+        kind: if tensors::is_embedding(module) {
+            PairKind::Embedding
+        } else {
+            PairKind::Linear
+        },
+        is_a,
+    }
+}
+
+/// Open and validate an mlx-lm adapter directory; anything a GGUF LoRA cannot express is an error (the first such).
 pub fn open(dir: &Path) -> Result<Adapter, Error> {
+    let scanned = scan(dir)?;
+    match scanned.refusals.into_iter().next() {
+        Some(refusal) => Err(refusal),
+        None => Ok(scanned.adapter),
+    }
+}
+
+/// An mlx-lm adapter read as far as it can be, with every refusal instead of the first (as [`peft::Scan`]).
+#[derive(Debug)]
+pub struct Scan {
+    /// The adapter, without the refused pairs (their tensors are in `adapter.others`).
+    pub adapter: Adapter,
+    /// The configuration as mlx-lm wrote it.
+    pub config: MlxConfig,
+    /// Everything that stops conversion, in the order found (configuration first, then tensors by key).
+    pub refusals: Vec<Error>,
+}
+
+/// Read an mlx-lm adapter directory, collecting refusals. Errors only when there is nothing to read: missing files,
+/// invalid JSON, missing or malformed LoRA settings, a corrupt safetensors file.
+pub fn scan(dir: &Path) -> Result<Scan, Error> {
     let config_path = dir.join(CONFIG_FILE);
     let st_path = dir.join(SAFETENSORS_FILE);
     if !dir.is_dir() {
@@ -249,7 +296,7 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         path: config_path.clone(),
         source,
     })?;
-    let config = MlxConfig::from_json(&text, &config_path)?;
+    let (config, mut refusals) = MlxConfig::read(&text, &config_path)?;
     if !st_path.is_file() {
         let hint = match names.iter().find(|n| n.ends_with("_adapters.safetensors")) {
             Some(checkpoint) => format!(
@@ -286,6 +333,9 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
 
     let mut ranges = BTreeMap::new();
     let mut halves: BTreeMap<String, [Option<Stored>; 2]> = BTreeMap::new();
+    let mut others = Vec::new();
+    // modules with a refusal of their own: their factors are listed, not paired
+    let mut refused_modules = BTreeSet::new();
     let mut unknown = Vec::new();
     let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
         metadata.tensors().into_iter().collect();
@@ -296,27 +346,39 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             key: key.clone(),
             message,
         };
+        let other = |kind: peft::KeyKind| OtherTensor {
+            key: key.clone(),
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape.clone(),
+            kind,
+        };
         match tensors::classify(&key) {
             KeyKind::Factor { module, is_a } => {
                 let dtype = match info.dtype {
                     Dtype::F32 => SourceDtype::F32,
                     Dtype::F16 => SourceDtype::F16,
                     Dtype::BF16 => SourceDtype::BF16,
-                    other => {
-                        return Err(Error::Dtype {
+                    other_dtype => {
+                        refusals.push(Error::Dtype {
                             path: st_path.clone(),
-                            key,
-                            dtype: format!("{other:?}"),
+                            key: key.clone(),
+                            dtype: format!("{other_dtype:?}"),
                         });
+                        others.push(other(factor_kind(&module, is_a)));
+                        refused_modules.insert(module);
+                        continue;
                     }
                 };
                 if info.shape.len() == 3 && tensors::switch_module(&module).is_none() {
-                    return Err(unsupported(format!(
+                    refusals.push(unsupported(format!(
                         "is a SwitchLinear (mixture-of-experts) factor of shape {:?} on a module lora-convert \
                          does not know how mlx-lm stacked (it knows `block_sparse_moe.switch_mlp.*` and \
                          `mlp.switch_mlp.*`) — fuse the adapter with `mlx_lm fuse` and convert the fused model",
                         info.shape
                     )));
+                    others.push(other(factor_kind(&module, is_a)));
+                    refused_modules.insert(module);
+                    continue;
                 }
                 if !tensors::selected(&module, config.keys.as_deref()) {
                     let why = match &config.keys {
@@ -332,11 +394,15 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                                 .into()
                         }
                     };
-                    return Err(Error::NotAdapted {
-                        path: st_path.clone(),
-                        module,
-                        why,
-                    });
+                    others.push(other(factor_kind(&module, is_a)));
+                    if refused_modules.insert(module.clone()) {
+                        refusals.push(Error::NotAdapted {
+                            path: st_path.clone(),
+                            module,
+                            why,
+                        });
+                    }
+                    continue;
                 }
                 let (start, end) = info.data_offsets;
                 ranges.insert(
@@ -350,21 +416,26 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
                 });
             }
             KeyKind::DoraMagnitude => {
-                return Err(unsupported(
+                refusals.push(unsupported(
                     "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the adapter with \
                      `mlx_lm fuse` and convert the fused model instead"
                         .into(),
                 ));
+                others.push(other(peft::KeyKind::DoraMagnitude));
             }
             KeyKind::FullWeight => {
-                return Err(unsupported(
+                refusals.push(unsupported(
                     "is a full weight, not a LoRA factor (a full fine-tune, or trained non-LoRA parameters): \
                      llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and convert the whole \
                      model"
                         .into(),
                 ));
+                others.push(other(peft::KeyKind::FullWeight));
             }
-            KeyKind::Unknown => unknown.push(key),
+            KeyKind::Unknown => {
+                others.push(other(peft::KeyKind::Unknown));
+                unknown.push(key);
+            }
         }
     }
     if !unknown.is_empty() {
@@ -374,8 +445,8 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             .map(|k| format!("`{k}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(Error::UnknownTensors {
-            path: st_path,
+        refusals.push(Error::UnknownTensors {
+            path: st_path.clone(),
             count: unknown.len(),
             examples,
         });
@@ -391,22 +462,19 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
     let mut blocks = BTreeSet::new();
     for (module, [a, b]) in halves {
         let (a, b) = match (a, b) {
-            (Some(a), Some(b)) => (a, b),
-            (Some(_), None) => {
-                return Err(Error::HalfPair {
-                    path: st_path,
-                    module,
-                    present: "lora_a",
-                    missing: "lora_b",
-                });
-            }
-            (None, _) => {
-                return Err(Error::HalfPair {
-                    path: st_path,
-                    module,
-                    present: "lora_b",
-                    missing: "lora_a",
-                });
+            (Some(a), Some(b)) if !refused_modules.contains(&module) => (a, b),
+            (a, b) => {
+                if !refused_modules.contains(&module) {
+                    refusals.push(Error::HalfPair {
+                        path: st_path.clone(),
+                        module: module.clone(),
+                        present: if a.is_some() { "lora_a" } else { "lora_b" },
+                        missing: if a.is_some() { "lora_b" } else { "lora_a" },
+                    });
+                }
+                others.extend(a.map(|t| t.other(&module, true)));
+                others.extend(b.map(|t| t.other(&module, false)));
+                continue;
             }
         };
         let shape_err = |message: String| Error::Shape {
@@ -416,35 +484,42 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             a_shape: a.shape.clone(),
             b_shape: b.shape.clone(),
         };
-        let (n_expert, inp, ra, rb, out) = match (a.shape.as_slice(), b.shape.as_slice()) {
-            (&[inp, ra], &[rb, out]) => (None, inp, ra, rb, out),
+        let checked = match (a.shape.as_slice(), b.shape.as_slice()) {
+            (&[inp, ra], &[rb, out]) => Ok((None, inp, ra, rb, out)),
             // LoRASwitchLinear: lora_a (E, r, in), lora_b (E, out, r)
-            (&[ea, ra, inp], &[eb, out, rb]) if ea == eb => (Some(ea), inp, ra, rb, out),
-            (&[_, _, _], &[_, _, _]) => {
-                return Err(shape_err(
-                    "lora_a and lora_b hold different numbers of experts".into(),
-                ));
+            (&[ea, ra, inp], &[eb, out, rb]) if ea == eb => Ok((Some(ea), inp, ra, rb, out)),
+            (&[_, _, _], &[_, _, _]) => Err(shape_err(
+                "lora_a and lora_b hold different numbers of experts".into(),
+            )),
+            _ => Err(shape_err(
+                "the factors must be both 2-D (Linear) or both 3-D (SwitchLinear)".into(),
+            )),
+        }
+        .and_then(|(n_expert, inp, ra, rb, out)| {
+            if ra != rb {
+                Err(shape_err(format!(
+                    "lora_a has rank {ra} but lora_b has rank {rb}"
+                )))
+            } else if ra == 0 || inp == 0 || out == 0 || n_expert == Some(0) {
+                Err(shape_err("a factor is empty".into()))
+            } else if ra != config.rank as usize {
+                Err(shape_err(format!(
+                    "the tensors have rank {ra} but adapter_config.json gives lora_parameters.rank = {}",
+                    config.rank
+                )))
+            } else {
+                Ok((n_expert, inp, ra, out))
             }
-            _ => {
-                return Err(shape_err(
-                    "the factors must be both 2-D (Linear) or both 3-D (SwitchLinear)".into(),
-                ));
+        });
+        let (n_expert, inp, ra, out) = match checked {
+            Ok(dims) => dims,
+            Err(e) => {
+                refusals.push(e);
+                others.push(a.other(&module, true));
+                others.push(b.other(&module, false));
+                continue;
             }
         };
-        if ra != rb {
-            return Err(shape_err(format!(
-                "lora_a has rank {ra} but lora_b has rank {rb}"
-            )));
-        }
-        if ra == 0 || inp == 0 || out == 0 || n_expert == Some(0) {
-            return Err(shape_err("a factor is empty".into()));
-        }
-        if ra != config.rank as usize {
-            return Err(shape_err(format!(
-                "the tensors have rank {ra} but adapter_config.json gives lora_parameters.rank = {}",
-                config.rank
-            )));
-        }
         blocks.extend(tensors::block_index(&module));
         let pair = match n_expert {
             None => LoraPair {
@@ -508,8 +583,8 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
             .find(|p| tensors::block_index(&p.module) == blocks.first().copied())
             .map(|p| p.module.clone())
             .unwrap_or_default();
-        return Err(Error::NotAdapted {
-            path: st_path,
+        refusals.push(Error::NotAdapted {
+            path: st_path.clone(),
             module,
             why: format!(
                 "`num_layers` is {n} and the file has LoRA factors in {} blocks",
@@ -518,15 +593,21 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
         });
     }
     let equivalent = equivalent_peft_config(&config, &config_path)?;
-    Ok(Adapter::from_parts(
+    let adapter = Adapter::from_parts(
         dir.to_path_buf(),
         Framework::MlxLm,
         equivalent,
         pairs,
+        others,
         st_path,
         file,
         ranges,
-    ))
+    );
+    Ok(Scan {
+        adapter,
+        config,
+        refusals,
+    })
 }
 
 /// The PEFT configuration this adapter is equivalent to (r, lora_alpha = scale·r, the keys as target_modules, the
@@ -606,6 +687,85 @@ mod tests {
         assert_eq!(adapter.config.alpha, 0.2);
         assert_eq!(adapter.config.rank, 2);
         assert_eq!(adapter.config.base_model_name_or_path.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn scan_collects_every_refusal_and_lists_the_unpaired_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let four: Vec<u8> = (0..4).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let i32s: Vec<u8> = (0..6).flat_map(|x: i32| x.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "model.layers.0.self_attn.q_proj.m".to_string(),
+                TensorView::new(Dtype::F32, vec![4], &four).unwrap(),
+            ),
+            (
+                "model.layers.0.self_attn.k_proj.lora_a".to_string(),
+                TensorView::new(Dtype::F32, vec![2, 2], &four).unwrap(),
+            ),
+            (
+                "model.layers.0.self_attn.v_proj.lora_a".to_string(),
+                TensorView::new(Dtype::I32, vec![3, 2], &i32s).unwrap(),
+            ),
+            (
+                "model.layers.0.self_attn.v_proj.lora_b".to_string(),
+                TensorView::new(Dtype::F32, vec![2, 2], &four).unwrap(),
+            ),
+        ];
+        std::fs::write(
+            dir.path().join(SAFETENSORS_FILE),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            r#"{"fine_tune_type":"dora","lora_parameters":{"rank":2,"scale":20.0}}"#,
+        )
+        .unwrap();
+        let s = scan(dir.path()).unwrap();
+        let found: Vec<String> = s
+            .refusals
+            .iter()
+            .map(|e| match e {
+                Error::Unsupported { key, .. } => format!("config {key}"),
+                Error::UnsupportedTensor { key, .. } => format!("tensor {key}"),
+                Error::Dtype { key, dtype, .. } => format!("dtype {key} {dtype}"),
+                Error::HalfPair {
+                    module, missing, ..
+                } => format!("half {module} {missing}"),
+                other => panic!("unexpected {other}"),
+            })
+            .collect();
+        // in file order; the I32 factor's module gets no second "half pair" refusal
+        assert_eq!(
+            found,
+            [
+                "config fine_tune_type",
+                "tensor model.layers.0.self_attn.q_proj.m",
+                "dtype model.layers.0.self_attn.v_proj.lora_a I32",
+                "half model.layers.0.self_attn.k_proj lora_b",
+            ]
+        );
+        assert!(s.adapter.pairs.is_empty());
+        let mut others: Vec<&str> = s.adapter.others.iter().map(|t| t.key.as_str()).collect();
+        others.sort_unstable();
+        assert_eq!(
+            others,
+            [
+                "model.layers.0.self_attn.k_proj.lora_a",
+                "model.layers.0.self_attn.q_proj.m",
+                "model.layers.0.self_attn.v_proj.lora_a",
+                "model.layers.0.self_attn.v_proj.lora_b",
+            ]
+        );
+        assert_eq!(s.config.fine_tune_type, "dora");
+        // `open` keeps its contract: the first refusal is the error.
+        assert!(
+            open(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("`fine_tune_type` is `dora`")
+        );
     }
 
     #[test]

@@ -384,6 +384,8 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         BTreeMap::new();
     let mut ignored = Vec::new();
     let mut others = Vec::new();
+    // modules with a refusal of their own (a factor's dtype): their other half is listed, not paired
+    let mut refused_modules = std::collections::BTreeSet::new();
     let mut unknown = Vec::new();
     let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
         metadata.tensors().into_iter().collect();
@@ -415,7 +417,12 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
                             key: key.clone(),
                             dtype: format!("{other_dtype:?}"),
                         });
-                        other(KeyKind::Factor { module, kind, is_a });
+                        other(KeyKind::Factor {
+                            module: module.clone(),
+                            kind,
+                            is_a,
+                        });
+                        refused_modules.insert(module);
                         continue;
                     }
                 };
@@ -497,24 +504,30 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
 
     let mut pairs = Vec::with_capacity(halves.len());
     for ((module, kind), (a, b)) in halves {
+        // a refused pair's factors are still listed (inspect, manifest), as tensors outside any pair
+        let unpaired = |t: &TensorRef, is_a: bool| OtherTensor {
+            key: t.key.clone(),
+            dtype: format!("{:?}", t.dtype),
+            shape: t.shape.clone(),
+            kind: KeyKind::Factor {
+                module: module.clone(),
+                kind,
+                is_a,
+            },
+        };
         let (a, b) = match (a, b) {
-            (Some(a), Some(b)) => (a, b),
-            (Some(_), None) => {
-                refusals.push(Error::HalfPair {
-                    path: st_path.clone(),
-                    module,
-                    present: "lora_A",
-                    missing: "lora_B",
-                });
-                continue;
-            }
-            (None, _) => {
-                refusals.push(Error::HalfPair {
-                    path: st_path.clone(),
-                    module,
-                    present: "lora_B",
-                    missing: "lora_A",
-                });
+            (Some(a), Some(b)) if !refused_modules.contains(&module) => (a, b),
+            (a, b) => {
+                if !refused_modules.contains(&module) {
+                    refusals.push(Error::HalfPair {
+                        path: st_path.clone(),
+                        module: module.clone(),
+                        present: if a.is_some() { "lora_A" } else { "lora_B" },
+                        missing: if a.is_some() { "lora_B" } else { "lora_A" },
+                    });
+                }
+                others.extend(a.map(|t| unpaired(&t, true)));
+                others.extend(b.map(|t| unpaired(&t, false)));
                 continue;
             }
         };
@@ -527,16 +540,21 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
             b_key: b.key.clone(),
             b_shape: b.shape.clone(),
         };
+        let mut refuse = |e: Error| {
+            refusals.push(e);
+            others.push(unpaired(&a, true));
+            others.push(unpaired(&b, false));
+        };
         let (&[ra, _], &[_, rb]) = (a.shape.as_slice(), b.shape.as_slice()) else {
-            refusals.push(shape_err("both factors must be 2-D".into()));
+            refuse(shape_err("both factors must be 2-D".into()));
             continue;
         };
         if ra != rb {
-            refusals.push(shape_err(format!("A has rank {ra} but B has rank {rb}")));
+            refuse(shape_err(format!("A has rank {ra} but B has rank {rb}")));
             continue;
         }
         if ra == 0 || a.shape.contains(&0) || b.shape.contains(&0) {
-            refusals.push(shape_err("a factor is empty".into()));
+            refuse(shape_err("a factor is empty".into()));
             continue;
         }
         let saved_as = module.clone();
@@ -550,14 +568,14 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         };
         let scaling = config.scaling_for(&module);
         if candidates.is_empty() && scaling.rank as usize != ra {
-            refusals.push(shape_err(format!(
+            refuse(shape_err(format!(
                 "the tensors have rank {ra} but adapter_config.json gives r = {} for this module (r / rank_pattern)",
                 scaling.rank
             )));
             continue;
         }
         if candidates.is_empty() && module != saved_as {
-            refusals.push(shape_err(
+            refuse(shape_err(
                 "is saved under a `base_layer` path, which PEFT only writes for target_parameters, but \
                  adapter_config.json's target_parameters names no parameter of this module"
                     .into(),
@@ -682,13 +700,15 @@ pub(crate) fn map(file: &File) -> std::io::Result<Mmap> {
 }
 
 impl Adapter {
-    /// An adapter read by another trainer's reader (`crate::mlx`), with `ranges` mapping each key to its absolute
-    /// byte range in `file` (already validated).
+    /// An adapter read by another trainer's reader (`crate::mlx`), with `others` the tensors that are not part of
+    /// a pair and `ranges` mapping each paired key to its absolute byte range in `file` (already validated).
+    #[allow(clippy::too_many_arguments)] // one caller per reader; the fields are the adapter's own
     pub(crate) fn from_parts(
         dir: PathBuf,
         framework: Framework,
         config: AdapterConfig,
         pairs: Vec<LoraPair>,
+        others: Vec<OtherTensor>,
         path: PathBuf,
         file: File,
         ranges: BTreeMap<String, (u64, u64)>,
@@ -699,7 +719,7 @@ impl Adapter {
             config,
             pairs,
             ignored: Vec::new(),
-            others: Vec::new(),
+            others,
             trainers: Vec::new(),
             path,
             file,
@@ -862,6 +882,78 @@ mod tests {
         assert_eq!(
             first_non_finite(SourceDtype::F16, &0xfc00u16.to_le_bytes()),
             Some((0, "infinity"))
+        );
+    }
+
+    #[test]
+    fn scan_lists_the_factors_of_refused_pairs_and_reports_each_module_once() {
+        use safetensors::tensor::TensorView;
+        let dir = tempfile::tempdir().unwrap();
+        let f32s: Vec<u8> = (0..8).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let i32s: Vec<u8> = (0..8).flat_map(|x: i32| x.to_le_bytes()).collect();
+        let m = |module: &str, half: &str| {
+            format!("base_model.model.model.layers.0.self_attn.{module}.lora_{half}.weight")
+        };
+        let views = vec![
+            // rank 2 of r = 2, but B is 3-D
+            (
+                m("q_proj", "A"),
+                TensorView::new(Dtype::F32, vec![2, 4], &f32s).unwrap(),
+            ),
+            (
+                m("q_proj", "B"),
+                TensorView::new(Dtype::F32, vec![2, 2, 2], &f32s).unwrap(),
+            ),
+            // an I32 A: refused once, its B listed
+            (
+                m("v_proj", "A"),
+                TensorView::new(Dtype::I32, vec![2, 4], &i32s).unwrap(),
+            ),
+            (
+                m("v_proj", "B"),
+                TensorView::new(Dtype::F32, vec![4, 2], &f32s).unwrap(),
+            ),
+        ];
+        std::fs::write(
+            dir.path().join(SAFETENSORS_FILE),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            r#"{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj","v_proj"]}"#,
+        )
+        .unwrap();
+        let s = scan(dir.path()).unwrap();
+        let found: Vec<String> = s
+            .refusals
+            .iter()
+            .map(|e| match e {
+                Error::Dtype { key, .. } => format!("dtype {key}"),
+                Error::Shape {
+                    module, message, ..
+                } => format!("shape {module}: {message}"),
+                other => panic!("unexpected {other}"),
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                format!("dtype {}", m("v_proj", "A")),
+                "shape model.layers.0.self_attn.q_proj: both factors must be 2-D".to_string(),
+            ]
+        );
+        assert!(s.adapter.pairs.is_empty());
+        let mut others: Vec<&str> = s.adapter.others.iter().map(|t| t.key.as_str()).collect();
+        others.sort_unstable();
+        assert_eq!(
+            others,
+            [
+                m("q_proj", "A"),
+                m("q_proj", "B"),
+                m("v_proj", "A"),
+                m("v_proj", "B")
+            ]
         );
     }
 }

@@ -191,6 +191,29 @@ impl LoraPair {
     pub fn out_features(&self) -> usize {
         self.b.shape.first().copied().unwrap_or(0)
     }
+
+    /// The shape of A (`is_a`) or B as the file stores it (numpy order): PEFT's, its transpose, or mlx-lm's
+    /// SwitchLinear stacks (E, r, in) and (E, out, r).
+    pub fn stored_shape(&self, is_a: bool) -> Vec<usize> {
+        let t = if is_a { &self.a } else { &self.b };
+        match self.packing {
+            Packing::MlxExperts { n_expert } if is_a => {
+                vec![n_expert, self.rank, self.in_features()]
+            }
+            Packing::MlxExperts { n_expert } => vec![n_expert, self.out_features(), self.rank],
+            _ if t.transposed => t.shape.iter().rev().copied().collect(),
+            _ => t.shape.clone(),
+        }
+    }
+
+    /// A stable name for the packing (inspect, manifest): `single`, `peft_experts`, `mlx_experts`.
+    pub fn packing_name(&self) -> &'static str {
+        match self.packing {
+            Packing::Single => "single",
+            Packing::PeftExperts { .. } => "peft_experts",
+            Packing::MlxExperts { .. } => "mlx_experts",
+        }
+    }
 }
 
 /// Classify a key.
