@@ -206,10 +206,20 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
         if tty {
-            let Progress::Pass { scale, done, total } = p;
-            let what = scale.map_or("base".to_string(), |s| format!("scale {s}"));
+            let (what, done, total) = match p {
+                Progress::Pass { scale, done, total } => (
+                    scale.map_or("base".to_string(), |s| format!("scale {s}")),
+                    done,
+                    total,
+                ),
+                Progress::Compare { done, total } => (
+                    format!("teacher-forced chunk {done}/{}, every scale", total - 1),
+                    done,
+                    total,
+                ),
+            };
             eprint!(
-                "\r\x1b[2K[{}{}] pass {}/{total}: {what}",
+                "\r\x1b[2K[{}{}] step {}/{total}: {what}",
                 "#".repeat(done),
                 ".".repeat(total - done),
                 done + 1

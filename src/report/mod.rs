@@ -95,13 +95,23 @@ fn timings_line(run: &RunMeasurements) -> String {
             )
         })
         .collect();
+    let ph = &t.phases;
     format!(
-        "model load {:.0} ms, adapter load {:.1} ms, adapter switch {:.3} ms, total {:.1} s; {}",
+        "model load {:.0} ms, adapter load {:.1} ms, adapter switch mean {:.0} µs / max {:.0} µs ({}×), total {:.1} s; \
+         {}; phases: base generate {:.1} s, base teacher-forced {:.1} s, adapted teacher-forced {:.1} s, compare {:.1} s, \
+         adapted generate {:.1} s",
         t.model_load_ms,
         t.adapter_load_ms,
-        t.adapter_switch_ms,
+        t.adapter_switch_ms * 1000.0,
+        t.adapter_switch_max_ms * 1000.0,
+        t.adapter_switches,
         t.total_ms / 1000.0,
-        passes.join("; ")
+        passes.join("; "),
+        ph.base_generate_ms / 1000.0,
+        ph.base_teacher_forced_ms / 1000.0,
+        ph.adapted_teacher_forced_ms / 1000.0,
+        ph.compare_ms / 1000.0,
+        ph.adapted_generate_ms / 1000.0,
     )
 }
 

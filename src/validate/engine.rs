@@ -1,8 +1,18 @@
 //! The llama.cpp engine (through the llama-cpp-2 crate) — the only module that touches llama.cpp.
 //!
 //! One process-wide backend; one model load per run; adapters loaded once before any context (llama-cpp-2 needs the
-//! model mutably to load one); one context whose KV cache is cleared between passes. Base and adapted passes use the
-//! identical batch layout, because ggml's CPU kernels make logits depend on batch composition.
+//! model mutably to load one); two contexts on the one model — base and adapted — whose KV caches are emptied
+//! between passes. A run:
+//!
+//! 1. the base model's greedy continuations, once;
+//! 2. teacher forcing on them, chunk by chunk: a chunk (whole sequences, one logical batch) is decoded once by the
+//!    base context, and its base rows stay there while the adapted context decodes the identical batch at every
+//!    scale (switch, decode, compare over the whole vocabulary) — the base logits are never recomputed per scale;
+//! 3. the adapted model's greedy continuations at every scale > 0 (at scale 0 the graph is the base's, checked bit
+//!    for bit in step 2, so its continuations are the base's).
+//!
+//! Base and adapted passes use the identical batch layout, because ggml's CPU kernels make logits depend on batch
+//! composition. `--sequential` runs the same steps one prompt at a time (the baseline for benchmarks).
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -17,9 +27,13 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
+use rayon::prelude::*;
+
+use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::golden::{GoldenPrompt, PromptText};
 use super::results::{
-    BaseContinuation, EngineSettings, PassTiming, PromptMeasurement, RunMeasurements, Timings,
+    BaseContinuation, EngineSettings, PassTiming, PhaseTimings, PromptMeasurement, RunMeasurements,
+    Timings,
 };
 
 /// Why the engine failed.
@@ -127,11 +141,13 @@ pub fn load_adapter(model: &mut LlamaModel, path: &Path) -> Result<LlamaLoraAdap
         })
 }
 
-/// Create a context for `n_seq` sequences of up to `n_ctx` tokens in all.
+/// Create a context for `n_seq` sequences of up to `n_ctx` tokens in all, decoding logical batches of up to
+/// `n_batch` tokens in physical batches of `n_ubatch`.
 pub fn new_context<'m>(
     model: &'m LlamaModel,
     n_ctx: u32,
     n_batch: u32,
+    n_ubatch: u32,
     n_seq: u32,
     threads: i32,
 ) -> Result<LlamaContext<'m>, EngineError> {
@@ -139,7 +155,7 @@ pub fn new_context<'m>(
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx.max(1)))
         .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
+        .with_n_ubatch(n_ubatch)
         .with_n_seq_max(n_seq.max(1))
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
@@ -255,16 +271,24 @@ impl Default for EngineConfig {
     }
 }
 
-/// What the engine is doing, for a progress bar.
+/// What the engine is doing, for a progress bar. Steps are numbered through the run: the base continuations, then
+/// one step per teacher-forced chunk (every scale, with the adapted continuations).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Progress {
-    /// A pass started: `None` is the base model, else a scale.
+    /// A generating pass started: `None` is the base model, else a scale.
     Pass {
         /// The scale, or None for the base pass.
         scale: Option<f32>,
-        /// Passes done before this one.
+        /// Steps done before this one.
         done: usize,
-        /// Passes in all.
+        /// Steps in all.
+        total: usize,
+    },
+    /// A teacher-forced chunk started: compared at every scale, then continued greedily.
+    Compare {
+        /// Steps done before this one.
+        done: usize,
+        /// Steps in all.
         total: usize,
     },
 }
@@ -294,6 +318,16 @@ struct Compare {
     agree: usize,
     positions: usize,
     max_abs: f32,
+}
+
+impl Compare {
+    fn add(&mut self, c: RowComparison) {
+        self.kl_sum += c.kl;
+        self.kl_max = self.kl_max.max(c.kl);
+        self.agree += usize::from(c.same_top1);
+        self.positions += 1;
+        self.max_abs = self.max_abs.max(c.max_abs);
+    }
 }
 
 impl Engine {
@@ -434,6 +468,14 @@ impl Engine {
             });
         }
         let n_seq = group_size.min(prepared.len()).max(1) as u32;
+        // A teacher-forced chunk is one logical batch of whole sequences (llama.cpp splits it into ubatches of
+        // `--batch` tokens), so the base rows stay in the base context while the adapted context runs every scale.
+        // The longest single feed sets the logical batch size.
+        let longest_feed = prepared
+            .iter()
+            .map(|p| p.tokens.len() + p.max_tokens)
+            .max()
+            .unwrap_or(1);
         let Engine {
             model,
             adapters,
@@ -443,32 +485,47 @@ impl Engine {
             ..
         } = self;
         let model: &LlamaModel = model;
-        let (n_batch, threads) = (cfg.n_batch, cfg.threads);
-        let mut ctx_base = new_context(model, n_ctx, n_batch, n_seq, threads)?;
-        let mut ctx_adapted = new_context(model, n_ctx, n_batch, n_seq, threads)?;
+        let (n_ubatch, threads) = (cfg.n_batch, cfg.threads);
+        let n_batch = n_ubatch.max(longest_feed as u32);
+        let mut ctx_base = new_context(model, n_ctx, n_batch, n_ubatch, n_seq, threads)?;
+        let mut ctx_adapted = new_context(model, n_ctx, n_batch, n_ubatch, n_seq, threads)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1) as usize)
+            .build()
+            .map_err(|e| EngineError::Backend(format!("starting worker threads: {e}")))?;
         let n_vocab = model.n_vocab() as usize;
-        let total_passes = 1 + scales.len();
         let mut timings = Timings {
             model_load_ms: *model_load_ms,
             adapter_load_ms: *adapter_load_ms,
             ..Timings::default()
         };
+        let mut phases = PhaseTimings::default();
+        // The engine self-check runs at scale 0 even when the sweep does not include it.
+        let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
+        if !scales.contains(&0.0) {
+            sweep.insert(0, (0.0, false));
+        }
+        let chunks: Vec<Vec<std::ops::Range<usize>>> = groups
+            .iter()
+            .map(|g| tf_chunks(&prepared[g.clone()], n_ubatch as usize))
+            .collect();
+        let total_steps = 1 + chunks.iter().map(Vec::len).sum::<usize>();
 
-        // Base pass: greedy continuations, once.
+        // 1. The base model's greedy continuations, once.
         progress(Progress::Pass {
             scale: None,
             done: 0,
-            total: total_passes,
+            total: total_steps,
         });
         let t = Instant::now();
         let mut base_tokens: Vec<Vec<i32>> = Vec::with_capacity(prepared.len());
-        let mut counts = (0usize, 0usize);
+        let mut base_counts = (0usize, 0usize);
         for g in &groups {
-            let (out, c) = generate(model, &mut ctx_base, &prepared[g.clone()], n_batch)?;
+            let (out, c) = generate(model, &mut ctx_base, &prepared[g.clone()], n_ubatch, &pool)?;
             base_tokens.extend(out);
-            counts = (counts.0 + c.0, counts.1 + c.1);
+            base_counts = (base_counts.0 + c.0, base_counts.1 + c.1);
         }
-        timings.passes.push(pass_timing(None, t, counts));
+        phases.base_generate_ms = ms(t);
         let base: Vec<BaseContinuation> = prompts
             .iter()
             .zip(&prepared)
@@ -481,65 +538,144 @@ impl Engine {
             })
             .collect();
 
-        let mut measurements = Vec::new();
-        let mut switch_ms = Vec::new();
-        let mut scale_zero_delta = 0.0f32;
-        let mut noise_floor = 0.0f64;
-        // The engine self-check runs at scale 0 even when the sweep does not include it.
-        let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
-        if !scales.contains(&0.0) {
-            sweep.insert(0, (0.0, false));
-        }
+        // 2. Teacher forcing on the base continuations, chunk by chunk: the base context decodes a chunk once; the
+        // adapted context decodes the identical batch at every scale, is compared row by row with the base rows still
+        // held by the base context, and then continues greedily from the first position where its argmax differs from
+        // the base row's (up to there the adapted greedy continuation *is* the base's, and its KV cache is already
+        // filled). At scale 0 the adapter is removed, the graph is the base's — checked here bit for bit — and its
+        // continuations are the base's.
+        let mut compares = vec![vec![Compare::default(); prepared.len()]; sweep.len()];
+        let mut adapted_tokens: Vec<Vec<Vec<i32>>> = vec![Vec::new(); sweep.len()];
+        let mut per_scale = vec![(0.0f64, 0usize, 0usize); sweep.len()]; // (ms, tokens decoded, tokens generated)
+        let mut switch = SwitchTimes::default();
         let mut done = 1;
-        for (scale, reported) in sweep {
-            if reported {
-                progress(Progress::Pass {
-                    scale: Some(scale),
+        for (g, g_chunks) in groups.iter().zip(chunks) {
+            for chunk in g_chunks {
+                progress(Progress::Compare {
                     done,
-                    total: total_passes,
+                    total: total_steps,
                 });
                 done += 1;
+                let range = (g.start + chunk.start)..(g.start + chunk.end);
+                let (chunk_prompts, chunk_base) =
+                    (&prepared[range.clone()], &base_tokens[range.clone()]);
+                let mut tf = TeacherForced::new(chunk_prompts, chunk_base)?;
+                let t = Instant::now();
+                decode_fresh(&mut ctx_base, &mut tf.batch)?;
+                phases.base_teacher_forced_ms += ms(t);
+                base_counts.0 += tf.tokens;
+                let t = Instant::now();
+                let base_rows: Vec<&[f32]> = tf
+                    .rows
+                    .iter()
+                    .map(|&(k, _)| row(&ctx_base, k, n_vocab))
+                    .collect();
+                let summaries: Vec<BaseRow> =
+                    pool.install(|| base_rows.par_iter().map(|r| BaseRow::new(r)).collect());
+                phases.compare_ms += ms(t);
+                for (si, &(scale, _)) in sweep.iter().enumerate() {
+                    let t = Instant::now();
+                    set_scale(adapters, &mut ctx_adapted, scale)?;
+                    clear(&mut ctx_adapted)?;
+                    switch.push(t);
+                    let t = Instant::now();
+                    ctx_adapted
+                        .decode(&mut tf.batch)
+                        .map_err(|e| EngineError::Decode(e.to_string()))?;
+                    let decoded_ms = ms(t);
+                    phases.adapted_teacher_forced_ms += decoded_ms;
+                    let t = Instant::now();
+                    let adapted_rows: Vec<&[f32]> = tf
+                        .rows
+                        .iter()
+                        .map(|&(k, _)| row(&ctx_adapted, k, n_vocab))
+                        .collect();
+                    let rows: Vec<RowComparison> = pool.install(|| {
+                        (0..adapted_rows.len())
+                            .into_par_iter()
+                            .map(|i| compare(base_rows[i], &summaries[i], adapted_rows[i]))
+                            .collect()
+                    });
+                    drop(adapted_rows);
+                    // The adapted greedy continuation is the base's up to the first position where the adapter
+                    // changes the argmax — adapted vs base row of this same batch, so that logit noise from the
+                    // batch layout (which flips near-ties between layouts) is never counted as the adapter's doing.
+                    let mut outs: Vec<Vec<i32>> = vec![Vec::new(); chunk_prompts.len()];
+                    let mut departed = vec![false; chunk_prompts.len()];
+                    for (&(_, seq), c) in tf.rows.iter().zip(&rows) {
+                        compares[si][range.start + seq].add(*c);
+                        if !departed[seq] {
+                            departed[seq] = !c.same_top1;
+                            let next = if departed[seq] {
+                                c.adapted_argmax as i32
+                            } else {
+                                chunk_base[seq][outs[seq].len()]
+                            };
+                            outs[seq].push(next);
+                        }
+                    }
+                    let compared_ms = ms(t);
+                    phases.compare_ms += compared_ms;
+                    let t = Instant::now();
+                    let mut generated = 0;
+                    if scale == 0.0 {
+                        outs = chunk_base.to_vec();
+                    } else {
+                        // Keep each departed sequence's cache up to its shared prefix; continue from there.
+                        for (seq, out) in outs.iter().enumerate() {
+                            if departed[seq] {
+                                let keep = chunk_prompts[seq].tokens.len() + out.len() - 1;
+                                ctx_adapted
+                                    .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+                                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                            }
+                        }
+                        generated = continue_greedy(
+                            model,
+                            &mut ctx_adapted,
+                            chunk_prompts,
+                            &mut outs,
+                            &departed,
+                            &pool,
+                        )?;
+                    }
+                    let continued_ms = ms(t);
+                    phases.adapted_generate_ms += continued_ms;
+                    adapted_tokens[si].extend(outs);
+                    let p = &mut per_scale[si];
+                    *p = (
+                        p.0 + decoded_ms + compared_ms + continued_ms,
+                        p.1 + tf.tokens + generated,
+                        p.2 + generated,
+                    );
+                }
             }
-            let t = Instant::now();
-            set_scale(adapters, &mut ctx_adapted, scale)?;
-            ctx_adapted.clear_kv_cache();
-            switch_ms.push(ms(t));
-            let t = Instant::now();
-            let mut compares = Vec::with_capacity(prepared.len());
-            let mut tf_tokens = 0usize;
-            for g in &groups {
-                let (c, n) = teacher_forced(
-                    &mut ctx_base,
-                    &mut ctx_adapted,
-                    &prepared[g.clone()],
-                    &base_tokens[g.clone()],
-                    n_batch,
-                    n_vocab,
-                )?;
-                compares.extend(c);
-                tf_tokens += n;
-            }
-            if scale == 0.0 {
-                scale_zero_delta = compares.iter().map(|c| c.max_abs).fold(0.0, f32::max);
-                noise_floor = compares.iter().map(|c| c.kl_max).fold(0.0, f64::max);
-            }
-            if !reported {
+        }
+        let zero = sweep.iter().position(|s| s.0 == 0.0).unwrap_or(0);
+        let scale_zero_delta = compares[zero].iter().map(|c| c.max_abs).fold(0.0, f32::max);
+        let noise_floor = compares[zero].iter().map(|c| c.kl_max).fold(0.0, f64::max);
+        timings.passes.push(PassTiming {
+            scale: None,
+            ..pass_timing(
+                phases.base_generate_ms + phases.base_teacher_forced_ms,
+                base_counts,
+            )
+        });
+
+        // 3. Per reported scale: the measurements.
+        let mut measurements = Vec::new();
+        for (si, &(scale, is_reported)) in sweep.iter().enumerate() {
+            if !is_reported {
                 continue;
             }
-            let mut gen_count = 0;
-            let mut adapted_tokens = Vec::with_capacity(prepared.len());
-            for g in &groups {
-                let (out, c) = generate(model, &mut ctx_adapted, &prepared[g.clone()], n_batch)?;
-                adapted_tokens.extend(out);
-                gen_count += c.1;
-                tf_tokens += c.0;
-            }
-            timings
-                .passes
-                .push(pass_timing(Some(scale), t, (tf_tokens, gen_count)));
+            let (wall, decoded, generated) = per_scale[si];
+            timings.passes.push(PassTiming {
+                scale: Some(scale),
+                ..pass_timing(wall, (decoded - generated, generated))
+            });
             for (i, p) in prompts.iter().enumerate() {
-                let c = compares[i];
-                let adapted = &adapted_tokens[i];
+                let c = compares[si][i];
+                let adapted = &adapted_tokens[si][i];
                 let first_divergence = adapted
                     .iter()
                     .zip(&base_tokens[i])
@@ -571,11 +707,10 @@ impl Engine {
             }
         }
         set_scale(adapters, &mut ctx_adapted, 0.0)?;
-        timings.adapter_switch_ms = if switch_ms.is_empty() {
-            0.0
-        } else {
-            switch_ms.iter().sum::<f64>() / switch_ms.len() as f64
-        };
+        timings.adapter_switch_ms = switch.mean_ms();
+        timings.adapter_switch_max_ms = switch.max_ms;
+        timings.adapter_switches = switch.count;
+        timings.phases = phases;
         timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
         Ok(RunMeasurements {
             base,
@@ -585,13 +720,38 @@ impl Engine {
             settings: EngineSettings {
                 n_ctx,
                 n_batch,
-                n_ubatch: n_batch,
+                n_ubatch,
                 threads,
                 max_tokens: cfg.max_tokens,
                 scales: scales.to_vec(),
             },
             timings,
         })
+    }
+}
+
+/// Adapter switches (set or remove + KV-cache clear), timed one by one.
+#[derive(Default)]
+struct SwitchTimes {
+    count: usize,
+    total_ms: f64,
+    max_ms: f64,
+}
+
+impl SwitchTimes {
+    fn push(&mut self, started: Instant) {
+        let t = ms(started);
+        self.count += 1;
+        self.total_ms += t;
+        self.max_ms = self.max_ms.max(t);
+    }
+
+    fn mean_ms(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_ms / self.count as f64
+        }
     }
 }
 
@@ -631,65 +791,69 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-fn pass_timing(
-    scale: Option<f32>,
-    t: Instant,
-    (prompt_tokens, gen_tokens): (usize, usize),
-) -> PassTiming {
-    let secs = t.elapsed().as_secs_f64().max(1e-9);
+fn pass_timing(wall_ms: f64, (prompt_tokens, gen_tokens): (usize, usize)) -> PassTiming {
+    let secs = (wall_ms / 1000.0).max(1e-9);
     PassTiming {
-        scale,
+        scale: None,
         prompt_tokens_per_s: prompt_tokens as f64 / secs,
         gen_tokens_per_s: gen_tokens as f64 / secs,
-        wall_ms: secs * 1000.0,
+        wall_ms,
     }
 }
 
-/// Argmax with ties resolved to the lowest id (deterministic greedy decoding).
-fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best
+/// Empty the KV cache, keeping its buffers as they are. Clearing the data too (`llama_memory_clear(.., true)`)
+/// writes zeros over tens of megabytes — the cost of an adapter switch — and buys nothing: cells not in use are
+/// masked out of attention, so what they hold never reaches a logit (the scale-0 self-check shows it bit for bit).
+fn clear(ctx: &mut LlamaContext) -> Result<(), EngineError> {
+    ctx.clear_kv_cache_seq(None, None, None)
+        .map(|_| ())
+        .map_err(|e| EngineError::Decode(e.to_string()))
+}
+
+/// One decode of `batch` on an emptied KV cache.
+fn decode_fresh(ctx: &mut LlamaContext, batch: &mut LlamaBatch) -> Result<(), EngineError> {
+    clear(ctx)?;
+    ctx.decode(batch)
+        .map_err(|e| EngineError::Decode(e.to_string()))
+}
+
+/// The logits of batch position `k`, cut to the vocabulary.
+fn row<'c>(ctx: &'c LlamaContext, k: i32, n_vocab: usize) -> &'c [f32] {
+    let r = ctx.get_logits_ith(k);
+    &r[..n_vocab.min(r.len())]
 }
 
 /// Continuations, and (prompt tokens, generated tokens) decoded.
 type Generated = (Vec<Vec<i32>>, (usize, usize));
 
-/// Greedy continuations of `prompts` as sequences 0..n in one context: shared prefill batches, then one decode per
-/// step with one token for every live sequence. Returns the continuations (EOG token included when produced) and
-/// (prompt tokens, generated tokens) decoded.
+/// Greedy continuations of `prompts` as sequences 0..n in one context (emptied first): shared prefill batches of up
+/// to `n_ubatch` tokens, then one decode per step with one token for every live sequence. Returns the continuations
+/// (EOG token included when produced) and (prompt tokens, generated tokens) decoded.
 fn generate(
     model: &LlamaModel,
     ctx: &mut LlamaContext,
     prompts: &[Prepared],
-    n_batch: u32,
+    n_ubatch: u32,
+    pool: &rayon::ThreadPool,
 ) -> Result<Generated, EngineError> {
-    let vocab = model.vocab();
+    let n_vocab = model.n_vocab() as usize;
     let dec = |e: String| EngineError::Decode(e);
-    ctx.clear_kv_cache();
-    let n_batch = n_batch as usize;
+    clear(ctx)?;
+    let n_batch = n_ubatch as usize;
     let mut out: Vec<Vec<i32>> = vec![Vec::new(); prompts.len()];
-    let mut next: Vec<Option<i32>> = vec![None; prompts.len()];
-    let mut batch = LlamaBatch::new(n_batch.max(prompts.len()), prompts.len() as i32);
-    let mut owners: Vec<usize> = Vec::new(); // batch index → sequence whose next token it predicts
+    let mut batch = LlamaBatch::new(n_batch, prompts.len() as i32);
+    let mut owners: Vec<(i32, usize)> = Vec::new(); // (batch position, sequence) of predicting positions
     let mut prompt_tokens = 0;
-    let flush = |ctx: &mut LlamaContext,
-                 batch: &mut LlamaBatch,
-                 owners: &mut Vec<usize>,
-                 next: &mut Vec<Option<i32>>|
+    let mut flush = |ctx: &mut LlamaContext,
+                     batch: &mut LlamaBatch,
+                     owners: &mut Vec<(i32, usize)>|
      -> Result<(), EngineError> {
         if batch.n_tokens() == 0 {
             return Ok(());
         }
         ctx.decode(batch).map_err(|e| dec(e.to_string()))?;
-        for (k, &seq) in owners.iter().enumerate() {
-            if seq != usize::MAX {
-                next[seq] = Some(argmax(ctx.get_logits_ith(k as i32)) as i32);
-            }
+        for (seq, t) in argmax_rows(ctx, owners, n_vocab, pool) {
+            out[seq].push(t);
         }
         batch.clear();
         owners.clear();
@@ -698,130 +862,145 @@ fn generate(
     for (s, p) in prompts.iter().enumerate() {
         for (i, &t) in p.tokens.iter().enumerate() {
             if batch.n_tokens() as usize >= n_batch {
-                flush(ctx, &mut batch, &mut owners, &mut next)?;
+                flush(ctx, &mut batch, &mut owners)?;
             }
             let last = i + 1 == p.tokens.len();
+            if last {
+                owners.push((batch.n_tokens(), s));
+            }
             batch
                 .add(LlamaToken::new(t), i as i32, &[s as i32], last)
                 .map_err(|e| dec(e.to_string()))?;
-            owners.push(if last { s } else { usize::MAX });
             prompt_tokens += 1;
         }
     }
-    flush(ctx, &mut batch, &mut owners, &mut next)?;
+    flush(ctx, &mut batch, &mut owners)?;
+    let live = vec![true; prompts.len()];
+    let generated = continue_greedy(model, ctx, prompts, &mut out, &live, pool)?;
+    Ok((out, (prompt_tokens, prompts.len() + generated)))
+}
+
+/// Greedy decoding of the `live` sequences (ids 0..n in `ctx`), each holding its prompt and all of `outs[s]` but the
+/// last token in the KV cache: feeds every live sequence's last token in one batch per step until it is an EOG token
+/// or the sequence has its `max_tokens`. Returns the tokens generated.
+fn continue_greedy(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext,
+    prompts: &[Prepared],
+    outs: &mut [Vec<i32>],
+    live: &[bool],
+    pool: &rayon::ThreadPool,
+) -> Result<usize, EngineError> {
+    let vocab = model.vocab();
+    let n_vocab = model.n_vocab() as usize;
+    let dec = |e: String| EngineError::Decode(e);
+    let mut batch = LlamaBatch::new(prompts.len().max(1), prompts.len() as i32);
+    let mut owners: Vec<(i32, usize)> = Vec::new();
     let mut generated = 0;
     loop {
-        let mut any = false;
-        for s in 0..prompts.len() {
-            let Some(t) = next[s].take() else { continue };
-            out[s].push(t);
-            generated += 1;
-            if vocab.is_eog(LlamaToken::new(t)) || out[s].len() >= prompts[s].max_tokens {
+        for (s, out) in outs.iter().enumerate() {
+            let Some(&t) = out.last() else { continue };
+            if !live[s] || vocab.is_eog(LlamaToken::new(t)) || out.len() >= prompts[s].max_tokens {
                 continue;
             }
-            let pos = (prompts[s].tokens.len() + out[s].len() - 1) as i32;
+            let pos = (prompts[s].tokens.len() + out.len() - 1) as i32;
+            owners.push((batch.n_tokens(), s));
             batch
                 .add(LlamaToken::new(t), pos, &[s as i32], true)
                 .map_err(|e| dec(e.to_string()))?;
-            owners.push(s);
-            any = true;
         }
-        if !any {
-            break;
+        if owners.is_empty() {
+            return Ok(generated);
         }
-        flush(ctx, &mut batch, &mut owners, &mut next)?;
-    }
-    Ok((out, (prompt_tokens, generated)))
-}
-
-/// Teacher-forced comparison: the same token batches (prompt + base continuation) go through the base context and
-/// the adapted context in lockstep, and every predicting position is compared right away, so no logits are kept
-/// beyond one batch. KL(base ‖ adapted) is exact over the whole vocabulary.
-fn teacher_forced(
-    ctx_base: &mut LlamaContext,
-    ctx_adapted: &mut LlamaContext,
-    prompts: &[Prepared],
-    continuations: &[Vec<i32>],
-    n_batch: u32,
-    n_vocab: usize,
-) -> Result<(Vec<Compare>, usize), EngineError> {
-    let dec = |e: String| EngineError::Decode(e);
-    ctx_base.clear_kv_cache();
-    ctx_adapted.clear_kv_cache();
-    let n_batch = n_batch as usize;
-    let mut result = vec![Compare::default(); prompts.len()];
-    let mut batch = LlamaBatch::new(n_batch, prompts.len() as i32);
-    let mut owners: Vec<(usize, i32)> = Vec::new(); // (sequence, the token the position predicts) or usize::MAX
-    let mut tokens = 0;
-    let mut run = |batch: &mut LlamaBatch,
-                   owners: &mut Vec<(usize, i32)>,
-                   result: &mut Vec<Compare>|
-     -> Result<(), EngineError> {
-        if batch.n_tokens() == 0 {
-            return Ok(());
-        }
-        ctx_base.decode(batch).map_err(|e| dec(e.to_string()))?;
-        ctx_adapted.decode(batch).map_err(|e| dec(e.to_string()))?;
-        for (k, &(seq, _)) in owners.iter().enumerate() {
-            if seq == usize::MAX {
-                continue;
-            }
-            let p = ctx_base.get_logits_ith(k as i32);
-            let q = ctx_adapted.get_logits_ith(k as i32);
-            let (kl, same_top, max_abs) =
-                compare_position(&p[..n_vocab.min(p.len())], &q[..n_vocab.min(q.len())]);
-            let r = &mut result[seq];
-            r.kl_sum += kl;
-            r.kl_max = r.kl_max.max(kl);
-            r.agree += usize::from(same_top);
-            r.positions += 1;
-            r.max_abs = r.max_abs.max(max_abs);
+        ctx.decode(&mut batch).map_err(|e| dec(e.to_string()))?;
+        for (seq, t) in argmax_rows(ctx, &owners, n_vocab, pool) {
+            outs[seq].push(t);
+            generated += 1;
         }
         batch.clear();
         owners.clear();
-        Ok(())
-    };
-    for (s, (p, cont)) in prompts.iter().zip(continuations).enumerate() {
-        // Feed prompt + continuation minus its last token; positions from the prompt's last token on predict the
-        // continuation, one distribution per generated token.
-        let feed: Vec<i32> = p
-            .tokens
-            .iter()
-            .chain(cont.iter().take(cont.len().saturating_sub(1)))
-            .copied()
-            .collect();
-        for (i, &t) in feed.iter().enumerate() {
-            if batch.n_tokens() as usize >= n_batch {
-                run(&mut batch, &mut owners, &mut result)?;
-            }
-            let predicts = i + 1 >= p.tokens.len();
-            batch
-                .add(LlamaToken::new(t), i as i32, &[s as i32], predicts)
-                .map_err(|e| dec(e.to_string()))?;
-            owners.push(if predicts { (s, 0) } else { (usize::MAX, 0) });
-            tokens += 1;
-        }
     }
-    run(&mut batch, &mut owners, &mut result)?;
-    Ok((result, tokens))
 }
 
-/// KL(p ‖ q) in nats of the softmaxes of two logit rows, whether their argmaxes agree, and max |Δlogit|.
-fn compare_position(p: &[f32], q: &[f32]) -> (f64, bool, f32) {
-    let log_z = |x: &[f32]| {
-        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (zp, zq) = (log_z(p), log_z(q));
-    let mut kl = 0.0;
-    let mut max_abs = 0.0f32;
-    for (&a, &b) in p.iter().zip(q) {
-        let lp = a as f64 - zp;
-        let lq = b as f64 - zq;
-        kl += lp.exp() * (lp - lq);
-        max_abs = max_abs.max((a - b).abs());
+/// The argmax of the output rows of the last decode at `owners` (batch position, sequence), with their sequence.
+fn argmax_rows(
+    ctx: &LlamaContext,
+    owners: &[(i32, usize)],
+    n_vocab: usize,
+    pool: &rayon::ThreadPool,
+) -> Vec<(usize, i32)> {
+    let rows: Vec<(usize, &[f32])> = owners
+        .iter()
+        .map(|&(k, seq)| (seq, row(ctx, k, n_vocab)))
+        .collect();
+    pool.install(|| {
+        rows.par_iter()
+            .map(|&(seq, r)| (seq, max_argmax(r).1 as i32))
+            .collect()
+    })
+}
+
+/// Consecutive runs of whole sequences whose teacher-forced feeds (prompt + continuation) fit `n_ubatch` tokens
+/// together; a longer feed is a run of its own. Sequences are never split, so each run is one logical batch.
+fn tf_chunks(prompts: &[Prepared], n_ubatch: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, p) in prompts.iter().enumerate() {
+        let feed = p.tokens.len() + p.max_tokens;
+        if i > start && tokens + feed > n_ubatch {
+            chunks.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += feed;
     }
-    (kl.max(0.0), argmax(p) == argmax(q), max_abs)
+    if start < prompts.len() {
+        chunks.push(start..prompts.len());
+    }
+    chunks
+}
+
+/// One teacher-forced chunk: prompt + base continuation (minus its last token) of each sequence, in one batch; the
+/// positions from each prompt's last token on predict the continuation, one distribution per generated token.
+struct TeacherForced<'a> {
+    batch: LlamaBatch<'a>,
+    /// (batch position, sequence in the chunk) of every predicting position.
+    rows: Vec<(i32, usize)>,
+    tokens: usize,
+}
+
+impl TeacherForced<'_> {
+    fn new(prompts: &[Prepared], continuations: &[Vec<i32>]) -> Result<Self, EngineError> {
+        let feeds: Vec<Vec<i32>> = prompts
+            .iter()
+            .zip(continuations)
+            .map(|(p, cont)| {
+                p.tokens
+                    .iter()
+                    .chain(cont.iter().take(cont.len().saturating_sub(1)))
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let tokens: usize = feeds.iter().map(Vec::len).sum();
+        let mut batch = LlamaBatch::new(tokens.max(1), prompts.len() as i32);
+        let mut rows = Vec::new();
+        for (s, (p, feed)) in prompts.iter().zip(&feeds).enumerate() {
+            for (i, &t) in feed.iter().enumerate() {
+                let predicts = i + 1 >= p.tokens.len();
+                if predicts {
+                    rows.push((batch.n_tokens(), s));
+                }
+                batch
+                    .add(LlamaToken::new(t), i as i32, &[s as i32], predicts)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+        }
+        Ok(TeacherForced {
+            batch,
+            rows,
+            tokens,
+        })
+    }
 }
 
 /// Parse a GGUF file with ggml's own parser (`gguf_init_from_file`, metadata and tensor infos only) and return its

@@ -60,10 +60,35 @@ pub struct Timings {
     pub adapter_load_ms: f64,
     /// Mean time to switch the active adapter set / scale (set + KV clear).
     pub adapter_switch_ms: f64,
+    /// Longest adapter switch.
+    #[serde(default)]
+    pub adapter_switch_max_ms: f64,
+    /// Adapter switches in the run (one per teacher-forced chunk and scale, one per generating scale).
+    #[serde(default)]
+    pub adapter_switches: usize,
     /// Per pass (base first, then one per scale): prompt tokens/s and generated tokens/s.
     pub passes: Vec<PassTiming>,
+    /// Where the time went.
+    #[serde(default)]
+    pub phases: PhaseTimings,
     /// Whole run.
     pub total_ms: f64,
+}
+
+/// Wall time of the engine's phases, in milliseconds (they add up to the run minus loading, tokenizing and
+/// adapter switches).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    /// The base model's greedy continuations (decode and argmax).
+    pub base_generate_ms: f64,
+    /// Teacher-forced decodes in the base context (once per chunk, shared by every scale).
+    pub base_teacher_forced_ms: f64,
+    /// Teacher-forced decodes in the adapted context (once per chunk and scale).
+    pub adapted_teacher_forced_ms: f64,
+    /// KL, top-1 and max |Δlogit| over the whole vocabulary, base rows summarised once.
+    pub compare_ms: f64,
+    /// The adapted model's greedy continuations (every scale > 0).
+    pub adapted_generate_ms: f64,
 }
 
 /// Throughput of one pass over all prompts.
