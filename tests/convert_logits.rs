@@ -244,8 +244,20 @@ fn every_ok_fixture_has_a_logits_test() {
         "torchtune-llama",
         "torchtune-qwen2",
         "unsloth-llama",
+        "llamafactory-pissa/pissa_converted",
     ];
-    for case in cases("ok") {
+    // cases one level down too (LLaMA-Factory's output directory holds its PiSSA sub-adapters)
+    let mut ok = cases("ok");
+    for case in cases("refused").into_iter().chain(cases("ok")) {
+        for sub in std::fs::read_dir(case_dir(&case)).unwrap().flatten() {
+            let nested = format!("{case}/{}", sub.file_name().to_string_lossy());
+            if sub.path().join("case.json").is_file() && case_info(&nested)["expect"] == "ok" {
+                ok.push(nested);
+            }
+        }
+    }
+    assert!(ok.iter().any(|c| c == "llamafactory-pissa/pissa_converted"));
+    for case in ok {
         assert!(
             listed.contains(&case.as_str()),
             "fixture `{case}` has no logits test"

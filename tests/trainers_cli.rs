@@ -360,3 +360,130 @@ fn torchtune_dora_export_is_refused_by_its_tensors() {
         "{stderr}"
     );
 }
+
+/// Every trainer fixture that is refused, with the whole message it gets (what is wrong and what to do). `{cases}`
+/// and `{bases}` stand for the fixture directories.
+const REFUSALS: &[(&str, bool, &str)] = &[
+    (
+        "axolotl-added-tokens",
+        true,
+        "error: `base_model.model.lm_head.weight` has 288 vocabulary rows but the base {bases}/llama/base.gguf has \
+         272: the vocabulary was grown by 16 rows for added tokens (chat or special tokens; trainers pad the new size \
+         to a multiple of 32 or 64), so this adapter needs a base that has them. A GGUF LoRA cannot add tokens or \
+         replace full tensors, so the base GGUF itself must be re-made: merge the adapter with its resized \
+         embeddings into the base (`PeftModel.from_pretrained(base_with_resized_vocab, DIR).merge_and_unload()`, \
+         saved with the trainer's tokenizer) and convert that model with convert_hf_to_gguf.py — or retrain without \
+         new tokens\n(2 more reason(s) to refuse; `lora-convert inspect` lists them)\n",
+    ),
+    (
+        "axolotl-added-tokens",
+        false,
+        "error: `{cases}/axolotl-added-tokens/adapter_config.json`: `modules_to_save` is [\"embed_tokens\",\"lm_head\"]: \
+         the embedding / output head are trained and saved as full matrices (what Unsloth, axolotl \
+         `lora_modules_to_save` and LLaMA-Factory `additional_target` / `resize_vocab` do, usually because tokens \
+         were added), and a GGUF LoRA can only add B·A to the base's tensors: llama.cpp cannot swap full tensors at \
+         run time, nor grow the vocabulary. Merge the adapter into the base model (`merge_and_unload()`, with the \
+         resized tokenizer if tokens were added) and convert the merged model with convert_hf_to_gguf.py; or retrain \
+         without modules_to_save (and without new tokens)\n(3 more reason(s) to refuse; `lora-convert inspect` lists \
+         them)\n",
+    ),
+    (
+        "llamafactory-pissa",
+        true,
+        "error: `{cases}/llamafactory-pissa/adapter_config.json`: `init_lora_weights` is `pissa_niter_16`: a pissa \
+         adapter only works with the base model PEFT modified at initialisation; save it converted with \
+         `model.save_pretrained(out, path_initial_model_for_weight_conversion=INIT_DIR)` (a plain LoRA of twice the \
+         rank) and convert that (LLaMA-Factory does this with `pissa_convert: true` and writes it to \
+         OUTPUT_DIR/pissa_converted); LLaMA-Factory already did: convert `{cases}/llamafactory-pissa/pissa_converted`\n",
+    ),
+    (
+        "llamafactory-pissa/pissa_backup",
+        true,
+        "error: `{cases}/llamafactory-pissa/pissa_backup/adapter_config.json`: `init_lora_weights` says `true`, but \
+         `{cases}/llamafactory-pissa/pissa_backup` is LLaMA-Factory's trained (backup) PiSSA adapter: its factors \
+         only work on the base that PiSSA modified at initialisation; convert \
+         `{cases}/llamafactory-pissa/pissa_converted` (the same adapter converted to a plain LoRA of the original \
+         base) instead\n",
+    ),
+    (
+        "llamafactory-pissa/pissa_init",
+        true,
+        "error: `{cases}/llamafactory-pissa/pissa_init/adapter_config.json`: `init_lora_weights` says `true`, but \
+         `{cases}/llamafactory-pissa/pissa_init` is LLaMA-Factory's initial PiSSA adapter: its factors only work on \
+         the base that PiSSA modified at initialisation; convert `{cases}/llamafactory-pissa/pissa_converted` (the \
+         same adapter converted to a plain LoRA of the original base) instead\n",
+    ),
+    (
+        "torchtune-qwen2",
+        true,
+        "error: module `model.layers.0.self_attn.k_proj`: this is torchtune's PEFT export (adapter_config.json has \
+         only torchtune's keys (r, lora_alpha, target_modules, peft_type, base_model_name_or_path)) of a Qwen2 model, \
+         and torchtune 0.6.1 permutes the lora_B rows of q_proj and k_proj as if the model were Llama \
+         (`tune_to_peft_adapter_weights` → `_permute_lora_matrix`) although its Qwen2 keeps the HF rotary layout, so \
+         these factors are not what was trained (PEFT in PyTorch runs them wrongly too) — pass `--torchtune-qwen2 \
+         undo` to convert what torchtune trained (the permutation is reversed exactly), or `--torchtune-qwen2 \
+         as-saved` to convert the file as PEFT reads it\n(3 more reason(s) to refuse; `lora-convert inspect` lists \
+         them)\n",
+    ),
+    (
+        "unsloth-llama",
+        false,
+        "error: no base model to check the adapter against: `base_model_name_or_path` is \
+         `unsloth/tiny-llama-bnb-4bit`, which is not a local directory with a config.json (lora-convert never \
+         downloads from a model hub); pass `--base BASE.gguf` (the GGUF you will run the adapter with: every tensor \
+         is checked against it) or `--base-config HF_MODEL_DIR` (its config.json). `unsloth/tiny-llama-bnb-4bit` is a \
+         pre-quantized (bnb-4bit) repository (Unsloth and QLoRA trainers record the repo they loaded): the adapter \
+         fits the unquantized model it came from, so pass `--base` with the GGUF you deploy (made from the \
+         unquantized model, quantized as you like) or `--base-config` with the unquantized model's config.json \
+         (usually `unsloth/tiny-llama`); the quantized repo's own config.json works as well if you have it locally\n",
+    ),
+    (
+        "torchtune-llama",
+        false,
+        "error: no base model to check the adapter against: `base_model_name_or_path` is `tiny-llama`, which is not a \
+         local directory with a config.json (lora-convert never downloads from a model hub); pass `--base BASE.gguf` \
+         (the GGUF you will run the adapter with: every tensor is checked against it) or `--base-config \
+         HF_MODEL_DIR` (its config.json). `{cases}/torchtune-llama` holds a config.json (torchtune copies the base \
+         model's there): `--base-config {cases}/torchtune-llama` uses it\n",
+    ),
+];
+
+#[test]
+fn every_refused_trainer_fixture_gets_its_whole_message_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    let cases = root().join("fixtures/cases").display().to_string();
+    let bases = root().join("fixtures/bases").display().to_string();
+    for &(case, with_base, message) in REFUSALS {
+        let mut c = if with_base {
+            convert_against(case, &base_gguf(&base_of(case)), &out)
+        } else {
+            let mut c = lora_convert();
+            c.arg(case_dir(case)).arg("-o").arg(&out);
+            c
+        };
+        let a = c.assert().code(2);
+        let want = message
+            .replace("{cases}", &cases)
+            .replace("{bases}", &bases);
+        assert_eq!(stderr_of(&a), want, "{case} (base given: {with_base})");
+        assert!(!out.exists(), "{case}");
+        if with_base && case_info(case)["expect"] == "refused" {
+            let key = case_info(case)["error_contains"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(want.contains(&key), "{case}: case.json's error_contains");
+        }
+    }
+    // Every refused trainer fixture is in the table, with its base.
+    for case in [
+        "axolotl-added-tokens",
+        "llamafactory-pissa",
+        "llamafactory-pissa/pissa_backup",
+        "llamafactory-pissa/pissa_init",
+    ] {
+        assert_eq!(case_info(case)["expect"], "refused", "{case}");
+        assert!(REFUSALS.iter().any(|&(c, b, _)| c == case && b), "{case}");
+    }
+}
