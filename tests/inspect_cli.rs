@@ -1078,3 +1078,69 @@ fn manifest_is_written_on_refusal_with_every_reason() {
     assert_eq!(m["refusals"].as_array().unwrap().len(), 1);
     assert_eq!(m["adapter"], Value::Null);
 }
+
+#[test]
+fn inspect_gguf_moe_adapter_checks_the_expert_count_llama_cpp_does_not() {
+    use lora_gguf::gguf::{TensorSpec, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("mixtral.gguf");
+    convert_case("mixtral", OutType::F32, &good, false);
+    let a = inspect(&good)
+        .arg("--base")
+        .arg(base_gguf("mixtral"))
+        .arg("--json")
+        .assert()
+        .success();
+    let j = json_of(&a);
+    assert_eq!(j["fit"]["fits"], true);
+    let p = find(&j["pairs"], "target", "blk.0.ffn_gate_exps.weight");
+    assert_eq!(p["lora_a"], json!([32, 4, 4]));
+    assert_eq!(p["lora_b"], json!([4, 24, 4]));
+
+    // The same adapter with every expert stack doubled to 8 experts: llama.cpp loads it onto the 4-expert base
+    // without complaint (it does not compare ne[2]); inspect names every such pair.
+    let f = GgufFile::open(&good).unwrap();
+    let eight = |t: &lora_gguf::gguf::TensorInfo| {
+        let mut dims = t.dims.clone();
+        if dims.len() == 3 {
+            dims[2] *= 2;
+        }
+        dims
+    };
+    let specs: Vec<TensorSpec> = f
+        .tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), eight(t), t.ggml_type))
+        .collect();
+    let bad = dir.path().join("eight.gguf");
+    let mut w = Writer::new(std::fs::File::create(&bad).unwrap(), &f.metadata, &specs).unwrap();
+    for t in &f.tensors {
+        let mut bytes = f.read_tensor_bytes(&t.name).unwrap();
+        if t.dims.len() == 3 {
+            bytes.extend_from_within(..);
+        }
+        w.write_tensor(&t.name, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+    let a = inspect(&bad)
+        .arg("--base")
+        .arg(base_gguf("mixtral"))
+        .arg("--json")
+        .assert()
+        .code(2);
+    let j = json_of(&a);
+    assert_eq!(j["fit"]["fits"], false);
+    let stacks: Vec<&str> = f
+        .tensors
+        .iter()
+        .filter(|t| t.dims.len() == 3 && t.name.ends_with(".lora_a"))
+        .map(|t| t.name.trim_end_matches(".lora_a"))
+        .collect();
+    assert_eq!(stacks.len(), 6, "3 stacks in each of 2 blocks");
+    let mismatches = j["fit"]["mismatches"].as_array().unwrap();
+    assert_eq!(mismatches.len(), stacks.len(), "{mismatches:#?}");
+    for m in mismatches {
+        assert!(stacks.contains(&m["subject"].as_str().unwrap()), "{m}");
+        assert_eq!(m["message"], "the adapter has 8 experts, the base has 4");
+    }
+}
