@@ -43,7 +43,7 @@ struct InspectArgs {
     /// A PEFT or mlx-lm adapter directory, or a GGUF LoRA adapter file.
     path: PathBuf,
 
-    /// A base model GGUF: a PEFT directory is planned against it; a GGUF adapter gets the fit check lora-validate
+    /// A base model GGUF: an adapter directory is planned against it; a GGUF adapter gets the fit check lora-validate
     /// runs before llama.cpp.
     #[arg(long, value_name = "BASE.gguf")]
     base: Option<PathBuf>,
