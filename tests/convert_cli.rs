@@ -403,6 +403,8 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
         "qwen3moe",
         "olmoe-partial",
         "mixtral-legacy",
+        "deepseek2",
+        "deepseek2-mla",
     ] {
         let a = dir.path().join(format!("{case}-gguf.gguf"));
         let b = dir.path().join(format!("{case}-config.gguf"));
@@ -443,4 +445,64 @@ fn expert_count_mismatch_is_refused_from_base_config_too() {
         "{stderr}"
     );
     assert!(!out.exists());
+}
+
+/// DeepSeek-V2's MLA attention multiplies attn_q_a, attn_q_b and attn_kv_a_mqa with plain `ggml_mul_mat`
+/// (llama.cpp `src/models/deepseek2.cpp`): a LoRA on them loads but does nothing. `lora-convert` names each such
+/// tensor in a warning, and — the pairs being exact — still writes them next to those llama.cpp applies (o_proj,
+/// the experts' down_proj), exit 0. That the warned tensors really have no effect in llama.cpp, and the others
+/// do, is checked on the logits (convert_logits.rs).
+#[test]
+fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let a = convert("deepseek2-mla", "f32", &out).success();
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let expected: String = [0, 1]
+        .iter()
+        .flat_map(|bid| {
+            [
+                ("attn_kv_a_mqa", "kv_a_proj_with_mqa"),
+                ("attn_q_a", "q_a_proj"),
+                ("attn_q_b", "q_b_proj"),
+            ]
+            .map(|(gguf, hf)| {
+                format!(
+                    "warning: `blk.{bid}.{gguf}.weight` (from `model.layers.{bid}.self_attn.{hf}`): llama.cpp's \
+                     deepseek2 graph does not apply LoRA to this tensor; the pair is written but has no effect at \
+                     run time\n"
+                )
+            })
+        })
+        .collect();
+    assert_eq!(stderr, expected);
+    let written = GgufFile::open(&out).unwrap();
+    let tensors: Vec<(String, Vec<u64>)> = written
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.dims.clone()))
+        .collect();
+    let mut want = Vec::new();
+    for bid in 0..2 {
+        if bid == 1 {
+            want.push((
+                "blk.1.ffn_down_exps.weight.lora_a".to_string(),
+                vec![24, 4, 4],
+            ));
+            want.push((
+                "blk.1.ffn_down_exps.weight.lora_b".to_string(),
+                vec![4, 32, 4],
+            ));
+        }
+        for (name, n_in, n_out) in [
+            ("attn_kv_a_mqa", 32, 24),
+            ("attn_output", 32, 32),
+            ("attn_q_a", 32, 16),
+            ("attn_q_b", 16, 64),
+        ] {
+            want.push((format!("blk.{bid}.{name}.weight.lora_a"), vec![n_in, 4]));
+            want.push((format!("blk.{bid}.{name}.weight.lora_b"), vec![4, n_out]));
+        }
+    }
+    assert_eq!(tensors, want);
 }

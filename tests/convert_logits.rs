@@ -167,10 +167,70 @@ family_tests! {
     qwen3moe_expert_rank_and_alpha_patterns => "qwen3moe",
     olmoe_down_proj_only_rslora => "olmoe-partial",
     mixtral_legacy_per_expert_linear => "mixtral-legacy",
+    deepseek2_mla_base_dense_shared_and_routed_experts => "deepseek2",
     // Other trainers (fixtures/generate_trainers.py): torchtune's reference is torchtune's own forward pass.
     torchtune_llama_peft_export => "torchtune-llama",
     unsloth_llama => "unsloth-llama",
     llamafactory_pissa_converted => "llamafactory-pissa/pissa_converted",
+}
+
+/// The deepseek2-mla adapter adapts attn_q_a, attn_q_b and attn_kv_a_mqa, which llama.cpp's MLA graph multiplies
+/// without LoRA (lora-convert warns about them), plus attn_output and the experts' down_proj, which it applies.
+/// llama.cpp must give PyTorch's logits with the warned pairs switched off (`logits_applied_*`), within the usual
+/// tolerance, and must miss PyTorch's logits with every pair applied: the warned pairs matter in PyTorch and do
+/// nothing in llama.cpp, while the others take effect.
+#[test]
+fn deepseek2_mla_warned_pairs_have_no_effect_in_llama_cpp() {
+    let case = "deepseek2-mla";
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_with(case, OutType::F32, dir.path(), Default::default());
+    let reference = case_dir(case).join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, torch_base) = read_tensor(&reference, "logits_base");
+    let (_, applied_1) = read_tensor(&reference, "logits_applied_scale_1");
+    let (_, applied_05) = read_tensor(&reference, "logits_applied_scale_0_5");
+    let out = dir.path().join(format!("{case}-F32.gguf"));
+    let got = logits_for_tokens(
+        &base_gguf(&base_of(case)),
+        Some(&out),
+        &[1.0, 0.5],
+        &tokens,
+        2,
+    )
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let (err_1, err_05) = (
+        max_abs_diff(&got[1], &applied_1),
+        max_abs_diff(&got[2], &applied_05),
+    );
+    let limit = 2.0 * o.base_err.max(1e-4);
+    let applied_effect = max_abs_diff(&applied_1, &torch_base);
+    let ignored_effect = max_abs_diff(&applied_1, &read_tensor(&reference, "logits_scale_1").1);
+    eprintln!(
+        "{case}: base |Δ| {:.2e}; vs applied-only PyTorch: scale 1 |Δ| {err_1:.2e}, scale 0.5 |Δ| {err_05:.2e}, \
+         limit {limit:.2e}; vs every pair applied: scale 1 |Δ| {:.2}, scale 0.5 |Δ| {:.2}; effect of the applied \
+         pairs {applied_effect:.2}, of the warned ones {ignored_effect:.2}",
+        o.base_err, o.err_1, o.err_05
+    );
+    assert!(
+        applied_effect > 0.1 && ignored_effect > 0.1,
+        "{case}: the fixture must move the logits both with and without the warned pairs \
+         ({applied_effect}, {ignored_effect})"
+    );
+    assert!(
+        err_1 <= limit,
+        "{case} scale 1.0: |Δlogit| {err_1} > {limit}"
+    );
+    assert!(
+        err_05 <= limit,
+        "{case} scale 0.5: |Δlogit| {err_05} > {limit}"
+    );
+    assert!(
+        o.err_1 > 10.0 * limit && o.err_05 > 10.0 * limit,
+        "{case}: llama.cpp came close to PyTorch with the warned pairs applied ({}, {}): does its graph apply them now?",
+        o.err_1,
+        o.err_05
+    );
 }
 
 /// torchtune's Qwen2 export has q/k lora_B rows permuted as for Llama. `--torchtune-qwen2 undo` gives torchtune's
@@ -234,6 +294,8 @@ fn every_ok_fixture_has_a_logits_test() {
         "qwen3moe",
         "olmoe-partial",
         "mixtral-legacy",
+        "deepseek2",
+        "deepseek2-mla",
         "mlx-llama",
         "mlx-llama-keys",
         "mlx-qwen2",

@@ -69,6 +69,11 @@ fn resolve_one(
     base: &BaseModel,
 ) -> Result<LoraPair, ConvertError> {
     let pair = &adapter.pairs[i];
+    if is_module_lora(pair, family) {
+        let mut out = pair.clone();
+        out.candidates.clear();
+        return Ok(out);
+    }
     let (rows, in_features) = (pair.a.shape[0], pair.in_features());
     let out_features = pair.out_features();
     let mut fits = Vec::new();
@@ -162,6 +167,19 @@ fn resolve_one(
     out.parameter = Some(parameter);
     out.candidates.clear();
     Ok(out)
+}
+
+/// A bare `target_parameters` entry (`down_proj`, as peft 0.21.2 writes when it rewrites transformers-4 MoE
+/// `target_modules` for transformers 5) names a parameter of every module by its text; peft only wraps modules
+/// that really hold it. A pair saved under its own module path, with the module's rank, on a module none of whose
+/// candidate parameters has a GGUF tensor (`self_attn.o_proj.down_proj`), is the module's own LoRA.
+fn is_module_lora(pair: &LoraPair, family: &Family) -> bool {
+    pair.module == pair.saved_as
+        && pair.rank == pair.scaling.rank as usize
+        && pair
+            .candidates
+            .iter()
+            .all(|param| family.map_parameter(&pair.module, param).is_err())
 }
 
 /// The (E, out, in) of `module.param` in the base, from the tensors llama.cpp's converter makes of it (a fused
@@ -297,6 +315,46 @@ mod tests {
             ],
         )
         .unwrap();
+    }
+
+    /// peft 0.21.2 rewrites the transformers-4 MoE `target_modules` gate_proj/up_proj/down_proj into the bare
+    /// `target_parameters` `gate_up_proj`/`down_proj`: by its text `down_proj` names a parameter of every module,
+    /// but `self_attn.o_proj` holds none, so its pair is a module LoRA; the experts still resolve by shape.
+    #[test]
+    fn bare_target_parameters_leave_module_loras_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        write_adapter(
+            dir.path(),
+            r#"{"r":4,"lora_alpha":8,"target_modules":["o_proj"],"target_parameters":["down_proj"]}"#,
+            &[
+                ("model.layers.0.self_attn.o_proj.lora_A.weight", &[4, 32]),
+                ("model.layers.0.self_attn.o_proj.lora_B.weight", &[32, 4]),
+                ("model.layers.0.mlp.experts.lora_A.weight", &[16, 24]),
+                ("model.layers.0.mlp.experts.lora_B.weight", &[32, 16]),
+            ],
+        );
+        let base = base_config(dir.path(), MIXTRAL);
+        let family = crate::convert::resolve_family(None, &base).unwrap();
+        let mut adapter = crate::peft::open(dir.path()).unwrap();
+        resolve(&mut adapter, family, &base).unwrap();
+        let got: Vec<(&str, Option<&str>, Packing)> = adapter
+            .pairs
+            .iter()
+            .map(|p| (p.module.as_str(), p.parameter.as_deref(), p.packing))
+            .collect();
+        let want = [
+            (
+                "model.layers.0.mlp.experts",
+                Some("down_proj"),
+                Packing::PeftExperts { n_expert: 4 },
+            ),
+            ("model.layers.0.self_attn.o_proj", None, Packing::Single),
+        ];
+        let mut got = got;
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got, want);
+        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
     }
 
     #[test]
