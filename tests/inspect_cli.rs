@@ -22,6 +22,20 @@ fn json_of(a: &assert_cmd::assert::Assert) -> Value {
     serde_json::from_str(&stdout_of(a)).expect("inspect --json prints JSON")
 }
 
+/// What `lora-convert` plans for fixture `case` on the tiny llama base (the reference the CLI output is checked
+/// against).
+fn prepared_against_llama(case: &str) -> convert::Prepared {
+    convert::prepare(
+        &case_dir(case),
+        Some(&base_gguf("llama")),
+        None,
+        None,
+        OutType::Auto,
+        &Default::default(),
+    )
+    .unwrap()
+}
+
 fn inspect(path: &Path) -> assert_cmd::Command {
     let mut c = lora_convert();
     c.arg("inspect").arg(path);
@@ -540,15 +554,7 @@ fn inspect_json_agrees_with_the_plan() {
     assert_eq!(j["family"], "llama");
     assert_eq!(j["fits"], true);
     assert_eq!(j["convertible"], true);
-    let prepared = convert::prepare(
-        &case_dir(case),
-        Some(&base_gguf("llama")),
-        None,
-        None,
-        OutType::Auto,
-        &Default::default(),
-    )
-    .unwrap();
+    let prepared = prepared_against_llama(case);
     let plan = prepared.plan.as_ref().unwrap();
     let modules = j["modules"].as_array().unwrap();
     assert_eq!(modules.len(), prepared.adapter.pairs.len());
@@ -800,15 +806,7 @@ fn manifest_matches_the_plan_field_by_field() {
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
     assert_eq!(m["schema"], "lora-gguf.manifest/1");
     assert_eq!(m["status"], "written");
-    let prepared = convert::prepare(
-        &case_dir(case),
-        Some(&base_gguf("llama")),
-        None,
-        None,
-        OutType::Auto,
-        &Default::default(),
-    )
-    .unwrap();
+    let prepared = prepared_against_llama(case);
     let (plan, adapter) = (prepared.plan.as_ref().unwrap(), &prepared.adapter);
     assert_eq!(m["output"]["alpha"].as_f64(), Some(f64::from(plan.alpha)));
     assert_eq!(
