@@ -40,10 +40,7 @@ impl MlxConfig {
     /// Parse and check the text of an mlx-lm `adapter_config.json`; a fine-tune type other than `lora` is an error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
         let (config, refusals) = Self::read(text, path)?;
-        match refusals.into_iter().next() {
-            Some(refusal) => Err(refusal),
-            None => Ok(config),
-        }
+        crate::peft::unless_refused(config, refusals)
     }
 
     /// Parse the configuration, returning a `fine_tune_type` that cannot be converted (DoRA …) as a refusal beside

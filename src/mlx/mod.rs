@@ -255,10 +255,7 @@ fn factor_kind(module: &str, is_a: bool) -> peft::KeyKind {
 /// Open and validate an mlx-lm adapter directory; anything a GGUF LoRA cannot express is an error (the first such).
 pub fn open(dir: &Path) -> Result<Adapter, Error> {
     let scanned = scan(dir)?;
-    match scanned.refusals.into_iter().next() {
-        Some(refusal) => Err(refusal),
-        None => Ok(scanned.adapter),
-    }
+    crate::peft::unless_refused(scanned.adapter, scanned.refusals)
 }
 
 /// An mlx-lm adapter read as far as it can be, with every refusal instead of the first (as [`peft::Scan`]).

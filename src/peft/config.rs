@@ -60,10 +60,7 @@ impl AdapterConfig {
     /// Parse and check `adapter_config.json` text; the first refusal is the error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
         let (config, refusals) = Self::read(text, path)?;
-        match refusals.into_iter().next() {
-            Some(refusal) => Err(refusal),
-            None => Ok(config),
-        }
+        super::unless_refused(config, refusals)
     }
 
     /// Parse `adapter_config.json` text, returning every refusal beside the configuration (`lora-convert inspect`

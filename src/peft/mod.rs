@@ -255,9 +255,14 @@ pub struct Adapter {
 /// Open and validate a PEFT adapter directory; anything a GGUF LoRA cannot express is an error (the first such).
 pub fn open(dir: &Path) -> Result<Adapter, Error> {
     let scanned = scan(dir)?;
-    match scanned.refusals.into_iter().next() {
+    unless_refused(scanned.adapter, scanned.refusals)
+}
+
+/// `value`, or the first of `refusals` (the readers collect every refusal for `inspect`; conversion stops at one).
+pub(crate) fn unless_refused<T, E>(value: T, refusals: Vec<E>) -> Result<T, E> {
+    match refusals.into_iter().next() {
         Some(refusal) => Err(refusal),
-        None => Ok(scanned.adapter),
+        None => Ok(value),
     }
 }
 
