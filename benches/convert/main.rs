@@ -350,18 +350,6 @@ fn check_identical(
     Ok(seen)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// The filesystem and device holding `dir` (longest matching mount point in /proc/mounts).
 fn filesystem(dir: &Path) -> String {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
@@ -375,21 +363,6 @@ fn filesystem(dir: &Path) -> String {
         })
         .max_by_key(|(n, _)| *n)
         .map(|(_, s)| s)
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn mem_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().next().map(|l| {
-                l.split_whitespace()
-                    .skip(1)
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -419,8 +392,8 @@ fn report(
         r,
         "- machine: {} cores ({}), {} RAM, kernel {}; work dir {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
-        mem_total(),
+        measure::cpu_model(),
+        measure::mem_total(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim(),

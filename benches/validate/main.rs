@@ -252,8 +252,8 @@ fn report(
         r,
         "- machine: {} cores ({}), {} RAM, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
-        mem_total(),
+        measure::cpu_model(),
+        measure::mem_total(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -421,32 +421,4 @@ fn phase(m: &Measured, key: &str) -> f64 {
     m.timings
         .get("phases")
         .map_or(f64::NAN, |p| f(p, key) / 1000.0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn mem_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("MemTotal")).map(|l| {
-                let kb: f64 = l
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse().ok())
-                    .unwrap_or(0.0);
-                format!("{:.1} GiB", kb / (1u64 << 20) as f64)
-            })
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
