@@ -1,13 +1,18 @@
 //! Stream the planned pairs into a GGUF file: a temporary file in the target directory, renamed into place only
 //! when complete (and verified, when asked), so a failure never leaves a half-written adapter behind.
 //!
-//! Memory stays a few tensors deep whatever the adapter's size: one tensor is encoded (on the rayon pool, while
-//! the next one's bytes are read from the adapter) as a writer thread writes the ones before it, and the buffers
-//! go round between them. The file's bytes do not depend on the thread count.
+//! Memory stays a few tensors deep whatever the adapter's size: the pairs are shared out among the rayon
+//! workers, and each worker reads a pair's tensors into its own reused buffers, encodes them and writes them at
+//! their final offsets (the layout is known before a byte of data is written). Nothing is handed between
+//! threads, and the written bytes are still in the cache of the core that made them when the kernel copies
+//! them. The file's bytes do not depend on the thread count.
 
-use std::io::{BufWriter, Write};
+use std::fs::File;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use rayon::prelude::*;
 
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
@@ -15,25 +20,8 @@ use super::materialize::{Factors, materialize};
 use super::plan::{PairShape, Plan, PlannedPair};
 use super::stream::{self, Rows};
 use crate::arch::RowTransform;
-use crate::gguf::{self, TensorSpec, Value, Writer, keys};
+use crate::gguf::{self, PositionedWriter, TensorSpec, Value, keys};
 use crate::peft::{Adapter, TensorRef};
-
-/// Encoded tensors queued for the writer thread (beyond the one it is writing).
-const QUEUED: usize = 2;
-
-/// A byte buffer that goes round between reader, encoder and writer: `data` only grows (so reusing it never
-/// zero-fills), its first `len` bytes are the content.
-#[derive(Default)]
-struct Buffer {
-    data: Vec<u8>,
-    len: usize,
-}
-
-impl Buffer {
-    fn bytes(&self) -> &[u8] {
-        self.data.get(..self.len).unwrap_or_default()
-    }
-}
 
 /// The metadata written, in order (general.architecture first, as gguf-py does).
 pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
@@ -78,178 +66,138 @@ pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
     kv
 }
 
-/// How one output tensor's data is made.
-enum Job<'a> {
-    /// A factor of a Linear pair: rows of one adapter tensor (B's gathered by the row transform, times the fold).
-    Rows {
-        pair: &'a PlannedPair,
-        source: &'a TensorRef,
-        transform: RowTransform,
-        fold: f32,
-    },
-    /// `lora_a` or `lora_b` of a pair built in f32 by [`materialize`] (embeddings, stacked experts, factors stored
-    /// transposed).
-    Materialized { pair: &'a PlannedPair, is_a: bool },
+/// How a pair's two tensors are made.
+enum Work<'a> {
+    /// Both factors streamed from the adapter's bytes: rows of one adapter tensor each (B's gathered by the row
+    /// transform, times the fold).
+    Rows { a: RowsJob<'a>, b: RowsJob<'a> },
+    /// Both built in f32 by [`materialize`] (embeddings, stacked experts, factors stored transposed).
+    Materialized,
 }
 
-fn jobs<'a>(plan: &'a Plan, adapter: &'a Adapter) -> Vec<(&'a TensorSpec, Job<'a>)> {
-    let mut jobs = Vec::with_capacity(2 * plan.pairs.len());
-    for pair in &plan.pairs {
-        match (pair.shape, pair.sources.as_slice()) {
-            // Streamed from the file's bytes when the rows are stored as llama.cpp reads them; a factor stored
-            // transposed (mlx-lm) is built in f32 by `materialize`, which reads it back in PEFT orientation.
-            (PairShape::Linear, [s])
-                if !adapter.pairs[s.pair].a.transposed && !adapter.pairs[s.pair].b.transposed =>
-            {
-                let p = &adapter.pairs[s.pair];
-                jobs.push((
-                    &pair.a,
-                    Job::Rows {
-                        pair,
-                        source: &p.a,
-                        transform: RowTransform::Identity,
-                        fold: 1.0,
-                    },
-                ));
-                jobs.push((
-                    &pair.b,
-                    Job::Rows {
-                        pair,
-                        source: &p.b,
-                        transform: s.rows,
-                        fold: s.fold as f32,
-                    },
-                ));
-            }
-            _ => {
-                jobs.push((&pair.a, Job::Materialized { pair, is_a: true }));
-                jobs.push((&pair.b, Job::Materialized { pair, is_a: false }));
+/// One factor streamed from the adapter.
+#[derive(Clone, Copy)]
+struct RowsJob<'a> {
+    source: &'a TensorRef,
+    transform: RowTransform,
+    fold: f32,
+}
+
+fn work<'a>(pair: &'a PlannedPair, adapter: &'a Adapter) -> Work<'a> {
+    match (pair.shape, pair.sources.as_slice()) {
+        // Streamed from the file's bytes when the rows are stored as llama.cpp reads them; a factor stored
+        // transposed (mlx-lm) is built in f32 by `materialize`, which reads it back in PEFT orientation.
+        (PairShape::Linear, [s])
+            if !adapter.pairs[s.pair].a.transposed && !adapter.pairs[s.pair].b.transposed =>
+        {
+            let p = &adapter.pairs[s.pair];
+            Work::Rows {
+                a: RowsJob {
+                    source: &p.a,
+                    transform: RowTransform::Identity,
+                    fold: 1.0,
+                },
+                b: RowsJob {
+                    source: &p.b,
+                    transform: s.rows,
+                    fold: s.fold as f32,
+                },
             }
         }
+        _ => Work::Materialized,
     }
-    jobs
 }
 
-/// Write the whole file to `out` (any writer); returns it.
-pub fn write_gguf<W: Write + Send>(
-    out: W,
+/// One worker's buffers, reused from tensor to tensor (a reused buffer is neither zero-filled nor faulted in
+/// again, and stays in that core's cache between being filled and being written).
+#[derive(Default)]
+struct Scratch {
+    source: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// Write the whole GGUF file into `file` (empty); returns its length. Pairs are encoded in parallel on the
+/// current rayon pool, each by one worker that reads its sources, encodes them and writes them at their offsets.
+/// When several pairs fail, the error is the first one's in plan order, whatever the thread count.
+pub fn write_gguf(
+    file: &File,
     plan: &Plan,
     adapter: &Adapter,
     heads: HeadCounts,
-) -> Result<W, ConvertError> {
-    let jobs = jobs(plan, adapter);
-    let specs: Vec<TensorSpec> = jobs.iter().map(|(spec, _)| (*spec).clone()).collect();
-    let writer = Writer::new(out, &metadata(plan, adapter), &specs)?;
-    std::thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel::<(&str, Buffer)>(QUEUED);
-        let (free_tx, free_rx) = mpsc::channel::<Buffer>();
-        let written = scope.spawn(move || {
-            let mut writer = writer;
-            for (name, buffer) in full_rx {
-                writer.write_tensor(name, buffer.bytes())?;
-                // The encoder may have stopped already; then the buffer is simply dropped.
-                let _ = free_tx.send(buffer);
-            }
-            Ok::<_, gguf::Error>(writer)
-        });
-        let encoded = encode_all(
-            &jobs,
-            adapter,
-            heads,
-            |name, bytes| full_tx.send((name, bytes)).is_ok(),
-            || free_rx.try_recv().unwrap_or_default(),
-        );
-        drop(full_tx);
-        let written = written
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        // An encoding error comes first; a failed write stops the encoder, which then reports nothing.
-        encoded?;
-        Ok(written?.finish()?)
-    })
-}
-
-/// Encode every job in order, handing each tensor's bytes to `send` (false: the writer has stopped). The source
-/// of the next `Rows` job is read while the current one is encoded.
-fn encode_all<'a>(
-    jobs: &[(&'a TensorSpec, Job<'a>)],
-    adapter: &Adapter,
-    heads: HeadCounts,
-    mut send: impl FnMut(&'a str, Buffer) -> bool,
-    mut recycled: impl FnMut() -> Buffer,
-) -> Result<(), ConvertError> {
-    let source_of = |job: &Job<'a>| match job {
-        Job::Rows { source, .. } => Some(*source),
-        Job::Materialized { .. } => None,
-    };
-    let mut sources = jobs.iter().filter_map(|(_, job)| source_of(job));
-    let read = |t: &TensorRef, buffer: &mut Buffer| -> Result<(), ConvertError> {
-        buffer.len = adapter.read_tensor_bytes(t, &mut buffer.data)?.len();
-        Ok(())
-    };
-    let mut current = Buffer::default();
-    let mut next = Buffer::default();
-    if let Some(first) = sources.next() {
-        read(first, &mut current)?;
-    }
-    let mut materialized: Option<Factors> = None;
-    for (spec, job) in jobs {
-        let mut out = recycled();
-        match job {
-            Job::Rows {
-                pair,
-                source,
-                transform,
-                fold,
-            } => {
-                let following = sources.next();
-                let copy = *transform == RowTransform::Identity
-                    && stream::is_byte_copy(source.dtype, spec.ggml_type, *fold, false);
-                let (encoded, prefetched) = rayon::join(
-                    || {
-                        if copy {
-                            Ok::<(), ConvertError>(adapter.check_finite(source, current.bytes())?)
-                        } else {
-                            let rows = (current.bytes(), *transform, *fold);
-                            out.len = encode_factor(
-                                adapter,
-                                pair,
-                                source,
-                                rows,
-                                heads,
-                                spec,
-                                &mut out.data,
-                            )?;
-                            Ok(())
-                        }
-                    },
-                    || following.map_or(Ok(()), |t| read(t, &mut next)),
-                );
-                encoded?;
-                prefetched?;
-                if copy {
-                    // The source bytes are the output: hand them on, and read into the spare buffer next time.
-                    std::mem::swap(&mut out, &mut current);
-                }
-                std::mem::swap(&mut current, &mut next);
-            }
-            Job::Materialized { pair, is_a } => {
-                if *is_a {
-                    materialized = Some(materialize(adapter, pair, heads)?);
-                }
-                let data = match (&materialized, is_a) {
-                    (Some(f), true) => f.a.as_slice(),
-                    (Some(f), false) => f.b.as_slice(),
-                    (None, _) => &[],
-                };
-                out.data.clear();
-                let row_len = usize::try_from(spec.dims[0]).unwrap_or(usize::MAX);
-                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut out.data)?;
-                out.len = out.data.len();
+) -> Result<u64, ConvertError> {
+    let specs: Vec<TensorSpec> = plan
+        .pairs
+        .iter()
+        .flat_map(|p| [p.a.clone(), p.b.clone()])
+        .collect();
+    let writer = PositionedWriter::new(file, &metadata(plan, adapter), &specs)?;
+    let scratch: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads())
+        .map(|_| Mutex::default())
+        .collect();
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let failure: Mutex<Option<(usize, ConvertError)>> = Mutex::new(None);
+    plan.pairs.par_iter().enumerate().for_each(|(k, pair)| {
+        // Pairs after a failed one are skipped; those before it still run, so the first failure is found.
+        if k > first_failed.load(Ordering::Acquire) {
+            return;
+        }
+        let slot = rayon::current_thread_index().and_then(|i| scratch.get(i));
+        let mut own = Scratch::default();
+        let mut guard = slot.map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
+        let s = guard.as_deref_mut().unwrap_or(&mut own);
+        if let Err(e) = write_pair(&writer, 2 * k, pair, adapter, heads, s) {
+            let mut failure = failure.lock().unwrap_or_else(PoisonError::into_inner);
+            if failure.as_ref().is_none_or(|(first, _)| k < *first) {
+                *failure = Some((k, e));
+                first_failed.fetch_min(k, Ordering::AcqRel);
             }
         }
-        if !send(&spec.name, out) {
-            break;
+    });
+    if let Some((_, e)) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        return Err(e);
+    }
+    Ok(writer.finish()?)
+}
+
+/// Encode and write one pair: its `lora_a` is tensor `index`, its `lora_b` tensor `index + 1`.
+fn write_pair(
+    writer: &PositionedWriter,
+    index: usize,
+    pair: &PlannedPair,
+    adapter: &Adapter,
+    heads: HeadCounts,
+    s: &mut Scratch,
+) -> Result<(), ConvertError> {
+    match work(pair, adapter) {
+        Work::Rows { a, b } => {
+            for (i, (job, spec)) in [(a, &pair.a), (b, &pair.b)].into_iter().enumerate() {
+                let bytes = adapter.read_tensor_bytes(job.source, &mut s.source)?;
+                let data = if job.transform == RowTransform::Identity
+                    && stream::is_byte_copy(job.source.dtype, spec.ggml_type, job.fold, false)
+                {
+                    // The source bytes are the output (checked finite like every other value).
+                    adapter.check_finite(job.source, bytes)?;
+                    bytes
+                } else {
+                    let rows = (bytes, job.transform, job.fold);
+                    let n =
+                        encode_factor(adapter, pair, job.source, rows, heads, spec, &mut s.out)?;
+                    s.out.get(..n).unwrap_or_default()
+                };
+                writer.write_tensor(index + i, data)?;
+            }
+        }
+        Work::Materialized => {
+            let factors: Factors = materialize(adapter, pair, heads)?;
+            for (i, (data, spec)) in [(&factors.a, &pair.a), (&factors.b, &pair.b)]
+                .into_iter()
+                .enumerate()
+            {
+                s.out.clear();
+                let row_len = usize::try_from(spec.dims[0]).unwrap_or(usize::MAX);
+                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut s.out)?;
+                writer.write_tensor(index + i, &s.out)?;
+            }
         }
     }
     Ok(())
@@ -318,14 +266,10 @@ pub fn write_atomically(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io)?;
-    let buffered = BufWriter::with_capacity(1 << 20, tmp.as_file());
-    let mut buffered = write_gguf(buffered, plan, adapter, heads)?;
-    buffered.flush().map_err(io)?;
-    drop(buffered);
+    let size = write_gguf(tmp.as_file(), plan, adapter, heads)?;
     // No fsync: like `cp` and llama.cpp's converters, the file is complete for every reader once written, and the
     // rename only ever exposes a complete file to them; forcing it to disk would triple the wall time (BENCHMARKS.md).
     finish(tmp.path())?;
-    let size = tmp.as_file().metadata().map_err(io)?.len();
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(size)
 }

@@ -28,6 +28,7 @@
 
 pub mod dtype;
 pub mod keys;
+pub mod positioned;
 pub mod read;
 pub mod value;
 pub mod write;
@@ -39,6 +40,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use dtype::GgmlType;
+pub use positioned::PositionedWriter;
 pub use read::{GgufFile, TensorInfo};
 pub use value::{Array, Value, ValueType};
 pub use write::{TensorSpec, Writer};

@@ -190,7 +190,10 @@ impl<W: Write> Writer<W> {
 }
 
 /// Check everything, then encode the header (without padding) and compute the layout.
-fn plan(metadata: &[(String, Value)], tensors: &[TensorSpec]) -> Result<(Layout, Vec<u8>), Error> {
+pub(super) fn plan(
+    metadata: &[(String, Value)],
+    tensors: &[TensorSpec],
+) -> Result<(Layout, Vec<u8>), Error> {
     let alignment = check_metadata(metadata)?;
     let (offsets, sizes, data_len) = check_tensors(tensors, alignment)?;
 
