@@ -156,7 +156,40 @@ fn encode_chunk(
 }
 
 /// Contiguous source values into their encoded bytes; `first_index` is the output index of the first value.
+/// Runs the AVX2 build where the CPU has it (detected at run time), as [`dtype::encode_slice`] does.
 fn encode_run(
+    rows: &Rows,
+    ty: GgmlType,
+    src: &[u8],
+    dst: &mut [u8],
+    first_index: usize,
+    scratch: &mut Scratch,
+) -> Result<(), gguf::Error> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU has AVX2 (checked just above), the one feature `encode_run_avx2` is compiled for.
+        return unsafe { encode_run_avx2(rows, ty, src, dst, first_index, scratch) };
+    }
+    encode_run_any(rows, ty, src, dst, first_index, scratch)
+}
+
+/// [`encode_run_any`] compiled for AVX2: the same operations in the same order, so the same bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn encode_run_avx2(
+    rows: &Rows,
+    ty: GgmlType,
+    src: &[u8],
+    dst: &mut [u8],
+    first_index: usize,
+    scratch: &mut Scratch,
+) -> Result<(), gguf::Error> {
+    encode_run_any(rows, ty, src, dst, first_index, scratch)
+}
+
+#[inline(always)]
+fn encode_run_any(
     rows: &Rows,
     ty: GgmlType,
     src: &[u8],
