@@ -108,7 +108,8 @@ struct ConvertArgs {
     #[arg(long, value_enum, value_name = "HOW")]
     torchtune_qwen2: Option<TorchtuneArg>,
 
-    /// Worker threads for dtype conversion (default: all cores).
+    /// Worker threads, each reading, converting and writing whole LoRA pairs (default: all cores; the output is
+    /// the same at any count).
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
 

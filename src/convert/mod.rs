@@ -49,7 +49,7 @@ pub struct Options {
     pub force: bool,
     /// Read the file back and check every ΔW before renaming it into place.
     pub verify: bool,
-    /// Worker threads for dtype conversion (None: rayon's default).
+    /// Worker threads that read, convert and write the pairs (None: rayon's default).
     pub threads: Option<usize>,
     /// Choices about trainer quirks (`--torchtune-qwen2`).
     pub quirks: Quirks,
