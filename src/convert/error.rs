@@ -365,14 +365,8 @@ fn mlx_subject(e: &crate::mlx::Error) -> String {
     let path = |p: &std::path::Path| p.display().to_string();
     match e {
         M::MissingFile { dir, file, .. } => path(&dir.join(file)),
-        M::Io { path: p, .. }
-        | M::ConfigJson { path: p, .. }
-        | M::Safetensors { path: p, .. }
-        | M::UnknownTensors { path: p, .. } => path(p),
-        M::ConfigField { key, .. }
-        | M::Unsupported { key, .. }
-        | M::UnsupportedTensor { key, .. }
-        | M::Dtype { key, .. } => key.clone(),
+        M::Read(e) => peft_subject(e),
+        M::UnknownTensors { path: p, .. } => path(p),
         M::HalfPair { module, .. } | M::Shape { module, .. } | M::NotAdapted { module, .. } => {
             module.clone()
         }

@@ -34,7 +34,7 @@ pub use config::MlxConfig;
 use crate::peft::{
     self, Adapter, AdapterConfig, Framework, LoraPair, OtherTensor, Packing, PairKind, Scaling,
 };
-use crate::peft::{SourceDtype, TensorRef};
+use crate::peft::{Error as ReadError, SourceDtype, TensorRef};
 use tensors::KeyKind;
 
 /// The adapter weights file `mlx_lm lora` writes when training ends.
@@ -60,68 +60,10 @@ pub enum Error {
         /// What to do.
         hint: String,
     },
-    /// A file could not be read.
-    #[error("reading `{path}`: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `adapter_config.json` is not valid JSON.
-    #[error("`{path}`:{line}:{column}: invalid JSON: {message}")]
-    ConfigJson {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// The parser's message.
-        message: String,
-    },
-    /// A configuration field is missing or has the wrong type.
-    #[error("`{path}`: `{key}`: {message}")]
-    ConfigField {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The configuration describes something a GGUF LoRA cannot express.
-    #[error("`{path}`: `{key}` {message}")]
-    Unsupported {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// Why, and what to do.
-        message: String,
-    },
-    /// The safetensors file is truncated or corrupt.
-    #[error(
-        "`{path}` is not a valid safetensors file ({source}); the file is truncated or corrupt — copy it again"
-    )]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: safetensors::SafeTensorError,
-    },
-    /// A tensor a GGUF LoRA cannot carry.
-    #[error("`{path}`: tensor `{key}` {message}")]
-    UnsupportedTensor {
-        /// The file.
-        path: PathBuf,
-        /// The first such key.
-        key: String,
-        /// Why, and what to do.
-        message: String,
-    },
+    /// What every adapter reader can meet — an unreadable file, invalid JSON, a missing or malformed field, an
+    /// unsupported setting or tensor, a corrupt safetensors file, a factor dtype — with PEFT's messages.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// Keys that are not mlx-lm adapter parameters at all.
     #[error(
         "`{path}`: {count} tensor(s) are not mlx-lm LoRA factors, e.g. {examples}; expected keys like \
@@ -134,16 +76,6 @@ pub enum Error {
         count: usize,
         /// A few of them.
         examples: String,
-    },
-    /// A factor with an unsupported element type.
-    #[error("`{path}`: tensor `{key}` has dtype {dtype}; LoRA factors must be F32, F16 or BF16")]
-    Dtype {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// The dtype found.
-        dtype: String,
     },
     /// One half of a pair is missing.
     #[error("`{path}`: module `{module}` has {present} but no {missing}; the file is incomplete")]
@@ -275,10 +207,11 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
     let config_path = dir.join(CONFIG_FILE);
     let st_path = dir.join(SAFETENSORS_FILE);
     if !dir.is_dir() {
-        return Err(Error::Io {
+        return Err(ReadError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        });
+        }
+        .into());
     }
     let names = listing(dir);
     if !config_path.is_file() {
@@ -289,7 +222,7 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
             hint: WHERE.into(),
         });
     }
-    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(&config_path).map_err(|source| ReadError::Io {
         path: config_path.clone(),
         source,
     })?;
@@ -310,15 +243,15 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         });
     }
 
-    let file = File::open(&st_path).map_err(|source| Error::Io {
+    let file = File::open(&st_path).map_err(|source| ReadError::Io {
         path: st_path.clone(),
         source,
     })?;
-    let mmap = peft::map(&file).map_err(|source| Error::Io {
+    let mmap = peft::map(&file).map_err(|source| ReadError::Io {
         path: st_path.clone(),
         source,
     })?;
-    let st_err = |source| Error::Safetensors {
+    let st_err = |source| ReadError::Safetensors {
         path: st_path.clone(),
         source,
     };
@@ -338,10 +271,12 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         metadata.tensors().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, info) in tensors {
-        let unsupported = |message: String| Error::UnsupportedTensor {
-            path: st_path.clone(),
-            key: key.clone(),
-            message,
+        let unsupported = |message: String| {
+            Error::Read(ReadError::UnsupportedTensor {
+                path: st_path.clone(),
+                key: key.clone(),
+                message,
+            })
         };
         let other = |kind: peft::KeyKind| OtherTensor {
             key: key.clone(),
@@ -356,11 +291,11 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
                     Dtype::F16 => SourceDtype::F16,
                     Dtype::BF16 => SourceDtype::BF16,
                     other_dtype => {
-                        refusals.push(Error::Dtype {
+                        refusals.push(Error::Read(ReadError::Dtype {
                             path: st_path.clone(),
                             key: key.clone(),
                             dtype: format!("{other_dtype:?}"),
-                        });
+                        }));
                         others.push(other(factor_kind(&module, is_a)));
                         refused_modules.insert(module);
                         continue;
@@ -618,10 +553,12 @@ fn equivalent_peft_config(config: &MlxConfig, path: &Path) -> Result<AdapterConf
         "target_modules": config.keys,
         "base_model_name_or_path": config.model,
     });
-    AdapterConfig::from_json(&json.to_string(), path).map_err(|e| Error::ConfigField {
-        path: path.to_path_buf(),
-        key: "lora_parameters".into(),
-        message: format!("has no PEFT equivalent: {e}"),
+    AdapterConfig::from_json(&json.to_string(), path).map_err(|e| {
+        Error::Read(ReadError::ConfigField {
+            path: path.to_path_buf(),
+            key: "lora_parameters".into(),
+            message: format!("has no PEFT equivalent: {e}"),
+        })
     })
 }
 
@@ -724,9 +661,9 @@ mod tests {
             .refusals
             .iter()
             .map(|e| match e {
-                Error::Unsupported { key, .. } => format!("config {key}"),
-                Error::UnsupportedTensor { key, .. } => format!("tensor {key}"),
-                Error::Dtype { key, dtype, .. } => format!("dtype {key} {dtype}"),
+                Error::Read(ReadError::Unsupported { key, .. }) => format!("config {key}"),
+                Error::Read(ReadError::UnsupportedTensor { key, .. }) => format!("tensor {key}"),
+                Error::Read(ReadError::Dtype { key, dtype, .. }) => format!("dtype {key} {dtype}"),
                 Error::HalfPair {
                     module, missing, ..
                 } => format!("half {module} {missing}"),
