@@ -68,26 +68,9 @@ pub struct AdapterSection {
     pub config: ConfigSection,
     /// mlx-lm's own settings; only for an mlx-lm adapter.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mlx: Option<MlxSection>,
+    pub mlx: Option<MlxConfig>,
     /// Size of the weights file in bytes.
     pub weights_bytes: u64,
-}
-
-/// mlx-lm's `adapter_config.json`, as `mlx_lm lora` wrote it.
-#[derive(Debug, Serialize)]
-pub struct MlxSection {
-    /// `fine_tune_type`.
-    pub fine_tune_type: String,
-    /// `lora_parameters.rank`.
-    pub rank: u32,
-    /// `lora_parameters.scale`: the absolute multiplier (the effective factor of every module).
-    pub scale: f64,
-    /// `lora_parameters.keys` (null: every Linear of the adapted blocks).
-    pub keys: Option<Vec<String>>,
-    /// `num_layers` (the last N blocks; ≤ 0: all).
-    pub num_layers: Option<i64>,
-    /// `model`.
-    pub model: Option<String>,
 }
 
 /// A trainer hint.
@@ -383,14 +366,7 @@ pub fn adapter_section(a: &Adapter, mlx: Option<&MlxConfig>) -> AdapterSection {
             alpha_pattern: a.config.alpha_pattern.clone(),
             base_model_name_or_path: a.config.base_model_name_or_path.clone(),
         },
-        mlx: mlx.map(|c| MlxSection {
-            fine_tune_type: c.fine_tune_type.clone(),
-            rank: c.rank,
-            scale: c.scale,
-            keys: c.keys.clone(),
-            num_layers: c.num_layers,
-            model: c.model.clone(),
-        }),
+        mlx: mlx.cloned(),
         weights_bytes: std::fs::metadata(a.safetensors_path()).map_or(0, |md| md.len()),
     }
 }

@@ -10,10 +10,12 @@ use serde_json::{Map, Value};
 
 use super::{Error, ReadError};
 
-/// The configuration of an mlx-lm LoRA adapter.
-#[derive(Debug, Clone, PartialEq)]
+/// The configuration of an mlx-lm LoRA adapter (serialized as the manifest's `mlx` section: the file's own
+/// fields, without the path).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MlxConfig {
     /// The file it came from.
+    #[serde(skip)]
     pub path: PathBuf,
     /// `fine_tune_type` (absent: `lora`).
     pub fine_tune_type: String,
