@@ -23,6 +23,21 @@ pub struct Sample {
 
 /// Spawn `cmd` (stdout discarded, stderr to `stderr_log`), reap it with `wait4`, and fail on a non-zero exit.
 pub fn run(cmd: &mut Command, stderr_log: &Path) -> Result<Sample, String> {
+    run_sampled(cmd, stderr_log, &[0], None)
+}
+
+/// How often a sampler passed to [`run_sampled`] looks at the running child.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// [`run`], with the exit codes in `accept` taken as results rather than failures, and — when `sampler` is given —
+/// `sampler(pid)` called every [`SAMPLE_EVERY`] while the child runs. Without a sampler the child is reaped with a
+/// blocking `wait4`, so the wall time has no polling slack.
+pub fn run_sampled(
+    cmd: &mut Command,
+    stderr_log: &Path,
+    accept: &[i32],
+    mut sampler: Option<&mut dyn FnMut(libc::pid_t)>,
+) -> Result<Sample, String> {
     let log = File::create(stderr_log).map_err(|e| format!("{}: {e}", stderr_log.display()))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -31,18 +46,30 @@ pub fn run(cmd: &mut Command, stderr_log: &Path) -> Result<Sample, String> {
     let child = cmd.spawn().map_err(|e| format!("spawning {cmd:?}: {e}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
-    // SAFETY: a zeroed rusage is a valid value of this plain C struct; wait4 writes into both out-parameters.
+    // SAFETY: a zeroed rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own un-reaped child (std's `Child` never waits unless asked, and we do not ask).
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = start.elapsed();
-    if reaped != pid {
-        return Err(format!(
-            "wait4 on {cmd:?}: {}",
-            std::io::Error::last_os_error()
-        ));
+    let flags = if sampler.is_some() { libc::WNOHANG } else { 0 };
+    loop {
+        if let Some(sample) = sampler.as_mut() {
+            sample(pid);
+        }
+        // SAFETY: `pid` is our own un-reaped child (std's `Child` never waits unless asked, and we do not ask);
+        // both out-parameters are valid for writes.
+        let reaped = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        if reaped != 0 {
+            return Err(format!(
+                "wait4 on {cmd:?}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        std::thread::sleep(SAMPLE_EVERY);
     }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+    let wall = start.elapsed();
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    if !code.is_some_and(|c| accept.contains(&c)) {
         let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
         return Err(format!(
             "{cmd:?} failed (wait status {status:#x}):\n{stderr}"

@@ -8,7 +8,8 @@
 //! `cargo bench --bench validate -- --help` for the options. No network beyond `tools/fetch-test-model.sh`, which
 //! uses its cache; nothing written outside `--dir`.
 
-#[allow(dead_code)] // the converter benchmark's runner; this one samples memory while the child runs
+#[allow(dead_code)]
+// the converter benchmark's helpers; this one uses the runner, the statistics and the machine facts
 #[path = "../convert/measure.rs"]
 mod measure;
 mod run;
