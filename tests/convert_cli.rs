@@ -506,3 +506,55 @@ fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
     }
     assert_eq!(tensors, want);
 }
+
+/// A write that fails (here a file-size limit below the output's size, which fails as a full disk would): exit 2,
+/// the message names the output asked for and what was being written, and nothing is left in its directory.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_write_names_the_output_and_leaves_nothing_behind() {
+    use assert_cmd::assert::OutputAssertExt;
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.gguf");
+    convert("llama", "f32", &whole).success();
+    let len = std::fs::metadata(&whole).unwrap().len();
+    std::fs::remove_file(&whole).unwrap();
+
+    let out = dir.path().join("out.gguf");
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("lora-convert"));
+    cmd.arg(case_dir("llama"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--base")
+        .arg(base_gguf(&base_of("llama")))
+        .args(["--outtype", "f32"]);
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec the closure only calls two async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            // Over the limit a write fails with EFBIG once SIGXFSZ (which would kill the process) is ignored.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let assert = cmd.assert().code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: cannot write `{}` (fallocate of all {len} bytes): File too large (os error 27); nothing was \
+             written there",
+            out.display()
+        )
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}

@@ -288,6 +288,17 @@ pub enum ConvertError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing the output's data failed part-way (a full disk, a file-size limit …); nothing is left behind.
+    #[error("cannot write `{path}` ({what}): {source}; nothing was written there")]
+    Write {
+        /// The output path asked for.
+        path: PathBuf,
+        /// What was being written: the space reservation, the header, a tensor.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The GGUF container layer refused something.
     #[error(transparent)]
     Gguf(#[from] gguf::Error),
@@ -354,7 +365,9 @@ impl ConvertError {
             C::ExpertRanks { target, .. } | C::Verify { target, .. } => target.clone(),
             C::ResizedVocabulary { key, .. } => key.clone(),
             C::Empty { dir } => path(dir),
-            C::OutputExists { path: p } | C::Io { path: p, .. } => path(p),
+            C::OutputExists { path: p } | C::Io { path: p, .. } | C::Write { path: p, .. } => {
+                path(p)
+            }
             C::Gguf(_) => "(gguf)".into(),
         }
     }

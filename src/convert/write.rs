@@ -266,7 +266,15 @@ pub fn write_atomically(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io)?;
-    let size = write_gguf(tmp.as_file(), plan, adapter, heads)?;
+    let size = write_gguf(tmp.as_file(), plan, adapter, heads).map_err(|e| match e {
+        // Name the file the user asked for (the temporary one is removed when `tmp` drops).
+        ConvertError::Gguf(gguf::Error::Write { what, source }) => ConvertError::Write {
+            path: path.to_path_buf(),
+            what,
+            source,
+        },
+        other => other,
+    })?;
     // No fsync: like `cp` and llama.cpp's converters, the file is complete for every reader once written, and the
     // rename only ever exposes a complete file to them; forcing it to disk would triple the wall time (BENCHMARKS.md).
     finish(tmp.path())?;

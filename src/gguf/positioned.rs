@@ -31,7 +31,7 @@ impl<'f> PositionedWriter<'f> {
     ) -> Result<Self, Error> {
         let (layout, header) = plan(metadata, tensors)?;
         reserve(file, layout.file_len()).map_err(|source| Error::Write {
-            what: format!("(reserving space for all {} bytes)", layout.file_len()),
+            what: format!("fallocate of all {} bytes", layout.file_len()),
             source,
         })?;
         write_at(file, &header, 0).map_err(|source| Error::Write {
@@ -97,7 +97,7 @@ impl<'f> PositionedWriter<'f> {
         }
         let len = self.layout.file_len();
         self.file.set_len(len).map_err(|source| Error::Write {
-            what: "(final padding)".into(),
+            what: "final padding".into(),
             source,
         })?;
         Ok(len)
@@ -226,7 +226,7 @@ mod tests {
         let e = PositionedWriter::new(&file, &metadata, &tensors).unwrap_err();
         let len = Layout::of(&metadata, &tensors).unwrap().file_len();
         let expected = if cfg!(target_os = "linux") {
-            format!("writing GGUF (reserving space for all {len} bytes): ")
+            format!("writing GGUF fallocate of all {len} bytes: ")
         } else {
             "writing GGUF header: ".to_string()
         };
