@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, TryLockError};
 
 use rayon::prelude::*;
 
@@ -141,9 +141,16 @@ pub fn write_gguf(
         if k > first_failed.load(Ordering::Acquire) {
             return;
         }
+        // A worker waiting in a nested parallel loop (encoding, the finiteness check) may be handed another pair by
+        // rayon's work stealing while its own buffers are in use further up its stack: then that pair gets fresh
+        // buffers (blocking on the slot would deadlock).
         let slot = rayon::current_thread_index().and_then(|i| scratch.get(i));
+        let mut guard = slot.and_then(|m| match m.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        });
         let mut own = Scratch::default();
-        let mut guard = slot.map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
         let s = guard.as_deref_mut().unwrap_or(&mut own);
         if let Err(e) = write_pair(&writer, 2 * k, pair, adapter, heads, s) {
             let mut failure = failure.lock().unwrap_or_else(PoisonError::into_inner);
