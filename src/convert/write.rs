@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, TryLockError};
 
 use rayon::prelude::*;
@@ -111,7 +110,7 @@ fn work<'a>(pair: &'a PlannedPair, adapter: &'a Adapter) -> Work<'a> {
 /// One worker's buffers, reused from tensor to tensor (a reused buffer is neither zero-filled nor faulted in
 /// again, and stays in that core's cache between being filled and being written).
 #[derive(Default)]
-struct Scratch {
+struct WorkerBuffers {
     source: Vec<u8>,
     out: Vec<u8>,
 }
@@ -131,32 +130,34 @@ pub fn write_gguf(
         .flat_map(|p| [p.a.clone(), p.b.clone()])
         .collect();
     let writer = PositionedWriter::new(file, &metadata(plan, adapter), &specs)?;
-    let scratch: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads())
+    let buffers: Vec<Mutex<WorkerBuffers>> = (0..rayon::current_num_threads())
         .map(|_| Mutex::default())
         .collect();
-    let first_failed = AtomicUsize::new(usize::MAX);
     let failure: Mutex<Option<(usize, ConvertError)>> = Mutex::new(None);
+    let first_failure = || {
+        let failure = failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure.as_ref().map(|(first, _)| *first)
+    };
     plan.pairs.par_iter().enumerate().for_each(|(k, pair)| {
         // Pairs after a failed one are skipped; those before it still run, so the first failure is found.
-        if k > first_failed.load(Ordering::Acquire) {
+        if first_failure().is_some_and(|first| k > first) {
             return;
         }
         // A worker waiting in a nested parallel loop (encoding, the finiteness check) may be handed another pair by
         // rayon's work stealing while its own buffers are in use further up its stack: then that pair gets fresh
         // buffers (blocking on the slot would deadlock).
-        let slot = rayon::current_thread_index().and_then(|i| scratch.get(i));
+        let slot = rayon::current_thread_index().and_then(|i| buffers.get(i));
         let mut guard = slot.and_then(|m| match m.try_lock() {
             Ok(g) => Some(g),
             Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(TryLockError::WouldBlock) => None,
         });
-        let mut own = Scratch::default();
+        let mut own = WorkerBuffers::default();
         let s = guard.as_deref_mut().unwrap_or(&mut own);
         if let Err(e) = write_pair(&writer, 2 * k, pair, adapter, heads, s) {
             let mut failure = failure.lock().unwrap_or_else(PoisonError::into_inner);
             if failure.as_ref().is_none_or(|(first, _)| k < *first) {
                 *failure = Some((k, e));
-                first_failed.fetch_min(k, Ordering::AcqRel);
             }
         }
     });
@@ -173,7 +174,7 @@ fn write_pair(
     pair: &PlannedPair,
     adapter: &Adapter,
     heads: HeadCounts,
-    s: &mut Scratch,
+    s: &mut WorkerBuffers,
 ) -> Result<(), ConvertError> {
     match work(pair, adapter) {
         Work::Rows { a, b } => {
