@@ -10,6 +10,7 @@
 // Errors carry the file, key, tensor and numbers a user needs; they happen once per run, so their size is fine.
 #![allow(clippy::result_large_err)]
 
+pub mod adapter;
 pub mod arch;
 pub mod convert;
 pub mod gguf;

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use lora_gguf::adapter::Framework;
 use lora_gguf::convert::error::chain;
 use lora_gguf::convert::{self, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest};
 use lora_gguf::inspect;
-use lora_gguf::peft::Framework;
 
 /// Convert a PEFT or mlx-lm LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the
 /// base.

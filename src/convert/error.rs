@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::base::BaseError;
 use super::factor::RowsMismatch;
-use crate::{arch, gguf, peft};
+use crate::{adapter, arch, gguf, peft};
 
 /// Why a conversion was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -13,10 +13,7 @@ use crate::{arch, gguf, peft};
 pub enum ConvertError {
     /// The adapter directory could not be read, or uses something a GGUF LoRA cannot express.
     #[error(transparent)]
-    Adapter(#[from] peft::Error),
-    /// The mlx-lm adapter directory could not be read, or uses something a GGUF LoRA cannot express.
-    #[error(transparent)]
-    MlxAdapter(#[from] crate::mlx::Error),
+    Adapter(#[from] adapter::Error),
     /// The base model description could not be read.
     #[error(transparent)]
     Base(#[from] BaseError),
@@ -245,28 +242,6 @@ pub enum ConvertError {
         /// Why we think torchtune wrote it.
         evidence: String,
     },
-    /// The adapter was trained with added tokens: its embedding / output head have more rows than the base.
-    #[error(
-        "`{key}` has {rows} vocabulary rows but the base {base} has {base_vocab}: the vocabulary was grown by \
-         {added} rows for added tokens (chat or special tokens; trainers pad the new size to a multiple of 32 or \
-         64), so this adapter needs a base that has them. A GGUF LoRA \
-         cannot add tokens or replace full tensors, so the base GGUF itself must be re-made: merge the adapter with \
-         its resized embeddings into the base (`PeftModel.from_pretrained(base_with_resized_vocab, DIR)\
-         .merge_and_unload()`, saved with the trainer's tokenizer) and convert that model with \
-         convert_hf_to_gguf.py — or retrain without new tokens"
-    )]
-    ResizedVocabulary {
-        /// The full-weight key.
-        key: String,
-        /// Its vocabulary rows.
-        rows: u64,
-        /// The base description.
-        base: String,
-        /// The base's vocabulary.
-        base_vocab: u64,
-        /// rows − base_vocab.
-        added: u64,
-    },
     /// The adapter has no LoRA pairs at all.
     #[error("`{dir}` holds no LoRA pairs: nothing to convert")]
     Empty {
@@ -344,8 +319,7 @@ impl ConvertError {
         use ConvertError as C;
         let path = |p: &std::path::Path| p.display().to_string();
         match self {
-            C::Adapter(e) => peft_subject(e),
-            C::MlxAdapter(e) => mlx_subject(e),
+            C::Adapter(e) => e.subject(),
             C::Base(_) | C::NoBase { .. } => "(base)".into(),
             C::UnknownArchitecture { .. } | C::ArchMismatch { .. } => "(architecture)".into(),
             C::Map { module, .. }
@@ -363,43 +337,11 @@ impl ConvertError {
             }
             C::DuplicateTarget { second, .. } => second.clone(),
             C::ExpertRanks { target, .. } | C::Verify { target, .. } => target.clone(),
-            C::ResizedVocabulary { key, .. } => key.clone(),
             C::Empty { dir } => path(dir),
             C::OutputExists { path: p } | C::Io { path: p, .. } | C::Write { path: p, .. } => {
                 path(p)
             }
             C::Gguf(_) => "(gguf)".into(),
         }
-    }
-}
-
-fn mlx_subject(e: &crate::mlx::Error) -> String {
-    use crate::mlx::Error as M;
-    let path = |p: &std::path::Path| p.display().to_string();
-    match e {
-        M::MissingFile { dir, file, .. } => path(&dir.join(file)),
-        M::Read(e) => peft_subject(e),
-        M::UnknownTensors { path: p, .. } => path(p),
-        M::HalfPair { module, .. } | M::Shape { module, .. } | M::NotAdapted { module, .. } => {
-            module.clone()
-        }
-    }
-}
-
-fn peft_subject(e: &peft::Error) -> String {
-    use peft::Error as P;
-    let path = |p: &std::path::Path| p.display().to_string();
-    match e {
-        P::MissingFile { dir, file, .. } => path(&dir.join(file)),
-        P::Pickle { path: p }
-        | P::Io { path: p, .. }
-        | P::ConfigJson { path: p, .. }
-        | P::Safetensors { path: p, .. }
-        | P::UnknownTensors { path: p, .. } => path(p),
-        P::ConfigField { key, .. } | P::Unsupported { key, .. } => key.clone(),
-        P::UnsupportedTensor { key, .. } | P::Dtype { key, .. } | P::NonFinite { key, .. } => {
-            key.clone()
-        }
-        P::HalfPair { module, .. } | P::Shape { module, .. } => module.clone(),
     }
 }

@@ -13,9 +13,9 @@ use serde::Serialize;
 use super::error::{ConvertError, chain};
 use super::plan::{PairShape, Plan};
 use super::{Outcome, Prepared};
+use crate::adapter::{Adapter, KeyKind, LoraPair, Packing, PairKind};
 use crate::arch::{Heads, QkvPart, RowTransform};
 use crate::mlx::MlxConfig;
-use crate::peft::{Adapter, KeyKind, LoraPair, Packing, PairKind};
 
 /// The schema identifier; bumped when a field changes meaning or disappears (additions keep it).
 pub const SCHEMA: &str = "lora-gguf.manifest/1";
@@ -347,8 +347,8 @@ pub fn adapter_section(a: &Adapter, mlx: Option<&MlxConfig>) -> AdapterSection {
     AdapterSection {
         dir: a.dir.display().to_string(),
         framework: match a.framework {
-            crate::peft::Framework::Peft => "peft",
-            crate::peft::Framework::MlxLm => "mlx-lm",
+            crate::adapter::Framework::Peft => "peft",
+            crate::adapter::Framework::MlxLm => "mlx-lm",
         },
         trainers: a
             .trainers

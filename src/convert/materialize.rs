@@ -5,7 +5,7 @@
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
 use super::plan::{PairShape, PlannedPair};
-use crate::peft::Adapter;
+use crate::adapter::Adapter;
 
 /// The factors of one output pair, in the exact element order of the GGUF tensors.
 pub struct Factors {

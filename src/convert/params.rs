@@ -10,8 +10,8 @@
 
 use super::base::BaseModel;
 use super::error::ConvertError;
+use crate::adapter::{Adapter, LoraPair, Packing};
 use crate::arch::{Family, Layout, RowTransform};
-use crate::peft::{Adapter, LoraPair, Packing};
 
 /// A parameter's shape as the base has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use super::base::BaseModel;
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
 use super::quirks::{self, Quirks};
+use crate::adapter::{Adapter, LoraPair, PairKind, SourceDtype};
 use crate::arch::{Family, Layout, RowTransform, Target};
 use crate::gguf::{GgmlType, TensorSpec};
-use crate::peft::{Adapter, LoraPair, PairKind, SourceDtype};
 
 /// The output type the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,8 +10,9 @@
 //! is [`RowTransform::LlamaRope`] on B's rows; Qwen2's own converter leaves q/k rows as they are.
 
 use super::error::ConvertError;
+use crate::adapter::{Adapter, LoraPair};
 use crate::arch::{Family, Heads, RowTransform, Target};
-use crate::peft::{Adapter, LoraPair, trainer};
+use crate::peft::trainer;
 
 /// What to do with the q/k rows of a torchtune Qwen2 export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

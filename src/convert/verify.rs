@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
 use super::plan::{PairShape, Plan, PlannedPair};
+use crate::adapter::Adapter;
 use crate::gguf::{GgmlType, GgufFile};
-use crate::peft::Adapter;
 
 /// Above this many multiply-adds per target, compare through probe vectors instead of the full ΔW.
 const FULL_CHECK_MACS: usize = 1 << 26;

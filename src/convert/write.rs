@@ -18,9 +18,9 @@ use super::factor::{self, HeadCounts};
 use super::materialize::{Factors, materialize};
 use super::plan::{PairShape, Plan, PlannedPair};
 use super::stream::{self, Rows};
+use crate::adapter::{Adapter, TensorRef};
 use crate::arch::RowTransform;
 use crate::gguf::{self, PositionedWriter, TensorSpec, Value, keys};
-use crate::peft::{Adapter, TensorRef};
 
 /// The metadata written, in order (general.architecture first, as gguf-py does).
 pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {

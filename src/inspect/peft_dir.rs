@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{Request, SCHEMA};
+use crate::adapter::{Packing, PairKind};
 use crate::convert::manifest::{
     self, AdapterSection, BaseSection, PairEntry, Refusal, TensorEntry,
 };
 use crate::convert::{self, ConvertError, OutType};
-use crate::peft::{Packing, PairKind};
 
 /// The report on an adapter directory (PEFT or mlx-lm).
 #[derive(Debug, Serialize)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{Error, ReadError};
+use crate::adapter::Error;
 
 /// The configuration of an mlx-lm LoRA adapter (serialized as the manifest's `mlx` section: the file's own
 /// fields, without the path).
@@ -42,7 +42,7 @@ impl MlxConfig {
     /// Parse and check the text of an mlx-lm `adapter_config.json`; a fine-tune type other than `lora` is an error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
         let (config, refusals) = Self::read(text, path)?;
-        crate::peft::unless_refused(config, refusals)
+        crate::adapter::unless_refused(config, refusals)
     }
 
     /// Parse the configuration, returning a `fine_tune_type` that cannot be converted (DoRA …) as a refusal beside
@@ -50,18 +50,16 @@ impl MlxConfig {
     /// for a refused fine-tune type that has none (a full fine-tune saves `lora_parameters: null`), that refusal is
     /// the error.
     pub fn read(text: &str, path: &Path) -> Result<(Self, Vec<Error>), Error> {
-        let value: Value = serde_json::from_str(text).map_err(|e| ReadError::ConfigJson {
+        let value: Value = serde_json::from_str(text).map_err(|e| Error::ConfigJson {
             path: path.to_path_buf(),
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
         })?;
-        let field = |key: &str, message: String| {
-            Error::Read(ReadError::ConfigField {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                message,
-            })
+        let field = |key: &str, message: String| Error::ConfigField {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
         };
         let Value::Object(map) = value else {
             return Err(field("(top level)", "expected a JSON object".into()));
@@ -78,12 +76,10 @@ impl MlxConfig {
                 ));
             }
         };
-        let refuse = |message: String| {
-            Error::Read(ReadError::Unsupported {
-                path: path.to_path_buf(),
-                key: "fine_tune_type".into(),
-                message,
-            })
+        let refuse = |message: String| Error::Unsupported {
+            path: path.to_path_buf(),
+            key: "fine_tune_type".into(),
+            message,
         };
         let refusal = match fine_tune_type {
             "lora" => None,
@@ -118,12 +114,10 @@ impl MlxConfig {
         path: &Path,
         fine_tune_type: String,
     ) -> Result<Self, Error> {
-        let field = |key: &str, message: String| {
-            Error::Read(ReadError::ConfigField {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                message,
-            })
+        let field = |key: &str, message: String| Error::ConfigField {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
         };
         let get = |key: &str| map.get(key).filter(|v| !v.is_null());
         let params = match get("lora_parameters") {

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::Error;
-use super::scaling::Scaling;
+use crate::adapter::{Error, Scaling};
 
 /// `init_lora_weights` values whose adapter only works against a base model that PEFT modified at
 /// initialisation (peft 0.21.2 `tuners/lora/layer.py`: pissa/olora/corda/lora_ga subtract from the base weight,
@@ -60,7 +59,7 @@ impl AdapterConfig {
     /// Parse and check `adapter_config.json` text; the first refusal is the error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
         let (config, refusals) = Self::read(text, path)?;
-        super::unless_refused(config, refusals)
+        crate::adapter::unless_refused(config, refusals)
     }
 
     /// Parse `adapter_config.json` text, returning every refusal beside the configuration (`lora-convert inspect`
