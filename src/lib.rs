@@ -14,6 +14,7 @@ pub mod adapter;
 pub mod arch;
 pub mod convert;
 pub mod gguf;
+pub mod gguf_adapter;
 pub mod inspect;
 pub mod mlx;
 pub mod peft;

@@ -431,7 +431,7 @@ fn ggml_own_parser_accepts_every_output_type() {
 /// PyTorch like the adapter itself.
 #[test]
 fn adapter_stacks_combine_exactly() {
-    use lora_gguf::validate::stack::combine;
+    use lora_gguf::gguf_adapter::stack::combine;
     let dir = tempfile::tempdir().unwrap();
     let convert_f32 = |case: &str| {
         let out = dir.path().join(format!("{case}.gguf"));

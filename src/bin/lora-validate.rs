@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use lora_gguf::gguf::GgufFile;
+use lora_gguf::gguf_adapter::GgufAdapter;
 use lora_gguf::report::{self, Format, ReportMeta};
 use lora_gguf::validate::engine::{Engine, EngineConfig, Progress};
 use lora_gguf::validate::gate::{self, Limits};
 use lora_gguf::validate::golden::{self, GoldenSet};
-use lora_gguf::validate::precheck;
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -177,8 +177,8 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
     // Check every adapter against the base with our own reader first: llama.cpp aborts on some mismatches.
     let base = GgufFile::open(&cli.base).map_err(|e| bad(e.to_string()))?;
     for (path, _) in &adapters {
-        let adapter = GgufFile::open(path).map_err(|e| bad(e.to_string()))?;
-        if let Err(problems) = precheck::check_adapter(&base, &adapter) {
+        let adapter = GgufAdapter::open(path).map_err(|e| bad(e.to_string()))?;
+        if let Err(problems) = adapter.fit(&base) {
             let list: Vec<String> = problems.iter().take(10).map(|p| format!("  {p}")).collect();
             return Err(bad(format!(
                 "`{}` does not fit the base `{}` ({} problem(s)):\n{}",

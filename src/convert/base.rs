@@ -103,8 +103,7 @@ impl BaseModel {
         let n_expert = file
             .get_u64(&keys::arch_key(&arch, "expert_count"))
             .filter(|&e| e > 0);
-        let tied =
-            tensors.contains_key("token_embd.weight") && !tensors.contains_key("output.weight");
+        let tied = file.ties_output_to_embedding();
         let n_embd = file.get_u64(&keys::arch_key(&arch, "embedding_length"));
         Ok(BaseModel {
             source: BaseSource::Gguf(path.to_path_buf()),

@@ -145,6 +145,12 @@ impl GgufFile {
         self.get_str(keys::GENERAL_ARCHITECTURE)
     }
 
+    /// Whether this model's output head is its token embedding: llama.cpp loads `token_embd.weight` as the output
+    /// projection when there is no `output.weight` (tied embeddings, as in Gemma or Llama 3.2 1B).
+    pub fn ties_output_to_embedding(&self) -> bool {
+        self.tensor("token_embd.weight").is_some() && self.tensor("output.weight").is_none()
+    }
+
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)

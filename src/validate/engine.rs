@@ -346,9 +346,11 @@ impl Engine {
                 message: format!("creating a temporary directory for the stack: {e}"),
             })?;
             let path = dir.path().join("stack.gguf");
-            super::stack::combine(adapters, &path).map_err(|e| EngineError::AdapterLoad {
-                path: adapters[0].0.clone(),
-                message: format!("combining the stack: {e}"),
+            crate::gguf_adapter::stack::combine(adapters, &path).map_err(|e| {
+                EngineError::AdapterLoad {
+                    path: adapters[0].0.clone(),
+                    message: format!("combining the stack: {e}"),
+                }
             })?;
             stack_dir = Some(dir);
             combined = [(path, 1.0)];
