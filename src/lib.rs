@@ -13,12 +13,11 @@
 pub mod adapter;
 pub mod arch;
 pub mod convert;
+pub mod exit;
 pub mod gguf;
 pub mod gguf_adapter;
 pub mod inspect;
 pub mod mlx;
 pub mod peft;
-#[cfg(feature = "validate")]
 pub mod report;
-#[cfg(feature = "validate")]
 pub mod validate;

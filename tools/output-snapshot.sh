@@ -83,13 +83,15 @@ if [ "$validate" = --validate ]; then
     --prompts fixtures/gemma-lora/control-smoke.jsonl --prompts fixtures/gemma-lora/target.jsonl \
     --scales 0,0.5,1 --format json -o "$work/report.json"
   # Timings and the machine differ run to run; everything else must not.
-  python3 - "$work/report.json" "$out/validate.report.json" <<'PY'
+  python3 - "$work/report.json" "$out/validate.report.json" "$work" <<'PY'
 import json, sys
 def strip(v):
     if isinstance(v, dict):
         return {k: strip(x) for k, x in v.items() if k != "timings"}
     if isinstance(v, list):
         return [strip(x) for x in v]
+    if isinstance(v, str):
+        return v.replace(sys.argv[3], "WORK")
     return v
 r = json.load(open(sys.argv[1]))
 json.dump(strip(r), open(sys.argv[2], "w"), indent=1, sort_keys=True)

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::adapter::Framework;
 use lora_gguf::convert::error::chain;
 use lora_gguf::convert::{self, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest};
+use lora_gguf::exit::ExitStatus;
 use lora_gguf::inspect;
 
 /// Convert a PEFT or mlx-lm LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the
@@ -184,14 +185,14 @@ fn inspect(args: InspectArgs) -> ExitCode {
                 print!("{}", inspect::render::text(&report));
             }
             if report.fits() == Some(false) {
-                ExitCode::from(2)
+                ExitStatus::BadInput.into()
             } else {
-                ExitCode::SUCCESS
+                ExitStatus::Success.into()
             }
         }
         Err(err) => {
             eprintln!("error: {}", chain(&err));
-            ExitCode::from(2)
+            ExitStatus::BadInput.into()
         }
     }
 }
@@ -200,7 +201,7 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
     // clap requires both unless a subcommand is given.
     let (Some(adapter_dir), Some(output)) = (cli.adapter_dir.clone(), cli.output.clone()) else {
         eprintln!("error: ADAPTER_DIR and -o OUT.gguf are required");
-        return ExitCode::from(2);
+        return ExitStatus::BadInput.into();
     };
     let opts = Options {
         adapter_dir,
@@ -222,7 +223,7 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
             if !cli.quiet {
                 print_summary(summary, cli.verbose);
             }
-            ExitCode::SUCCESS
+            ExitStatus::Success.into()
         }
         Err(err) => {
             eprintln!("error: {}", chain(err));
@@ -235,14 +236,14 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
                 };
                 eprintln!("({more} more reason(s) to refuse; {listed})");
             }
-            ExitCode::from(2)
+            ExitStatus::BadInput.into()
         }
     };
     if let Some(path) = &cli.manifest {
         let m = manifest::build(&outcome);
         if let Err(e) = manifest::write(path, &m) {
             eprintln!("error: {}", chain(&e));
-            status = ExitCode::from(2);
+            status = ExitStatus::BadInput.into();
         }
     }
     status

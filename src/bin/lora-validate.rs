@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use lora_gguf::gguf::GgufFile;
-use lora_gguf::gguf_adapter::GgufAdapter;
-use lora_gguf::report::{self, Format, ReportMeta};
-use lora_gguf::validate::engine::{Engine, EngineConfig, Progress};
-use lora_gguf::validate::gate::{self, Limits};
-use lora_gguf::validate::golden::{self, GoldenSet};
+use lora_gguf::exit::ExitStatus;
+use lora_gguf::report::{self, Format};
+use lora_gguf::validate::gate::Limits;
+use lora_gguf::validate::{self, EngineConfig, Progress, Request};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -107,32 +105,17 @@ enum FormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(passed) => ExitCode::from(if passed { 0 } else { 1 }),
-        Err((code, message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(code)
+        Ok(status) => status.into(),
+        Err(err) => {
+            eprintln!("error: {err}");
+            err.exit_status().into()
         }
     }
 }
 
-fn parse_adapter(spec: &str) -> Result<(PathBuf, f32), String> {
-    // Split on the last ':' only when what follows is a number, so `C:\x.gguf` and `a:b.gguf` stay paths.
-    if let Some((path, scale)) = spec.rsplit_once(':')
-        && let Ok(s) = scale.parse::<f32>()
-    {
-        if !s.is_finite() {
-            return Err(format!(
-                "adapter `{spec}`: scale {scale} is not a finite number"
-            ));
-        }
-        return Ok((PathBuf::from(path), s));
-    }
-    Ok((PathBuf::from(spec), 1.0))
-}
-
-fn limits(cli: &Cli) -> Result<Limits, String> {
+fn limits(cli: &Cli) -> Result<Limits, validate::Error> {
     let mut l = match &cli.limits {
-        Some(p) => Limits::from_json_file(p).map_err(|e| e.to_string())?,
+        Some(p) => Limits::from_json_file(p)?,
         None => Limits::default(),
     };
     if let Some(x) = cli.max_control_kl_mean {
@@ -153,56 +136,29 @@ fn limits(cli: &Cli) -> Result<Limits, String> {
     Ok(l)
 }
 
-fn run(cli: &Cli) -> Result<bool, (u8, String)> {
-    let bad = |m: String| (2u8, m);
-    let adapters: Vec<(PathBuf, f32)> = cli
+fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
+    let adapters = cli
         .adapters
         .iter()
-        .map(|s| parse_adapter(s))
-        .collect::<Result<_, _>>()
-        .map_err(bad)?;
-    if cli.scales.is_empty() || cli.scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
-        return Err(bad(format!(
-            "--scales {:?}: give non-negative numbers, e.g. 0,0.5,1",
-            cli.scales
-        )));
-    }
-    let limits = limits(cli).map_err(bad)?;
-    let set: GoldenSet = if cli.prompts.is_empty() {
-        golden::builtin_control_set().map_err(|e| bad(e.to_string()))?
-    } else {
-        golden::load_golden(&cli.prompts).map_err(|e| bad(e.to_string()))?
+        .map(|s| validate::parse_adapter(s))
+        .collect::<Result<_, _>>()?;
+    validate::check_scales(&cli.scales)?;
+    let request = Request {
+        base: cli.base.clone(),
+        adapters,
+        prompts: cli.prompts.clone(),
+        scales: cli.scales.clone(),
+        limits: limits(cli)?,
+        engine: EngineConfig {
+            n_ctx: cli.ctx,
+            n_batch: cli.batch,
+            threads: cli.threads.unwrap_or(EngineConfig::default().threads),
+            max_tokens: cli.max_tokens,
+            verbose: cli.verbose,
+            sequential: cli.sequential,
+            ..EngineConfig::default()
+        },
     };
-
-    // Check every adapter against the base with our own reader first: llama.cpp aborts on some mismatches.
-    let base = GgufFile::open(&cli.base).map_err(|e| bad(e.to_string()))?;
-    for (path, _) in &adapters {
-        let adapter = GgufAdapter::open(path).map_err(|e| bad(e.to_string()))?;
-        if let Err(problems) = adapter.fit(&base) {
-            let list: Vec<String> = problems.iter().take(10).map(|p| format!("  {p}")).collect();
-            return Err(bad(format!(
-                "`{}` does not fit the base `{}` ({} problem(s)):\n{}",
-                path.display(),
-                cli.base.display(),
-                problems.len(),
-                list.join("\n")
-            )));
-        }
-    }
-
-    let cfg = EngineConfig {
-        n_ctx: cli.ctx,
-        n_batch: cli.batch,
-        threads: cli.threads.unwrap_or(EngineConfig::default().threads),
-        max_tokens: cli.max_tokens,
-        verbose: cli.verbose,
-        sequential: cli.sequential,
-        ..EngineConfig::default()
-    };
-    let engine_err = |e: lora_gguf::validate::engine::EngineError| {
-        (if e.is_input_error() { 2 } else { 3 }, e.to_string())
-    };
-    let mut engine = Engine::load(&cli.base, &adapters, cfg).map_err(engine_err)?;
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
         if tty {
@@ -226,32 +182,28 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
             );
         }
     };
-    let measured = engine
-        .run(&set.prompts, &cli.scales, &mut progress)
-        .map_err(engine_err)?;
+    let outcome = validate::run(&request, &mut progress)?;
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let verdict = gate::judge(&set, &measured, &limits);
-    let meta = ReportMeta {
-        base: cli.base.display().to_string(),
-        adapters: adapters
-            .iter()
-            .map(|(p, s)| (p.display().to_string(), *s))
-            .collect(),
-        tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
-    };
     let format = match cli.format {
         FormatArg::Text => Format::Text,
         FormatArg::Json => Format::Json,
         FormatArg::Junit => Format::Junit,
         FormatArg::Markdown => Format::Markdown,
     };
+    let (set, measured, verdict, meta) = (
+        &outcome.set,
+        &outcome.measured,
+        &outcome.verdict,
+        &outcome.meta,
+    );
     match &cli.output {
         Some(path) => {
-            let text = report::render(format, &set, &measured, &verdict, &meta, false);
-            std::fs::write(path, text)
-                .map_err(|e| bad(format!("writing `{}`: {e}", path.display())))?;
+            let text = report::render(format, set, measured, verdict, meta, false);
+            std::fs::write(path, text).map_err(|e| {
+                validate::Error::Usage(format!("writing `{}`: {e}", path.display()))
+            })?;
             println!(
                 "{}: {} failure(s); report in {}",
                 if verdict.passed { "PASS" } else { "FAIL" },
@@ -263,9 +215,13 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             print!(
                 "{}",
-                report::render(format, &set, &measured, &verdict, &meta, color)
+                report::render(format, set, measured, verdict, meta, color)
             );
         }
     }
-    Ok(verdict.passed)
+    Ok(if verdict.passed {
+        ExitStatus::Success
+    } else {
+        ExitStatus::GateFailed
+    })
 }

@@ -1,6 +1,67 @@
-//! The drift gate: golden prompts, the llama.cpp engine, metrics, and the verdict.
+//! The drift gate: golden prompts, the llama.cpp engine, metrics, and the verdict. [`run`] is the library entry
+//! of `lora-validate`. Only [`engine`] touches llama.cpp (feature `validate`); the golden sets, the gate, the
+//! divergence metrics and the results compile and are tested without a C++ toolchain.
+
 pub mod divergence;
+#[cfg(feature = "validate")]
 pub mod engine;
 pub mod gate;
 pub mod golden;
+mod request;
 pub mod results;
+
+pub use request::{EngineConfig, EngineError, Error, Outcome, Progress, Request, parse_adapter};
+
+/// Fail unless every scale is a finite, non-negative number and there is at least one.
+pub fn check_scales(scales: &[f32]) -> Result<(), Error> {
+    if scales.is_empty() || scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
+        return Err(Error::Usage(format!(
+            "--scales {scales:?}: give non-negative numbers, e.g. 0,0.5,1"
+        )));
+    }
+    Ok(())
+}
+
+/// Validate the request's adapters on its base: check every adapter against the base with our own reader (llama.cpp
+/// aborts the process on some mismatches), load the base and the adapters once, run the golden set at every
+/// scale, and judge. `progress` hears each step of the engine.
+#[cfg(feature = "validate")]
+pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome, Error> {
+    use crate::gguf::GgufFile;
+    use crate::gguf_adapter::GgufAdapter;
+
+    check_scales(&req.scales)?;
+    let set = if req.prompts.is_empty() {
+        golden::builtin_control_set()?
+    } else {
+        golden::load_golden(&req.prompts)?
+    };
+    let base = GgufFile::open(&req.base)?;
+    for (path, _) in &req.adapters {
+        if let Err(problems) = GgufAdapter::open(path)?.fit(&base) {
+            return Err(Error::Misfit {
+                adapter: path.clone(),
+                base: req.base.clone(),
+                problems,
+            });
+        }
+    }
+    let mut engine = engine::Engine::load(&req.base, &req.adapters, req.engine.clone())?;
+    let measured = engine.run(&set.prompts, &req.scales, progress)?;
+    let verdict = gate::judge(&set, &measured, &req.limits);
+    let meta = crate::report::ReportMeta {
+        base: req.base.display().to_string(),
+        adapters: req
+            .adapters
+            .iter()
+            .map(|(p, s)| (p.display().to_string(), *s))
+            .collect(),
+        tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+    };
+    Ok(Outcome {
+        set,
+        measured,
+        verdict,
+        meta,
+    })
+}
