@@ -17,6 +17,7 @@ pub mod exit;
 pub mod gguf;
 pub mod gguf_adapter;
 pub mod inspect;
+mod json_fields;
 pub mod mlx;
 pub mod peft;
 pub mod report;
