@@ -6,12 +6,7 @@ use lora_gguf::gguf::GgufFile;
 
 fn convert(case: &str, outtype: &str, out: &std::path::Path) -> assert_cmd::assert::Assert {
     let base = base_of(case);
-    lora_convert()
-        .arg(case_dir(case))
-        .arg("-o")
-        .arg(out)
-        .arg("--base")
-        .arg(base_gguf(&base))
+    convert_on(case_dir(case), out, &base)
         .arg("--outtype")
         .arg(outtype)
         .arg("--verify")
@@ -124,15 +119,8 @@ fn truncated_safetensors_is_refused_naming_the_file() {
     )
     .unwrap();
     let out = dir.path().join("out.gguf");
-    let a = lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(&out)
-        .arg("--base")
-        .arg(base_gguf("llama"))
-        .assert()
-        .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let a = convert_on(&adapter, &out, "llama").assert().code(2);
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("adapter_model.safetensors` is not a valid safetensors file"),
         "{stderr}"
@@ -144,17 +132,12 @@ fn truncated_safetensors_is_refused_naming_the_file() {
 fn wrong_base_is_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let a = lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
-        .arg("--base")
-        .arg(base_gguf("qwen2"))
+    let a = convert_on(case_dir("llama"), &out, "qwen2")
         .arg("--arch")
         .arg("llama")
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("architecture mismatch: --arch is `llama` but the base"),
         "{stderr}"
@@ -165,13 +148,10 @@ fn wrong_base_is_refused_before_writing() {
 #[test]
 fn missing_base_says_which_flag_to_add() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
+    let a = convert_cmd(case_dir("llama"), dir.path().join("o.gguf"))
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("`base_model_name_or_path` is `tiny-llama`"),
         "{stderr}"
@@ -183,10 +163,7 @@ fn missing_base_says_which_flag_to_add() {
 fn base_config_works_without_a_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
-    lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(case_dir("llama"), &out)
         .arg("--base-config")
         .arg(base_config("llama"))
         .arg("--outtype")
@@ -242,10 +219,7 @@ fn local_base_model_name_or_path_is_used_when_no_base_flag_is_given() {
         c["base_model_name_or_path"] = base_config("llama").display().to_string().into();
     });
     let out = dir.path().join("o.gguf");
-    lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(&adapter, &out)
         .args(["--outtype", "f32"])
         .assert()
         .success();
@@ -270,10 +244,7 @@ fn base_config_with_bitsandbytes_quantization_and_nested_text_config_works() {
     let nested = serde_json::json!({"architectures": ["LlamaForCausalLM"], "text_config": cfg});
     std::fs::write(base.join("config.json"), nested.to_string()).unwrap();
     let out = dir.path().join("o.gguf");
-    lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(case_dir("llama"), &out)
         .arg("--base-config")
         .arg(&base)
         .args(["--outtype", "f32"])
@@ -289,15 +260,10 @@ fn base_config_with_bitsandbytes_quantization_and_nested_text_config_works() {
 fn rank_that_contradicts_the_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = adapter_copy("llama", dir.path(), |c| c["r"] = 4.into());
-    let a = lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    let a = convert_on(&adapter, dir.path().join("o.gguf"), "llama")
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("the tensors have rank 8 but adapter_config.json gives r = 4"),
         "{stderr}"
@@ -313,15 +279,10 @@ fn invalid_config_json_names_line_and_column() {
         "{\n  \"r\": 8,\n  \"lora_alpha\": \n}",
     )
     .unwrap();
-    let a = lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    let a = convert_on(&adapter, dir.path().join("o.gguf"), "llama")
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("adapter_config.json`:4:1: invalid JSON"),
         "{stderr}"
@@ -375,15 +336,12 @@ fn a_target_whose_shape_differs_in_the_base_is_refused() {
     }
     w.finish().unwrap();
     let out = dir.path().join("o.gguf");
-    let a = lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
+    let a = convert_cmd(case_dir("llama"), &out)
         .arg("--base")
         .arg(&base)
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("module `model.layers.1.self_attn.q_proj` → `blk.1.attn_q.weight`: the adapter implies ne [64, 64]"),
         "{stderr}"
@@ -409,10 +367,7 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
         let a = dir.path().join(format!("{case}-gguf.gguf"));
         let b = dir.path().join(format!("{case}-config.gguf"));
         convert(case, "f32", &a).success();
-        lora_convert()
-            .arg(case_dir(case))
-            .arg("-o")
-            .arg(&b)
+        convert_cmd(case_dir(case), &b)
             .arg("--base-config")
             .arg(base_config(&base_of(case)))
             .arg("--verify")
@@ -429,15 +384,12 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
 fn expert_count_mismatch_is_refused_from_base_config_too() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let a = lora_convert()
-        .arg(case_dir("expert-count-mismatch"))
-        .arg("-o")
-        .arg(&out)
+    let a = convert_cmd(case_dir("expert-count-mismatch"), &out)
         .arg("--base-config")
         .arg(base_config("mixtral"))
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains(
             "the LoRA holds 8 experts (lora_A has 32 rows = 8 experts × r 4) but the base"
@@ -457,7 +409,7 @@ fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
     let a = convert("deepseek2-mla", "f32", &out).success();
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     let expected: String = [0, 1]
         .iter()
         .flat_map(|bid| {

@@ -346,16 +346,28 @@ fn rslora_with_the_reference_converters_alpha_is_caught() {
         },
         |_, _| {},
     );
-    let reference = case_dir("llama-rslora").join("reference.safetensors");
-    let (_, tokens) = read_tensor(&reference, "tokens");
-    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-    let (_, torch_1) = read_tensor(&reference, "logits_scale_1");
-    let got = logits_for_tokens(&base_gguf("llama"), Some(&bad), &[1.0], &tokens, 2).unwrap();
-    let err = max_abs_diff(&got[1], &torch_1);
+    let err = logits_error_at_scale_1("llama-rslora", &bad);
     assert!(
         err > 0.1,
         "an under-scaled rsLoRA adapter was not detected (|Δlogit| {err})"
     );
+}
+
+/// Largest |Δlogit| between `adapter` at scale 1 in llama.cpp and the reference logits of fixture `case`.
+fn logits_error_at_scale_1(case: &str, adapter: &Path) -> f32 {
+    let reference = case_dir(case).join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, want) = read_tensor(&reference, "logits_scale_1");
+    let got = logits_for_tokens(
+        &base_gguf(&base_of(case)),
+        Some(adapter),
+        &[1.0],
+        &tokens,
+        2,
+    )
+    .unwrap();
+    max_abs_diff(&got[1], &want)
 }
 
 /// mlx-lm's `scale` is an absolute factor: a converter that took it for PEFT's alpha (α = 20, so llama.cpp applies
@@ -378,12 +390,7 @@ fn mlx_scale_taken_for_peft_alpha_is_caught() {
         },
         |_, _| {},
     );
-    let reference = case_dir("mlx-llama").join("reference.safetensors");
-    let (_, tokens) = read_tensor(&reference, "tokens");
-    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-    let (_, mlx_1) = read_tensor(&reference, "logits_scale_1");
-    let got = logits_for_tokens(&base_gguf("llama"), Some(&bad), &[1.0], &tokens, 2).unwrap();
-    let err = max_abs_diff(&got[1], &mlx_1);
+    let err = logits_error_at_scale_1("mlx-llama", &bad);
     assert!(
         err > 0.1,
         "an mlx adapter with scale read as alpha was not detected (|Δlogit| {err})"
