@@ -17,6 +17,9 @@ mod trainers_cli;
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
 
+// Malformed input through the binaries: cuts at every section boundary, hostile sizes, bad outputs → exit 2.
+mod malformed;
+
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;
