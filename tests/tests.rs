@@ -24,3 +24,7 @@ mod convert_logits;
 // lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
 #[cfg(feature = "validate")]
 mod validate_e2e;
+
+// An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
+#[cfg(feature = "validate")]
+mod validate_partial;
