@@ -2,7 +2,7 @@
 //! fused modules it splits, the tensors it cannot take a LoRA for, and where its graph ignores one. Data only; every
 //! entry cites the converter class it mirrors (llama.cpp `conversion/*.py` at the commit in generated.rs).
 
-use super::target::{Heads, QkvPart, RowTransform};
+use super::target::{DeltaNetPart, Heads, QkvPart, RowTransform};
 
 /// A fused HF module that llama.cpp splits into several GGUF tensors.
 pub struct Split {
@@ -18,6 +18,8 @@ pub struct Review {
     pub arch: &'static str,
     /// Row transforms by GGUF template (`blk.{bid}.attn_q`).
     pub rows: &'static [(&'static str, RowTransform)],
+    /// Transforms of the input dimension (A's columns) by GGUF template.
+    pub cols: &'static [(&'static str, RowTransform)],
     /// Fused modules split into several targets.
     pub splits: &'static [Split],
     /// GGUF templates a LoRA cannot be converted for, with the reason.
@@ -55,9 +57,47 @@ const FUSED_GATE_UP_EXPERTS: Split = Split {
     ],
 };
 
+/// Qwen3.5 / Qwen3.5-MoE (`_LinearAttentionVReorderBase`, qwen.py): with fewer key heads than value heads, the
+/// value heads of every Gated DeltaNet projection are reordered from grouped-by-key-head to tiled: rows of
+/// in_proj_qkv's value part, in_proj_z, in_proj_a and in_proj_b; columns of out_proj. Its graph
+/// (src/models/qwen35.cpp, qwen35moe.cpp) applies LoRA to all of them (build_lora_mm on wqkv, wqkv_gate,
+/// ssm_beta, ssm_alpha, ssm_out), to the full-attention projections and to the FFN.
+const DELTA_NET_ROWS: &[(&str, RowTransform)] = &[
+    (
+        "blk.{bid}.attn_qkv",
+        RowTransform::DeltaNetValueHeads(DeltaNetPart::Qkv),
+    ),
+    (
+        "blk.{bid}.attn_gate",
+        RowTransform::DeltaNetValueHeads(DeltaNetPart::ValueHeads),
+    ),
+    (
+        "blk.{bid}.ssm_alpha",
+        RowTransform::DeltaNetValueHeads(DeltaNetPart::PerHead),
+    ),
+    (
+        "blk.{bid}.ssm_beta",
+        RowTransform::DeltaNetValueHeads(DeltaNetPart::PerHead),
+    ),
+];
+const DELTA_NET_COLS: &[(&str, RowTransform)] = &[(
+    "blk.{bid}.ssm_out",
+    RowTransform::DeltaNetValueHeads(DeltaNetPart::ValueHeads),
+)];
+
+/// Tensors llama.cpp's converter writes as one when asked (`--fuse-gate-up-exps`, conversion/base.py
+/// `ModelBase.modify_tensors`: `torch.cat([gate, up], dim=1)`, so gate rows first) and whose graph then multiplies
+/// as one (llama-graph.cpp `build_moe_ffn`: `build_lora_mm_id(gate_up_exps, …)`, LoRA applied): the parts, in row
+/// order, and the fused template. Some converters write it fused by default (Gemma 4, GraniteMoE).
+pub const FUSED_IN_BASE: &[(&[&str], &str)] = &[(
+    &["blk.{bid}.ffn_gate_exps", "blk.{bid}.ffn_up_exps"],
+    "blk.{bid}.ffn_gate_up_exps",
+)];
+
 const PLAIN: Review = Review {
     arch: "",
     rows: &[],
+    cols: &[],
     splits: &[],
     unsupported: &[],
     no_effect: &[],
@@ -188,6 +228,23 @@ pub static REVIEWED: &[Review] = &[
     },
     Review {
         arch: "qwen3moe",
+        splits: &[FUSED_GATE_UP_EXPERTS],
+        stacks_experts: true,
+        ..PLAIN
+    },
+    // Qwen3_5TextModel / Qwen3_5MoeTextModel ⊂ _LinearAttentionVReorderBase ⊂ Qwen3NextModel ⊂ Qwen2MoeModel —
+    // qwen.py: value-head reorder (above); in_proj_qkvz (Qwen3-Next only) is not in Qwen3.5; fused experts split
+    // as Qwen2-MoE (or kept whole with --fuse-gate-up-exps).
+    Review {
+        arch: "qwen35",
+        rows: DELTA_NET_ROWS,
+        cols: DELTA_NET_COLS,
+        ..PLAIN
+    },
+    Review {
+        arch: "qwen35moe",
+        rows: DELTA_NET_ROWS,
+        cols: DELTA_NET_COLS,
         splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
         ..PLAIN

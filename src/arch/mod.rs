@@ -10,7 +10,7 @@ pub mod target;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub use target::{Heads, Layout, QkvPart, RowTransform, Target};
+pub use target::{DeltaNetPart, Heads, Layout, QkvPart, RowTransform, Target};
 
 use families::{REVIEWED, Review};
 use generated::{ARCHES, Arch, HF_ARCHITECTURES, ROLES};
@@ -232,6 +232,7 @@ impl Family {
                     name: tensor_name(gguf, block),
                     block,
                     rows,
+                    cols: RowTransform::Identity,
                     layout: if gguf.ends_with("_exps") {
                         Layout::Experts
                     } else {
@@ -275,6 +276,11 @@ impl Family {
             .iter()
             .find(|(g, _)| *g == gguf)
             .map_or(RowTransform::Identity, |&(_, r)| r);
+        let cols = review
+            .cols
+            .iter()
+            .find(|(g, _)| *g == gguf)
+            .map_or(RowTransform::Identity, |&(_, c)| c);
         let layout = match expert {
             Some(index) => Layout::Expert { index },
             None if gguf == "token_embd" => Layout::Embedding,
@@ -293,6 +299,7 @@ impl Family {
             name: tensor_name(gguf, block),
             block,
             rows,
+            cols,
             layout,
         }])
     }
@@ -361,6 +368,52 @@ impl Family {
                 .join(", "),
         }
     }
+}
+
+/// The targets as the base has them: when the base stores the parts of a split as one fused tensor
+/// ([`families::FUSED_IN_BASE`], checked against the base's own tensors, never assumed), the parts become that
+/// tensor, B's rows in the fused order (a gate|up chunk split: as stored; gpt-oss's interleave: de-interleaved).
+/// `has` answers whether the base has a tensor (None: unknown, e.g. a config-only base — nothing is fused).
+pub fn fused_for_base(targets: Vec<Target>, has: impl Fn(&str) -> Option<bool>) -> Vec<Target> {
+    let [first, second] = targets.as_slice() else {
+        return targets;
+    };
+    let Some(block) = first.block else {
+        return targets;
+    };
+    for (parts, fused) in families::FUSED_IN_BASE {
+        let [p0, p1] = parts else { continue };
+        let (n0, n1, nf) = (
+            tensor_name(p0, Some(block)),
+            tensor_name(p1, Some(block)),
+            tensor_name(fused, Some(block)),
+        );
+        if first.name != n0 || second.name != n1 || first.layout != second.layout {
+            continue;
+        }
+        if has(&nf) != Some(true) || has(&n0) == Some(true) {
+            continue;
+        }
+        let rows = match (first.rows, second.rows) {
+            (
+                RowTransform::Chunk { index: 0, count: 2 },
+                RowTransform::Chunk { index: 1, count: 2 },
+            ) => RowTransform::Identity,
+            (
+                RowTransform::Interleaved { index: 0, count: 2 },
+                RowTransform::Interleaved { index: 1, count: 2 },
+            ) => RowTransform::Deinterleaved { count: 2 },
+            _ => continue,
+        };
+        return vec![Target {
+            name: nf,
+            block: Some(block),
+            rows,
+            cols: first.cols,
+            layout: first.layout,
+        }];
+    }
+    targets
 }
 
 /// `model.layers.3.mlp.experts.7.w1` → (`model.layers.{bid}.mlp.experts.7.w1`, Some(3),

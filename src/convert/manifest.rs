@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::error::{ConvertError, chain};
 use super::plan::{PairShape, Plan};
 use super::{Outcome, Prepared};
-use crate::arch::{Heads, QkvPart, RowTransform};
+use crate::arch::{DeltaNetPart, Heads, QkvPart, RowTransform};
 use crate::mlx::MlxConfig;
 use crate::peft::{Adapter, KeyKind, LoraPair, Packing, PairKind};
 
@@ -190,6 +190,8 @@ pub struct PairSource {
     pub peft_scaling: f64,
     /// What is done to lora_B's rows.
     pub rows: String,
+    /// What is done to lora_A's columns (the base weight's input features).
+    pub cols: String,
     /// Factor multiplied into lora_B (1: untouched), as the f32 applied.
     pub fold: f64,
     /// runtime_factor × fold: the factor llama.cpp effectively applies to this module's B·A (equals
@@ -426,6 +428,7 @@ pub fn pairs(plan: &Plan, a: &Adapter) -> Vec<PairEntry> {
                             expert: s.expert,
                             peft_scaling: s.peft_scaling,
                             rows: rows_name(s.rows),
+                            cols: rows_name(s.cols),
                             fold,
                             effective_factor: runtime * fold,
                         }
@@ -461,7 +464,14 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
                 .or_default()
                 .push(Destination {
                     tensor: p.a.name.clone(),
-                    transform: slot(a_transform(pair, p.shape)),
+                    transform: slot(match s.cols {
+                        RowTransform::Identity => a_transform(pair, p.shape),
+                        cols => format!(
+                            "{}, columns {}",
+                            a_transform(pair, p.shape),
+                            rows_name(cols)
+                        ),
+                    }),
                     fold: 1.0,
                     effective_factor: runtime * fold,
                 });
@@ -641,5 +651,15 @@ pub fn rows_name(r: RowTransform) -> String {
             if rope { ", llama_rope_permute" } else { "" }
         ),
         RowTransform::Chunk { index, count } => format!("chunk({index} of {count})"),
+        RowTransform::Interleaved { index, count } => format!("interleaved({index} of {count})"),
+        RowTransform::Deinterleaved { count } => format!("deinterleave({count})"),
+        RowTransform::DeltaNetValueHeads(part) => format!(
+            "delta_net_v_head_reorder({})",
+            match part {
+                DeltaNetPart::Qkv => "qkv",
+                DeltaNetPart::ValueHeads => "value_heads",
+                DeltaNetPart::PerHead => "per_head",
+            }
+        ),
     }
 }

@@ -40,7 +40,8 @@ pub fn materialize(
                 &pair.target,
                 &p.module,
             )?;
-            Ok(Factors { a: a_src, b })
+            let a = transformed_a(&a_src, r, inp, s.cols, heads, &pair.target, &p.module)?;
+            Ok(Factors { a, b })
         }
         PairShape::Embedding { vocab } => {
             let s = &pair.sources[0];
@@ -92,13 +93,34 @@ pub fn materialize(
                         &pair.target,
                         &p.module,
                     )?;
-                    a[slot * r * inp..(slot + 1) * r * inp].copy_from_slice(a_e);
+                    let at = transformed_a(a_e, r, inp, s.cols, heads, &pair.target, &p.module)?;
+                    a[slot * r * inp..(slot + 1) * r * inp].copy_from_slice(&at);
                     b[slot * out * r..(slot + 1) * out * r].copy_from_slice(&bt);
                 }
             }
             Ok(Factors { a, b })
         }
     }
+}
+
+/// A's columns (the base weight's input features) reordered as the converter reorders the weight's.
+fn transformed_a(
+    a: &[f32],
+    rank: usize,
+    cols: usize,
+    t: crate::arch::RowTransform,
+    heads: HeadCounts,
+    target: &str,
+    module: &str,
+) -> Result<Vec<f32>, ConvertError> {
+    if t == crate::arch::RowTransform::Identity {
+        return Ok(a.to_vec());
+    }
+    factor::apply_cols(t, a, rank, cols, heads).map_err(|source| ConvertError::Rows {
+        module: module.to_string(),
+        target: target.to_string(),
+        source,
+    })
 }
 
 #[allow(clippy::too_many_arguments)] // one call site per layout; a struct would only rename the arguments

@@ -283,10 +283,7 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
         });
     };
     let adapter = &prepared.adapter;
-    let heads = base.heads.unwrap_or(HeadCounts {
-        n_head: 1,
-        n_head_kv: 1,
-    });
+    let heads = base.heads.unwrap_or(HeadCounts::new(1, 1));
 
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;

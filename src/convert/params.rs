@@ -190,7 +190,8 @@ fn expected_shape(
     module: &str,
     param: &str,
 ) -> Result<Option<ParamShape>, crate::arch::MapError> {
-    let targets = family.map_parameter(module, param)?;
+    let targets =
+        crate::arch::fused_for_base(family.map_parameter(module, param)?, |n| base.has_tensor(n));
     let mut shape: Option<ParamShape> = None;
     for t in &targets {
         let Some(dims) = base.target_dims(&t.name) else {

@@ -75,6 +75,8 @@ pub struct PlannedSource {
     pub expert: Option<usize>,
     /// What happens to B's rows.
     pub rows: RowTransform,
+    /// What happens to A's columns.
+    pub cols: RowTransform,
     /// PEFT's own scaling s_m for this module.
     pub peft_scaling: f64,
     /// Factor multiplied into B so that llama.cpp's α/rank gives s_m (1.0: B untouched).
@@ -157,7 +159,7 @@ pub fn plan_all(
             None => family.map_module(&pair.module),
         };
         let targets = match mapped {
-            Ok(t) => t,
+            Ok(t) => crate::arch::fused_for_base(t, |name| base.has_tensor(name)),
             Err(source) => {
                 problems.push(ConvertError::Map {
                     module: pair.pattern_key(),
@@ -177,6 +179,7 @@ pub fn plan_all(
                     pair: index,
                     expert: None,
                     rows: target.rows,
+                    cols: target.cols,
                     peft_scaling,
                     fold,
                 };
@@ -326,11 +329,17 @@ fn heads_for(
     pair: &LoraPair,
     target: &Target,
 ) -> Result<HeadCounts, ConvertError> {
-    match target.rows {
-        RowTransform::Identity | RowTransform::Chunk { .. } => Ok(HeadCounts {
-            n_head: 1,
-            n_head_kv: 1,
-        }),
+    let headless = |t: RowTransform| {
+        matches!(
+            t,
+            RowTransform::Identity
+                | RowTransform::Chunk { .. }
+                | RowTransform::Interleaved { .. }
+                | RowTransform::Deinterleaved { .. }
+        )
+    };
+    match (target.rows, target.cols) {
+        (rows, cols) if headless(rows) && headless(cols) => Ok(HeadCounts::new(1, 1)),
         _ => base.heads.ok_or_else(|| ConvertError::NeedHeads {
             module: pair.module.clone(),
             target: target.name.clone(),
@@ -395,6 +404,12 @@ fn plan_one(
             target: target.name.clone(),
             source,
         })?;
+    // an input-dimension transform is a permutation of A's columns: it must fit them
+    factor::output_rows(target.cols, a_cols, heads).map_err(|source| ConvertError::Rows {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        source,
+    })?;
     if pair.packing.n_expert() > 1 && target.layout != Layout::Experts {
         // a stack of experts can only become a stacked `*_exps` tensor
         return Err(ConvertError::KindMismatch {

@@ -124,6 +124,20 @@ fn verify_pair(
                 PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
                     Cow::Owned(factor::keep_columns(peft_a, r, p.a.shape[1], vocab))
                 }
+                _ if source.cols != crate::arch::RowTransform::Identity => Cow::Owned(
+                    factor::apply_cols(
+                        source.cols,
+                        p.packing.expert_a(peft_a, r, inp, in_expert),
+                        r,
+                        inp,
+                        heads,
+                    )
+                    .map_err(|e| ConvertError::Rows {
+                        module: p.module.clone(),
+                        target: pair.target.clone(),
+                        source: e,
+                    })?,
+                ),
                 _ => Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
             };
             let b_expert = p.packing.expert_b(peft_b, r, p.out_features(), in_expert);

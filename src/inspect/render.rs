@@ -137,14 +137,19 @@ fn peft(r: &PeftReport) -> String {
         .pairs
         .iter()
         .flat_map(|p| p.sources.iter().map(move |s| (p, s)))
-        .filter(|(_, s)| s.rows != "identity" || s.fold != 1.0)
+        .filter(|(_, s)| s.rows != "identity" || s.cols != "identity" || s.fold != 1.0)
         .map(|(p, s)| {
             let fold = if s.fold == 1.0 {
                 String::new()
             } else {
                 format!(", lora_b × {}", s.fold)
             };
-            format!("  {}: rows {}{fold}", p.target, s.rows)
+            let cols = if s.cols == "identity" {
+                String::new()
+            } else {
+                format!(", columns {}", s.cols)
+            };
+            format!("  {}: rows {}{cols}{fold}", p.target, s.rows)
         })
         .collect();
     if !transformed.is_empty() {
