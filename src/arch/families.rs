@@ -26,6 +26,10 @@ pub struct Review {
     pub unsupported: &'static [(&'static str, &'static str)],
     /// GGUF templates whose LoRA llama.cpp loads but never applies (raw `ggml_mul_mat` in its graph builder).
     pub no_effect: &'static [&'static str],
+    /// GGUF templates whose `.scale` companion tensor llama.cpp multiplies into the base matmul only
+    /// (llama-graph.cpp `build_lora_mm_id`: `res = mul(res, w_s)` before the LoRA term is added), while in PyTorch
+    /// the LoRA sits inside the scaled product: the scale is folded into B.
+    pub base_only_scales: &'static [&'static str],
     /// llama.cpp's converter stacks per-expert Linear weights (`experts.{xid}.…`) into `*_exps`.
     pub stacks_experts: bool,
     /// The family always shares the output head with the token embedding.
@@ -101,6 +105,7 @@ const PLAIN: Review = Review {
     splits: &[],
     unsupported: &[],
     no_effect: &[],
+    base_only_scales: &[],
     stacks_experts: false,
     always_tied: false,
 };
@@ -114,6 +119,13 @@ pub static REVIEWED: &[Review] = &[
         rows: ROPE_QK,
         splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
+        ..PLAIN
+    },
+    // SmolLM3Model ⊂ LlamaModel — llama.py: q/k permuted as Llama's (its NoPE layers change the graph, not the
+    // weights).
+    Review {
+        arch: "smollm3",
+        rows: ROPE_QK,
         ..PLAIN
     },
     // Mistral3Model.Ministral3Model ⊂ LlamaModel — mistral3.py.
@@ -266,6 +278,19 @@ pub static REVIEWED: &[Review] = &[
         always_tied: true,
         ..PLAIN
     },
+    // Gemma4Model ⊂ Gemma3Model — gemma.py: embedding vocabulary cut (as Gemma 3), experts kept fused
+    // (`experts.gate_up_proj` → ffn_gate_up_exps, gate rows first), the router's per_expert_scale written as
+    // ffn_down_exps.scale, which src/models/gemma4.cpp passes to build_moe_ffn as down_exps_s (base only). Its graph
+    // applies LoRA to q/k/v/o, the MLP, the router (`router.proj` → ffn_gate_inp, on the same scaled input as
+    // PyTorch), the experts and the per-layer input gate/projection; not to per_layer_model_proj (ggml_mul_mat in
+    // project_per_layer_inputs).
+    Review {
+        arch: "gemma4",
+        stacks_experts: true,
+        base_only_scales: &["blk.{bid}.ffn_down_exps"],
+        no_effect: &["per_layer_model_proj"],
+        ..PLAIN
+    },
     // Phi3MiniModel, Phi2Model, StarCoder2Model, StableLMModel (q/k layernorm stacking only): plain.
     Review {
         arch: "phi3",
@@ -297,6 +322,46 @@ pub static REVIEWED: &[Review] = &[
     Review {
         arch: "cohere2",
         always_tied: true,
+        ..PLAIN
+    },
+    // LFM2Model — lfm2.py: only the short convolution's kernel is squeezed; names as mapped. Its graph
+    // (src/models/lfm2.cpp) applies LoRA to the conv block's in_proj/out_proj, the attention projections and the
+    // FFN (the conv kernel itself goes through ggml_ssm_conv, but PEFT's LoRA for a Conv1d is not a GGUF pair).
+    Review {
+        arch: "lfm2",
+        ..PLAIN
+    },
+    // Glm4MoeModel — glm.py: mlp.experts.{xid}.* stacked (transformers 5 saves GLM-4.5's experts per expert);
+    // q/k not permuted (neox ordering). Its graph (src/models/glm4-moe.cpp) applies LoRA to attention, the dense
+    // and shared-expert FFNs, the router and the routed experts. peft 0.21.2 rewrites glm4_moe target_modules onto
+    // the fused experts (gate_up_proj with rank and alpha patterns 2r, 2α).
+    Review {
+        arch: "glm4moe",
+        splits: &[FUSED_GATE_UP_EXPERTS],
+        stacks_experts: true,
+        ..PLAIN
+    },
+    // GptOssModel — gpt_oss.py: experts stored (E, in, out) and transposed by the converter; PEFT's ParamWrapper
+    // honours the experts' `is_transposed` (transformers' gpt_oss), so its factors are already (out, in)-oriented.
+    // gate_up_proj's output alternates gate and up (`gate_up[..., ::2]`, `[..., 1::2]`): split even/odd rows. Its
+    // graph (src/models/openai-moe.cpp) applies LoRA to q/k/v/o (build_lora_mm), the router and the experts
+    // (build_moe_ffn); the attention sinks are not weights a LoRA targets.
+    Review {
+        arch: "gpt-oss",
+        splits: &[Split {
+            hf: "model.layers.{bid}.mlp.experts.gate_up_proj",
+            parts: &[
+                (
+                    "blk.{bid}.ffn_gate_exps",
+                    RowTransform::Interleaved { index: 0, count: 2 },
+                ),
+                (
+                    "blk.{bid}.ffn_up_exps",
+                    RowTransform::Interleaved { index: 1, count: 2 },
+                ),
+            ],
+        }],
+        stacks_experts: true,
         ..PLAIN
     },
     // DeepseekV2Model — deepseek.py: kv_b_proj split into per-head k_b (transposed) and v_b; experts stacked.

@@ -328,6 +328,19 @@ impl Family {
             .any(|t| *t == template || *t == stem)
     }
 
+    /// The base tensor whose values llama.cpp multiplies into this target's base matmul only (`….scale`), when the
+    /// family has one for it: its values must be folded into B.
+    pub fn base_only_scale(&self, gguf_tensor: &str) -> Option<String> {
+        let review = self.review?;
+        let stem = gguf_tensor.strip_suffix(".weight").unwrap_or(gguf_tensor);
+        let (template, _, _) = templated(stem);
+        review
+            .base_only_scales
+            .iter()
+            .any(|t| *t == template || *t == stem)
+            .then(|| format!("{stem}.scale"))
+    }
+
     /// Whether the family always ties its output head to the token embedding.
     pub fn always_tied(&self) -> bool {
         self.review.is_some_and(|r| r.always_tied)

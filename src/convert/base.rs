@@ -41,6 +41,9 @@ pub struct BaseModel {
     pub tied_embeddings: Option<bool>,
     /// GGUF tensor name → ggml dims (`ne`), only for a GGUF base.
     pub tensors: Option<BTreeMap<String, Vec<u64>>>,
+    /// The values of the base's small `….scale` tensors (per-expert output scales), only for a GGUF base. A scale
+    /// whose weight is NVFP4 is left out: there it also holds the quantization's own scale.
+    pub scales: BTreeMap<String, Vec<f32>>,
 }
 
 /// Why the base description could not be read.
@@ -107,6 +110,18 @@ impl BaseModel {
         let tied =
             tensors.contains_key("token_embd.weight") && !tensors.contains_key("output.weight");
         let n_embd = file.get_u64(&keys::arch_key(&arch, "embedding_length"));
+        let mut scales = BTreeMap::new();
+        for t in &file.tensors {
+            let Some(stem) = t.name.strip_suffix(".scale") else {
+                continue;
+            };
+            let nvfp4 = file
+                .tensor(&format!("{stem}.weight"))
+                .is_some_and(|w| w.ggml_type == gguf::GgmlType::NVFP4);
+            if t.n_elements() <= 1 << 16 && !nvfp4 {
+                scales.insert(t.name.clone(), file.read_tensor_f32(&t.name)?);
+            }
+        }
         Ok(BaseModel {
             source: BaseSource::Gguf(path.to_path_buf()),
             gguf_arch: Some(arch),
@@ -118,6 +133,7 @@ impl BaseModel {
             n_ff_exp: None,
             tied_embeddings: Some(tied),
             tensors: Some(tensors),
+            scales,
         })
     }
 
@@ -140,6 +156,7 @@ impl BaseModel {
             n_ff_exp: g.n_ff_exp,
             tied_embeddings: g.tie_word_embeddings,
             tensors: None,
+            scales: BTreeMap::new(),
         })
     }
 

@@ -194,6 +194,9 @@ pub struct PairSource {
     pub cols: String,
     /// Factor multiplied into lora_B (1: untouched), as the f32 applied.
     pub fold: f64,
+    /// The base's scale that llama.cpp applies to the base matmul only, per expert, also multiplied into lora_B
+    /// (Gemma 4's `ffn_down_exps.scale`); null when none.
+    pub base_scale: Option<Vec<f32>>,
     /// runtime_factor × fold: the factor llama.cpp effectively applies to this module's B·A (equals
     /// peft_scaling up to f32 rounding of α and the fold).
     pub effective_factor: f64,
@@ -430,6 +433,7 @@ pub fn pairs(plan: &Plan, a: &Adapter) -> Vec<PairEntry> {
                             rows: rows_name(s.rows),
                             cols: rows_name(s.cols),
                             fold,
+                            base_scale: s.base_scale.clone(),
                             effective_factor: runtime * fold,
                         }
                     })
@@ -459,6 +463,9 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
             let mut b_transform = b_transform(pair, s.rows);
             if fold != 1.0 {
                 b_transform.push_str(&format!(", × {fold}"));
+            }
+            if s.base_scale.is_some() {
+                b_transform.push_str(", × the base's scale of each expert");
             }
             out.entry(pair.a.key.clone())
                 .or_default()

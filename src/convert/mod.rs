@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub use base::{BaseModel, BaseSource};
 pub use error::ConvertError;
 pub use plan::{OutType, Plan};
-pub use quirks::{Quirks, TorchtuneQwen2};
+pub use quirks::{IgnoredPairs, Quirks, TorchtuneQwen2};
 pub use verify::VerifyReport;
 
 use crate::arch;

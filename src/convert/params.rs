@@ -199,7 +199,9 @@ fn expected_shape(
         };
         let d = |i: usize| dims.get(i).copied().unwrap_or(1) as usize;
         let rows = match t.rows {
-            RowTransform::Chunk { count, .. } => d(1) * usize::from(count),
+            RowTransform::Chunk { count, .. } | RowTransform::Interleaved { count, .. } => {
+                d(1) * usize::from(count)
+            }
             _ => d(1),
         };
         let n_expert = matches!(t.layout, Layout::Experts | Layout::Expert { .. }).then(|| d(2));
@@ -422,10 +424,11 @@ mod tests {
         );
     }
 
-    /// DeepSeek-V2's MLA graph multiplies the attention weights without LoRA: such pairs are written with a
-    /// warning naming them; kv_b_proj (split and transposed by llama.cpp) is refused.
+    /// DeepSeek-V2's MLA graph multiplies the attention weights without LoRA: such pairs are refused by name, or
+    /// left out with a warning naming them (`--drop-ignored-pairs`); kv_b_proj (split and transposed by llama.cpp)
+    /// is refused.
     #[test]
-    fn deepseek2_attention_warns_no_effect_and_kv_b_is_refused() {
+    fn deepseek2_attention_is_refused_or_dropped_and_kv_b_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let base = base_config(
             dir.path(),
@@ -444,16 +447,33 @@ mod tests {
             ],
         );
         let adapter = crate::peft::open(dir.path()).unwrap();
-        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        let e = plan::plan(&adapter, family, &base, OutType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "module `model.layers.0.self_attn.q_a_proj` → `blk.0.attn_q_a.weight`: llama.cpp's `deepseek2` \
+                 graph multiplies this tensor without LoRA"
+            ),
+            "{e}"
+        );
+        let drop = crate::convert::Quirks {
+            ignored_pairs: crate::convert::IgnoredPairs::Drop,
+            ..Default::default()
+        };
+        let (plan, problems) = plan::plan_all(&adapter, family, &base, OutType::F32, &drop);
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         assert!(
             plan.warnings[0].starts_with(
                 "`blk.0.attn_q_a.weight` (from `model.layers.0.self_attn.q_a_proj`): llama.cpp's deepseek2 graph \
-                 does not apply LoRA to this tensor"
+                 does not apply LoRA to this tensor; the pair is left out"
             ),
             "{}",
             plan.warnings[0]
         );
+        let targets: Vec<&str> = plan.pairs.iter().map(|p| p.target.as_str()).collect();
+        assert_eq!(targets, ["blk.0.attn_output.weight"]);
         write_adapter(
             dir.path(),
             r#"{"r":4,"lora_alpha":8,"target_modules":["kv_b_proj"]}"#,

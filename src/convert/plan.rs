@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::base::BaseModel;
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
-use super::quirks::{self, Quirks};
+use super::quirks::{self, IgnoredPairs, Quirks};
 use crate::arch::{Family, Layout, RowTransform, Target};
 use crate::gguf::{GgmlType, TensorSpec};
 use crate::peft::{Adapter, LoraPair, PairKind, SourceDtype};
@@ -81,6 +81,25 @@ pub struct PlannedSource {
     pub peft_scaling: f64,
     /// Factor multiplied into B so that llama.cpp's α/rank gives s_m (1.0: B untouched).
     pub fold: f64,
+    /// The base's output scale that llama.cpp applies to the base matmul only (Gemma 4's per-expert
+    /// `ffn_down_exps.scale`): one value per expert (or one for all), multiplied into B with the fold.
+    pub base_scale: Option<Vec<f32>>,
+}
+
+impl PlannedSource {
+    /// The base's scale for expert `e` (1 without one).
+    pub fn base_scale_for(&self, e: usize) -> f64 {
+        match &self.base_scale {
+            Some(v) if v.len() == 1 => f64::from(v[0]),
+            Some(v) => v.get(e).map_or(1.0, |&x| f64::from(x)),
+            None => 1.0,
+        }
+    }
+
+    /// The factor multiplied into expert `e`'s B: the scaling fold times the base's scale.
+    pub fn fold_for(&self, e: usize) -> f64 {
+        self.fold * self.base_scale_for(e)
+    }
 }
 
 /// One `<target>.lora_a` / `<target>.lora_b` pair of the output file.
@@ -182,14 +201,51 @@ pub fn plan_all(
                     cols: target.cols,
                     peft_scaling,
                     fold,
+                    base_scale: None,
                 };
-                let planned = plan_one(pair, &target, base, source)?;
                 if family.no_effect(&target.name) {
-                    warnings.push(format!(
-                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor; the pair is \
-                         written but has no effect at run time",
+                    let what = format!(
+                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor",
                         target.name, pair.module, family.gguf_arch
-                    ));
+                    );
+                    match quirks.ignored_pairs {
+                        IgnoredPairs::Refuse => {
+                            return Err(ConvertError::NoEffect {
+                                module: pair.module.clone(),
+                                target: target.name.clone(),
+                                arch: family.gguf_arch,
+                            });
+                        }
+                        IgnoredPairs::Drop => {
+                            warnings.push(format!(
+                                "{what}; the pair is left out (--drop-ignored-pairs)"
+                            ));
+                            return Ok(());
+                        }
+                        IgnoredPairs::Keep => warnings.push(format!(
+                            "{what}; the pair is written but has no effect at run time"
+                        )),
+                    }
+                }
+                let mut planned = plan_one(pair, &target, base, source)?;
+                if let Some(scale) = family.base_only_scale(&target.name) {
+                    let values = base_scale(pair, &target, &scale, base)?;
+                    let experts = match planned.shape {
+                        PairShape::Experts { n_expert } => n_expert,
+                        _ => 1,
+                    };
+                    if let Some(v) = &values
+                        && v.len() != 1
+                        && v.len() != experts
+                    {
+                        return Err(ConvertError::BaseScale {
+                            module: pair.module.clone(),
+                            target: target.name.clone(),
+                            scale,
+                            why: format!("it has {} values for {experts} experts", v.len()),
+                        });
+                    }
+                    planned.sources[0].base_scale = values;
                 }
                 match (planned.shape, by_target.get(&target.name)) {
                     (PairShape::Experts { .. }, Some(&at)) => {
@@ -304,6 +360,36 @@ pub fn plan_all(
         warnings,
     };
     (plan, problems)
+}
+
+/// The values of a base-only scale for `target` (None: the base has no such scale, i.e. 1).
+fn base_scale(
+    pair: &LoraPair,
+    target: &Target,
+    scale: &str,
+    base: &BaseModel,
+) -> Result<Option<Vec<f32>>, ConvertError> {
+    let refuse = |why: String| ConvertError::BaseScale {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        scale: scale.to_string(),
+        why,
+    };
+    match base.has_tensor(scale) {
+        Some(false) => Ok(None),
+        Some(true) => match base.scales.get(scale) {
+            Some(v) => Ok(Some(v.clone())),
+            None => Err(refuse(format!(
+                "in {} it is an NVFP4 weight's scale, which also holds the quantization's own; convert against \
+                 the unquantized (or non-NVFP4) GGUF of the same model",
+                base.describe()
+            ))),
+        },
+        None => Err(refuse(format!(
+            "{} is a config.json, which does not hold the scale's values; pass `--base` with the model's GGUF",
+            base.describe()
+        ))),
+    }
 }
 
 /// α = the c_m = s_m·r_m shared by the most pairs (ties: the smallest), as f32.

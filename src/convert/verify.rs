@@ -153,9 +153,10 @@ fn verify_pair(
                 a_ref: &a_ref,
                 b_ref: &b_ref,
                 a_err: element_errors(&a_ref, inp, pair.a.ggml_type, 1.0),
-                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold),
+                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold_for(e)),
                 runtime,
-                peft: source.peft_scaling,
+                // llama.cpp scales the base only: the LoRA term must carry the base's scale itself
+                peft: source.peft_scaling * source.base_scale_for(e),
                 r,
                 inp,
                 out,

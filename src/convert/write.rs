@@ -90,7 +90,8 @@ fn work<'a>(pair: &'a PlannedPair, adapter: &'a Adapter) -> Work<'a> {
         (PairShape::Linear, [s])
             if !adapter.pairs[s.pair].a.transposed
                 && !adapter.pairs[s.pair].b.transposed
-                && s.cols == RowTransform::Identity =>
+                && s.cols == RowTransform::Identity
+                && s.base_scale.is_none() =>
         {
             let p = &adapter.pairs[s.pair];
             Work::Rows {
