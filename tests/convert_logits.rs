@@ -175,6 +175,7 @@ family_tests! {
     qwen35moe_delta_net_experts_router_shared_expert => "qwen35moe",
     gptoss_interleaved_gate_up_experts_and_router => "gptoss",
     glm4moe_peft_rewrite_with_rank_and_alpha_patterns => "glm4moe",
+    llama4_experts_stored_in_out_and_shared_expert => "llama4",
     qwen35moe_fused_gate_up_exps_base => "qwen35moe-fused",
     // Other trainers (fixtures/generate_trainers.py): torchtune's reference is torchtune's own forward pass.
     torchtune_llama_peft_export => "torchtune-llama",
@@ -364,6 +365,7 @@ fn every_ok_fixture_has_a_logits_test() {
         "smollm3",
         "lfm2",
         "glm4moe",
+        "llama4",
         "llama-rslora",
         "llama-patterns",
         "llama-embed-lmhead",

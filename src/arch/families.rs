@@ -34,6 +34,9 @@ pub struct Review {
     pub stacks_experts: bool,
     /// The family always shares the output head with the token embedding.
     pub always_tied: bool,
+    /// Its fused expert parameters are stored (E, in, out) without transformers' `is_transposed` marker, so peft's
+    /// ParamWrapper factors hold ΔWᵀ ([`super::Target::transposed`]).
+    pub expert_params_in_out: bool,
 }
 
 const ROPE_QK: &[(&str, RowTransform)] = &[
@@ -108,6 +111,7 @@ const PLAIN: Review = Review {
     base_only_scales: &[],
     stacks_experts: false,
     always_tied: false,
+    expert_params_in_out: false,
 };
 
 /// Reviewed families. An arch absent here converts only if none of its converter classes defines
@@ -119,6 +123,29 @@ pub static REVIEWED: &[Review] = &[
         rows: ROPE_QK,
         splits: &[FUSED_GATE_UP_EXPERTS],
         stacks_experts: true,
+        ..PLAIN
+    },
+    // Llama4Model ⊂ LlamaModel — llama.py: no q/k permutation (undo_permute = False); experts.gate_up_proj
+    // (E, H, 2·ff) transposed and split in halves (gate first), experts.down_proj transposed. transformers' Llama 4
+    // experts carry no `is_transposed`, so peft holds ΔWᵀ for them. Its graph (src/models/llama4.cpp) applies LoRA
+    // to attention, the dense and shared-expert FFNs, the router and the experts.
+    Review {
+        arch: "llama4",
+        splits: &[Split {
+            hf: "model.layers.{bid}.feed_forward.experts.gate_up_proj",
+            parts: &[
+                (
+                    "blk.{bid}.ffn_gate_exps",
+                    RowTransform::Chunk { index: 0, count: 2 },
+                ),
+                (
+                    "blk.{bid}.ffn_up_exps",
+                    RowTransform::Chunk { index: 1, count: 2 },
+                ),
+            ],
+        }],
+        stacks_experts: true,
+        expert_params_in_out: true,
         ..PLAIN
     },
     // SmolLM3Model ⊂ LlamaModel — llama.py: q/k permuted as Llama's (its NoPE layers change the graph, not the

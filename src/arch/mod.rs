@@ -233,6 +233,7 @@ impl Family {
                     block,
                     rows,
                     cols: RowTransform::Identity,
+                    transposed: gguf.ends_with("_exps") && review.expert_params_in_out,
                     layout: if gguf.ends_with("_exps") {
                         Layout::Experts
                     } else {
@@ -300,6 +301,7 @@ impl Family {
             block,
             rows,
             cols,
+            transposed: layout == Layout::Experts && review.expert_params_in_out,
             layout,
         }])
     }
@@ -423,6 +425,7 @@ pub fn fused_for_base(targets: Vec<Target>, has: impl Fn(&str) -> Option<bool>) 
             block: Some(block),
             rows,
             cols: first.cols,
+            transposed: first.transposed,
             layout: first.layout,
         }];
     }

@@ -115,6 +115,10 @@ pub struct Target {
     pub rows: RowTransform,
     /// What happens to A's columns on the way (the converter reorders the base weight's input dimension).
     pub cols: RowTransform,
+    /// PEFT's factors hold ΔWᵀ: a fused expert parameter stored (E, in, out) without transformers'
+    /// `is_transposed` (Llama 4), for which peft's ParamWrapper swaps in and out (lora_A (E·r, out), lora_B
+    /// (in, E·r)); expert e's GGUF pair is then lora_a = B_eᵀ, lora_b = A_eᵀ.
+    pub transposed: bool,
     /// Plain, embedding, or one expert of a stack.
     pub layout: Layout,
 }

@@ -467,27 +467,43 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
             if s.base_scale.is_some() {
                 b_transform.push_str(", × the base's scale of each expert");
             }
+            let mut a_transform = match s.cols {
+                RowTransform::Identity => a_transform(pair, p.shape),
+                cols => format!(
+                    "{}, columns {}",
+                    a_transform(pair, p.shape),
+                    rows_name(cols)
+                ),
+            };
+            // PEFT holds ΔWᵀ (Llama 4's experts): A becomes lora_b and B lora_a, each transposed per expert
+            let (a_to, b_to) = if s.transposed {
+                a_transform = format!(
+                    "expert e = rows e·r..(e+1)·r, transposed into lora_b, {}",
+                    {
+                        let rows = b_transform.split_once(", rows ").map_or("", |(_, r)| r);
+                        format!("rows {rows}")
+                    }
+                );
+                b_transform = "expert e = columns e, E+e, 2E+e, … (PEFT interleaves them), transposed into lora_a"
+                    .to_string();
+                (&p.b, &p.a)
+            } else {
+                (&p.a, &p.b)
+            };
             out.entry(pair.a.key.clone())
                 .or_default()
                 .push(Destination {
-                    tensor: p.a.name.clone(),
-                    transform: slot(match s.cols {
-                        RowTransform::Identity => a_transform(pair, p.shape),
-                        cols => format!(
-                            "{}, columns {}",
-                            a_transform(pair, p.shape),
-                            rows_name(cols)
-                        ),
-                    }),
-                    fold: 1.0,
+                    tensor: a_to.name.clone(),
+                    transform: slot(a_transform),
+                    fold: if s.transposed { fold } else { 1.0 },
                     effective_factor: runtime * fold,
                 });
             out.entry(pair.b.key.clone())
                 .or_default()
                 .push(Destination {
-                    tensor: p.b.name.clone(),
+                    tensor: b_to.name.clone(),
                     transform: slot(b_transform),
-                    fold,
+                    fold: if s.transposed { 1.0 } else { fold },
                     effective_factor: runtime * fold,
                 });
         }

@@ -20,6 +20,8 @@ struct ParamShape {
     out_features: usize,
     /// Experts of a 3-D parameter; None for a 2-D one.
     n_expert: Option<usize>,
+    /// PEFT holds ΔWᵀ for it (stored (E, in, out), Llama 4): lora_A is (E·r, out), lora_B (in, E·r).
+    transposed: bool,
 }
 
 /// Decide every `target_parameters` pair of `adapter` against the base.
@@ -98,6 +100,11 @@ fn resolve_one(
             continue;
         };
         let e = x.n_expert.unwrap_or(1);
+        let (in_features, out_features) = if x.transposed {
+            (out_features, in_features)
+        } else {
+            (in_features, out_features)
+        };
         if x.in_features != in_features || x.out_features != out_features {
             notes.push(format!(
                 "`{param}` is {} × {} per expert in the base",
@@ -209,6 +216,7 @@ fn expected_shape(
             in_features: d(0),
             out_features: rows,
             n_expert,
+            transposed: t.transposed,
         };
         match shape {
             None => shape = Some(this),

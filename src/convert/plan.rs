@@ -77,6 +77,8 @@ pub struct PlannedSource {
     pub rows: RowTransform,
     /// What happens to A's columns.
     pub cols: RowTransform,
+    /// PEFT's factors hold ΔWᵀ (Llama 4's experts): lora_a = B_eᵀ, lora_b = A_eᵀ.
+    pub transposed: bool,
     /// PEFT's own scaling s_m for this module.
     pub peft_scaling: f64,
     /// Factor multiplied into B so that llama.cpp's α/rank gives s_m (1.0: B untouched).
@@ -199,6 +201,7 @@ pub fn plan_all(
                     expert: None,
                     rows: target.rows,
                     cols: target.cols,
+                    transposed: target.transposed,
                     peft_scaling,
                     fold,
                     base_scale: None,
@@ -463,8 +466,13 @@ fn plan_one(
     source: PlannedSource,
 ) -> Result<PlannedPair, ConvertError> {
     let heads = heads_for(base, pair, target)?;
-    let (b_rows, rank) = (dim(&pair.b.shape, 0), pair.rank);
-    let a_cols = dim(&pair.a.shape, 1);
+    let rank = pair.rank;
+    // ΔW's rows and columns: B's rows and A's columns, or the other way round when PEFT holds ΔWᵀ
+    let (b_rows, a_cols) = if target.transposed {
+        (dim(&pair.a.shape, 1), dim(&pair.b.shape, 0))
+    } else {
+        (dim(&pair.b.shape, 0), dim(&pair.a.shape, 1))
+    };
     let kind_name = |k: PairKind| {
         if k == PairKind::Embedding {
             "embedding"

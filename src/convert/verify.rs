@@ -120,32 +120,40 @@ fn verify_pair(
             adapter.tensor_f32(&p.b, peft_b)?;
             // a fused source holds every expert: take expert e's factors out of its packing
             let in_expert = if source.expert.is_none() { e } else { 0 };
+            // expert e's factors in PEFT's orientation (swapped back when PEFT holds ΔWᵀ)
+            let (a_expert, b_expert, b_rows): (Cow<[f32]>, Vec<f32>, usize) = if source.transposed {
+                let (a, b, rows) =
+                    super::materialize::expert_factors(p, true, peft_a, peft_b, in_expert);
+                (Cow::Owned(a), b, rows)
+            } else {
+                (
+                    Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
+                    p.packing.expert_b(peft_b, r, p.out_features(), in_expert),
+                    p.b.shape[0],
+                )
+            };
             let a_ref: Cow<[f32]> = match pair.shape {
                 PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
                     Cow::Owned(factor::keep_columns(peft_a, r, p.a.shape[1], vocab))
                 }
                 _ if source.cols != crate::arch::RowTransform::Identity => Cow::Owned(
-                    factor::apply_cols(
-                        source.cols,
-                        p.packing.expert_a(peft_a, r, inp, in_expert),
-                        r,
-                        inp,
-                        heads,
-                    )
-                    .map_err(|e| ConvertError::Rows {
-                        module: p.module.clone(),
-                        target: pair.target.clone(),
-                        source: e,
+                    factor::apply_cols(source.cols, &a_expert, r, inp, heads).map_err(|e| {
+                        ConvertError::Rows {
+                            module: p.module.clone(),
+                            target: pair.target.clone(),
+                            source: e,
+                        }
                     })?,
                 ),
-                _ => Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
+                _ => a_expert,
             };
-            let b_expert = p.packing.expert_b(peft_b, r, p.out_features(), in_expert);
-            let b_ref = factor::apply_rows(source.rows, &b_expert, p.b.shape[0], r, heads)
-                .map_err(|source| ConvertError::Rows {
-                    module: p.module.clone(),
-                    target: pair.target.clone(),
-                    source,
+            let b_ref =
+                factor::apply_rows(source.rows, &b_expert, b_rows, r, heads).map_err(|source| {
+                    ConvertError::Rows {
+                        module: p.module.clone(),
+                        target: pair.target.clone(),
+                        source,
+                    }
                 })?;
             let check = Check {
                 a_file: &a_g,
