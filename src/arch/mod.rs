@@ -5,6 +5,7 @@
 pub mod families;
 pub mod generated;
 pub mod geometry;
+pub mod support;
 pub mod target;
 
 use std::collections::HashMap;
@@ -430,6 +431,17 @@ pub fn fused_for_base(targets: Vec<Target>, has: impl Fn(&str) -> Option<bool>) 
         }];
     }
     targets
+}
+
+/// When `target` is one part of a split the base stores fused (`blk.3.ffn_gate_exps.weight` on a base made with
+/// `--fuse-gate-up-exps`), the fused tensor's name.
+pub fn fused_part_of(target: &str, has: impl Fn(&str) -> bool) -> Option<String> {
+    let stem = target.strip_suffix(".weight")?;
+    let (template, block, _) = templated(stem);
+    families::FUSED_IN_BASE.iter().find_map(|(parts, fused)| {
+        let fused = tensor_name(fused, block);
+        (parts.contains(&template.as_str()) && has(&fused)).then_some(fused)
+    })
 }
 
 /// `model.layers.3.mlp.experts.7.w1` → (`model.layers.{bid}.mlp.experts.7.w1`, Some(3),

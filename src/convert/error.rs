@@ -221,6 +221,23 @@ pub enum ConvertError {
         /// Why it cannot be read, and what to do.
         why: String,
     },
+    /// A LoRA for one part of a split the base stores fused (gate or up experts on a `--fuse-gate-up-exps` base).
+    #[error(
+        "module `{module}` → `{target}`: the base {base} stores the gate and up experts fused as `{fused}` \
+         (convert_hf_to_gguf.py --fuse-gate-up-exps), and a LoRA for gate or up alone cannot be expressed on it \
+         without combining both into one pair of twice the rank, which lora-convert does not do yet; convert the \
+         base without --fuse-gate-up-exps, or train the experts with target_parameters on the fused gate_up_proj"
+    )]
+    FusedInBase {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target (the part).
+        target: String,
+        /// The fused tensor the base has.
+        fused: String,
+        /// The base.
+        base: String,
+    },
     /// llama.cpp's graph multiplies the target without LoRA: the pair would load and do nothing.
     #[error(
         "module `{module}` → `{target}`: llama.cpp's `{arch}` graph multiplies this tensor without LoRA \
@@ -390,6 +407,7 @@ impl ConvertError {
             | C::KindMismatch { module, .. }
             | C::ExpertStack { module, .. }
             | C::BaseScale { module, .. }
+            | C::FusedInBase { module, .. }
             | C::NoEffect { module, .. }
             | C::TorchtuneQwen2 { module, .. } => module.clone(),
             C::ParameterShape { saved_as, .. } | C::ParameterAmbiguous { saved_as, .. } => {

@@ -496,4 +496,58 @@ mod tests {
             .to_string();
         assert!(e.contains("retrain without kv_b_proj"), "{e}");
     }
+
+    /// On a base made with --fuse-gate-up-exps, transformers-5's fused gate_up_proj becomes one ffn_gate_up_exps
+    /// pair, and a LoRA on gate_proj (here per-expert Linear modules) alone is refused naming the fused tensor.
+    #[test]
+    fn separate_gate_experts_on_a_fused_base_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bases");
+        let base = BaseModel::from_gguf(&fixtures.join("qwen35moe-fused/base.gguf")).unwrap();
+        let family = crate::convert::resolve_family(None, &base).unwrap();
+        write_adapter(
+            dir.path(),
+            r#"{"r":4,"lora_alpha":8,"target_modules":[],"target_parameters":["mlp.experts.gate_up_proj"]}"#,
+            &[
+                ("model.layers.1.mlp.experts.lora_A.weight", &[16, 32]),
+                ("model.layers.1.mlp.experts.lora_B.weight", &[48, 16]),
+            ],
+        );
+        let mut adapter = crate::peft::open(dir.path()).unwrap();
+        resolve(&mut adapter, family, &base).unwrap();
+        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        let targets: Vec<(&str, &[u64])> = plan
+            .pairs
+            .iter()
+            .map(|p| (p.a.name.as_str(), p.a.dims.as_slice()))
+            .collect();
+        assert_eq!(
+            targets,
+            [("blk.1.ffn_gate_up_exps.weight.lora_a", &[32u64, 4, 4][..])]
+        );
+        write_adapter(
+            dir.path(),
+            r#"{"r":4,"lora_alpha":8,"target_modules":["gate_proj"]}"#,
+            &[
+                (
+                    "model.layers.1.mlp.experts.0.gate_proj.lora_A.weight",
+                    &[4, 32],
+                ),
+                (
+                    "model.layers.1.mlp.experts.0.gate_proj.lora_B.weight",
+                    &[24, 4],
+                ),
+            ],
+        );
+        let adapter = crate::peft::open(dir.path()).unwrap();
+        let e = plan::plan(&adapter, family, &base, OutType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "module `model.layers.1.mlp.experts.0.gate_proj` → `blk.1.ffn_gate_exps.weight`: the base "
+            ) && e.contains("stores the gate and up experts fused as `blk.1.ffn_gate_up_exps.weight`"),
+            "{e}"
+        );
+    }
 }

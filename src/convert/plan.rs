@@ -656,6 +656,14 @@ fn check_base_shape(
     };
     let module = pairs[p.sources[0].pair].module.clone();
     let Some(found) = tensors.get(&p.target) else {
+        if let Some(fused) = crate::arch::fused_part_of(&p.target, |n| tensors.contains_key(n)) {
+            return Err(ConvertError::FusedInBase {
+                module,
+                target: p.target.clone(),
+                fused,
+                base: base.describe(),
+            });
+        }
         return Err(ConvertError::TargetMissing {
             module,
             target: p.target.clone(),

@@ -79,6 +79,17 @@ fn peft(r: &PeftReport) -> String {
     if let Some(f) = r.family {
         let _ = writeln!(o, "family    {f}");
     }
+    if let Some(s) = &r.support {
+        let _ = writeln!(o, "support   {} ({})", s.status.name(), support_why(s));
+        for f in &s.features {
+            let fixtures = if f.fixtures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", f.fixtures.join(", "))
+            };
+            let _ = writeln!(o, "          {}: {}{fixtures}", f.status.name(), f.feature);
+        }
+    }
     let dtypes: Vec<String> = r.dtypes.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
     let _ = writeln!(
         o,
@@ -302,4 +313,16 @@ fn gguf(r: &GgufReport) -> String {
         }
     }
     o
+}
+
+/// One line on what the family's support status means.
+fn support_why(s: &crate::arch::support::Support) -> &'static str {
+    use crate::arch::support::Status;
+    match s.status {
+        Status::Verified => "features below checked against PyTorch in llama.cpp by fixtures",
+        Status::Mapped => {
+            "converted by the reviewed name tables; no fixture has checked it against PyTorch yet"
+        }
+        Status::Refused => "its converter transforms weights in ways not reviewed for LoRA",
+    }
 }
