@@ -127,6 +127,10 @@ mlx_tests! {
     mlx_phi3_fused_projections => "mlx-phi3",
     mlx_mixtral_switch_linear_experts_and_router => "mlx-mixtral",
     mlx_qwen3moe_switch_linear_keys => "mlx-qwen3moe",
+    mlx_qwen35_gated_delta_net => "mlx-qwen35",
+    mlx_gemma4 => "mlx-gemma4",
+    mlx_smollm3 => "mlx-smollm3",
+    mlx_lfm2 => "mlx-lfm2",
 }
 
 macro_rules! family_tests {
@@ -390,6 +394,10 @@ fn every_ok_fixture_has_a_logits_test() {
         "mlx-phi3",
         "mlx-mixtral",
         "mlx-qwen3moe",
+        "mlx-qwen35",
+        "mlx-gemma4",
+        "mlx-smollm3",
+        "mlx-lfm2",
         "torchtune-llama",
         "torchtune-qwen2",
         "unsloth-llama",

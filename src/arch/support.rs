@@ -143,6 +143,7 @@ pub static SUPPORT: &[ArchSupport] = &[
                 &["qwen35"],
             ),
             v("gated full attention, MLP", &["qwen35"]),
+            v("mlx-lm adapters", &["mlx-qwen35"]),
         ],
     },
     ArchSupport {
@@ -169,6 +170,7 @@ pub static SUPPORT: &[ArchSupport] = &[
                 "attention (sliding + global) and MLP, tied embeddings",
                 &["gemma4"],
             ),
+            v("mlx-lm adapters", &["mlx-gemma4"]),
             v(
                 "per-layer input gate/projection (E2B-style)",
                 &["gemma4-e2b"],
@@ -200,17 +202,20 @@ pub static SUPPORT: &[ArchSupport] = &[
     },
     ArchSupport {
         arch: "smollm3",
-        features: &[v(
-            "attention (NoPE layers) and MLP projections",
-            &["smollm3"],
-        )],
+        features: &[
+            v("attention (NoPE layers) and MLP projections", &["smollm3"]),
+            v("mlx-lm adapters", &["mlx-smollm3"]),
+        ],
     },
     ArchSupport {
         arch: "lfm2",
-        features: &[v(
-            "short-convolution in/out projections, attention, FFN",
-            &["lfm2"],
-        )],
+        features: &[
+            v(
+                "short-convolution in/out projections, attention, FFN",
+                &["lfm2"],
+            ),
+            v("mlx-lm adapters", &["mlx-lfm2"]),
+        ],
     },
     ArchSupport {
         arch: "glm4moe",
