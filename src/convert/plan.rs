@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::base::BaseModel;
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
-use super::quirks::{self, Quirks};
+use super::quirks::{self, IgnoredPairs, Quirks};
 use crate::adapter::{Adapter, LoraPair, PairKind, SourceDtype};
 use crate::arch::{Family, Layout, RowTransform, Target};
 use crate::gguf::{GgmlType, TensorSpec};
@@ -75,10 +75,33 @@ pub struct PlannedSource {
     pub expert: Option<usize>,
     /// What happens to B's rows.
     pub rows: RowTransform,
+    /// What happens to A's columns.
+    pub cols: RowTransform,
+    /// PEFT's factors hold ΔWᵀ (Llama 4's experts): lora_a = B_eᵀ, lora_b = A_eᵀ.
+    pub transposed: bool,
     /// PEFT's own scaling s_m for this module.
     pub peft_scaling: f64,
     /// Factor multiplied into B so that llama.cpp's α/rank gives s_m (1.0: B untouched).
     pub fold: f64,
+    /// The base's output scale that llama.cpp applies to the base matmul only (Gemma 4's per-expert
+    /// `ffn_down_exps.scale`): one value per expert (or one for all), multiplied into B with the fold.
+    pub base_scale: Option<Vec<f32>>,
+}
+
+impl PlannedSource {
+    /// The base's scale for expert `e` (1 without one).
+    pub fn base_scale_for(&self, e: usize) -> f64 {
+        match &self.base_scale {
+            Some(v) if v.len() == 1 => f64::from(v[0]),
+            Some(v) => v.get(e).map_or(1.0, |&x| f64::from(x)),
+            None => 1.0,
+        }
+    }
+
+    /// The factor multiplied into expert `e`'s B: the scaling fold times the base's scale.
+    pub fn fold_for(&self, e: usize) -> f64 {
+        self.fold * self.base_scale_for(e)
+    }
 }
 
 /// One `<target>.lora_a` / `<target>.lora_b` pair of the output file.
@@ -157,7 +180,7 @@ pub fn plan_all(
             None => family.map_module(&pair.module),
         };
         let targets = match mapped {
-            Ok(t) => t,
+            Ok(t) => crate::arch::fused_for_base(t, |name| base.has_tensor(name)),
             Err(source) => {
                 problems.push(ConvertError::Map {
                     module: pair.pattern_key(),
@@ -177,16 +200,55 @@ pub fn plan_all(
                     pair: index,
                     expert: None,
                     rows: target.rows,
+                    cols: target.cols,
+                    transposed: target.transposed,
                     peft_scaling,
                     fold,
+                    base_scale: None,
                 };
-                let planned = plan_one(pair, &target, base, source)?;
                 if family.no_effect(&target.name) {
-                    warnings.push(format!(
-                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor; the pair is \
-                         written but has no effect at run time",
+                    let what = format!(
+                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor",
                         target.name, pair.module, family.gguf_arch
-                    ));
+                    );
+                    match quirks.ignored_pairs {
+                        IgnoredPairs::Refuse => {
+                            return Err(ConvertError::NoEffect {
+                                module: pair.module.clone(),
+                                target: target.name.clone(),
+                                arch: family.gguf_arch,
+                            });
+                        }
+                        IgnoredPairs::Drop => {
+                            warnings.push(format!(
+                                "{what}; the pair is left out (--drop-ignored-pairs)"
+                            ));
+                            return Ok(());
+                        }
+                        IgnoredPairs::Keep => warnings.push(format!(
+                            "{what}; the pair is written but has no effect at run time"
+                        )),
+                    }
+                }
+                let mut planned = plan_one(pair, &target, base, source)?;
+                if let Some(scale) = family.base_only_scale(&target.name) {
+                    let values = base_scale(pair, &target, &scale, base)?;
+                    let experts = match planned.shape {
+                        PairShape::Experts { n_expert } => n_expert,
+                        _ => 1,
+                    };
+                    if let Some(v) = &values
+                        && v.len() != 1
+                        && v.len() != experts
+                    {
+                        return Err(ConvertError::BaseScale {
+                            module: pair.module.clone(),
+                            target: target.name.clone(),
+                            scale,
+                            why: format!("it has {} values for {experts} experts", v.len()),
+                        });
+                    }
+                    planned.sources[0].base_scale = values;
                 }
                 match (planned.shape, by_target.get(&target.name)) {
                     (PairShape::Experts { .. }, Some(&at)) => {
@@ -303,6 +365,36 @@ pub fn plan_all(
     (plan, problems)
 }
 
+/// The values of a base-only scale for `target` (None: the base has no such scale, i.e. 1).
+fn base_scale(
+    pair: &LoraPair,
+    target: &Target,
+    scale: &str,
+    base: &BaseModel,
+) -> Result<Option<Vec<f32>>, ConvertError> {
+    let refuse = |why: String| ConvertError::BaseScale {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        scale: scale.to_string(),
+        why,
+    };
+    match base.has_tensor(scale) {
+        Some(false) => Ok(None),
+        Some(true) => match base.scales.get(scale) {
+            Some(v) => Ok(Some(v.clone())),
+            None => Err(refuse(format!(
+                "in {} it is an NVFP4 weight's scale, which also holds the quantization's own; convert against \
+                 the unquantized (or non-NVFP4) GGUF of the same model",
+                base.describe()
+            ))),
+        },
+        None => Err(refuse(format!(
+            "{} is a config.json, which does not hold the scale's values; pass `--base` with the model's GGUF",
+            base.describe()
+        ))),
+    }
+}
+
 /// α = the c_m = s_m·r_m shared by the most pairs (ties: the smallest), as f32.
 fn choose_alpha(pairs: &[LoraPair]) -> f32 {
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
@@ -326,11 +418,17 @@ fn heads_for(
     pair: &LoraPair,
     target: &Target,
 ) -> Result<HeadCounts, ConvertError> {
-    match target.rows {
-        RowTransform::Identity | RowTransform::Chunk { .. } => Ok(HeadCounts {
-            n_head: 1,
-            n_head_kv: 1,
-        }),
+    let headless = |t: RowTransform| {
+        matches!(
+            t,
+            RowTransform::Identity
+                | RowTransform::Chunk { .. }
+                | RowTransform::Interleaved { .. }
+                | RowTransform::Deinterleaved { .. }
+        )
+    };
+    match (target.rows, target.cols) {
+        (rows, cols) if headless(rows) && headless(cols) => Ok(HeadCounts::new(1, 1)),
         _ => base.heads.ok_or_else(|| ConvertError::NeedHeads {
             module: pair.module.clone(),
             target: target.name.clone(),
@@ -368,8 +466,13 @@ fn plan_one(
     source: PlannedSource,
 ) -> Result<PlannedPair, ConvertError> {
     let heads = heads_for(base, pair, target)?;
-    let (b_rows, rank) = (dim(&pair.b.shape, 0), pair.rank);
-    let a_cols = dim(&pair.a.shape, 1);
+    let rank = pair.rank;
+    // ΔW's rows and columns: B's rows and A's columns, or the other way round when PEFT holds ΔWᵀ
+    let (b_rows, a_cols) = if target.transposed {
+        (dim(&pair.a.shape, 1), dim(&pair.b.shape, 0))
+    } else {
+        (dim(&pair.b.shape, 0), dim(&pair.a.shape, 1))
+    };
     let kind_name = |k: PairKind| {
         if k == PairKind::Embedding {
             "embedding"
@@ -395,6 +498,12 @@ fn plan_one(
             target: target.name.clone(),
             source,
         })?;
+    // an input-dimension transform is a permutation of A's columns: it must fit them
+    factor::output_rows(target.cols, a_cols, heads).map_err(|source| ConvertError::Rows {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        source,
+    })?;
     if pair.packing.n_expert() > 1 && target.layout != Layout::Experts {
         // a stack of experts can only become a stacked `*_exps` tensor
         return Err(ConvertError::KindMismatch {
@@ -547,6 +656,14 @@ fn check_base_shape(
     };
     let module = pairs[p.sources[0].pair].module.clone();
     let Some(found) = tensors.get(&p.target) else {
+        if let Some(fused) = crate::arch::fused_part_of(&p.target, |n| tensors.contains_key(n)) {
+            return Err(ConvertError::FusedInBase {
+                module,
+                target: p.target.clone(),
+                fused,
+                base: base.describe(),
+            });
+        }
         return Err(ConvertError::TargetMissing {
             module,
             target: p.target.clone(),

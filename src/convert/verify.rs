@@ -120,18 +120,40 @@ fn verify_pair(
             adapter.tensor_f32(&p.b, peft_b)?;
             // a fused source holds every expert: take expert e's factors out of its packing
             let in_expert = if source.expert.is_none() { e } else { 0 };
+            // expert e's factors in PEFT's orientation (swapped back when PEFT holds ΔWᵀ)
+            let (a_expert, b_expert, b_rows): (Cow<[f32]>, Vec<f32>, usize) = if source.transposed {
+                let (a, b, rows) =
+                    super::materialize::expert_factors(p, true, peft_a, peft_b, in_expert);
+                (Cow::Owned(a), b, rows)
+            } else {
+                (
+                    Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
+                    p.packing.expert_b(peft_b, r, p.out_features(), in_expert),
+                    p.b.shape[0],
+                )
+            };
             let a_ref: Cow<[f32]> = match pair.shape {
                 PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
                     Cow::Owned(factor::keep_columns(peft_a, r, p.a.shape[1], vocab))
                 }
-                _ => Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
+                _ if source.cols != crate::arch::RowTransform::Identity => Cow::Owned(
+                    factor::apply_cols(source.cols, &a_expert, r, inp, heads).map_err(|e| {
+                        ConvertError::Rows {
+                            module: p.module.clone(),
+                            target: pair.target.clone(),
+                            source: e,
+                        }
+                    })?,
+                ),
+                _ => a_expert,
             };
-            let b_expert = p.packing.expert_b(peft_b, r, p.out_features(), in_expert);
-            let b_ref = factor::apply_rows(source.rows, &b_expert, p.b.shape[0], r, heads)
-                .map_err(|source| ConvertError::Rows {
-                    module: p.module.clone(),
-                    target: pair.target.clone(),
-                    source,
+            let b_ref =
+                factor::apply_rows(source.rows, &b_expert, b_rows, r, heads).map_err(|source| {
+                    ConvertError::Rows {
+                        module: p.module.clone(),
+                        target: pair.target.clone(),
+                        source,
+                    }
                 })?;
             let check = Check {
                 a_file: &a_g,
@@ -139,9 +161,10 @@ fn verify_pair(
                 a_ref: &a_ref,
                 b_ref: &b_ref,
                 a_err: element_errors(&a_ref, inp, pair.a.ggml_type, 1.0),
-                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold),
+                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold_for(e)),
                 runtime,
-                peft: source.peft_scaling,
+                // llama.cpp scales the base only: the LoRA term must carry the base's scale itself
+                peft: source.peft_scaling * source.base_scale_for(e),
                 r,
                 inp,
                 out,
