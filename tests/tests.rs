@@ -24,3 +24,7 @@ mod convert_logits;
 // lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
 #[cfg(feature = "validate")]
 mod validate_e2e;
+
+// `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
+#[cfg(feature = "validate")]
+mod merge_logits;
