@@ -102,6 +102,14 @@ pub fn requires_imatrix(ty: GgmlType) -> bool {
     unsafe { sys::ggml_quantize_requires_imatrix(ty.id() as sys::ggml_type) }
 }
 
+/// The types `llama-quantize` refuses to write without an importance matrix (`tensor_requires_imatrix` in
+/// `src/llama-quant.cpp`, for tensors other than the embedding and output head): ggml's hard requirement plus
+/// IQ3_XXS, IQ2_S and IQ1_M, whose quality collapses without one. `merge` follows llama-quantize.
+pub fn needs_imatrix(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    requires_imatrix(ty) || matches!(ty, IQ3_XXS | IQ2_XXS | IQ2_XS | IQ2_S | IQ1_M | IQ1_S)
+}
+
 /// Bytes of one row of `row_len` values (`ggml_row_size`), `None` when the row is not whole blocks.
 pub fn row_bytes(ty: GgmlType, row_len: usize) -> Option<usize> {
     let block = usize::try_from(ty.block_size()).ok()?;
@@ -292,5 +300,172 @@ mod tests {
         let mut decoded = Vec::new();
         crate::gguf::dtype::decode(GgmlType::Q8_0, &ours, &mut decoded).unwrap();
         assert_eq!(back, decoded);
+    }
+
+    /// A tiny f32 Llama whose every matrix has rows of 256 or 512 values (whole blocks of every type), written
+    /// with the project's GGUF writer; returns its tensors' f32 data by name.
+    fn synthetic_llama(path: &std::path::Path) -> Vec<(String, Vec<u64>, Vec<f32>)> {
+        use crate::gguf::value::Array;
+        use crate::gguf::{TensorSpec, Value, ValueType, Writer};
+        let s = |v: &str| Value::String(v.into());
+        let metadata: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), s("llama")),
+            ("general.type".into(), s("model")),
+            ("llama.context_length".into(), Value::U32(64)),
+            ("llama.embedding_length".into(), Value::U32(256)),
+            ("llama.block_count".into(), Value::U32(1)),
+            ("llama.feed_forward_length".into(), Value::U32(512)),
+            ("llama.attention.head_count".into(), Value::U32(2)),
+            ("llama.attention.head_count_kv".into(), Value::U32(2)),
+            ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+            ("llama.rope.dimension_count".into(), Value::U32(128)),
+            ("tokenizer.ggml.model".into(), s("llama")),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(Array::new(
+                    ValueType::String,
+                    (0..256).map(|i| Value::String(format!("t{i}"))).collect(),
+                )),
+            ),
+        ];
+        let mut tensors = vec![("token_embd.weight".to_string(), vec![256u64, 256])];
+        for (name, dims) in [
+            ("attn_norm", vec![256u64]),
+            ("attn_q", vec![256, 256]),
+            ("attn_k", vec![256, 256]),
+            ("attn_v", vec![256, 256]),
+            ("attn_output", vec![256, 256]),
+            ("ffn_norm", vec![256]),
+            ("ffn_gate", vec![256, 512]),
+            ("ffn_up", vec![256, 512]),
+            ("ffn_down", vec![512, 256]),
+        ] {
+            tensors.push((format!("blk.0.{name}.weight"), dims));
+        }
+        tensors.push(("output_norm.weight".into(), vec![256]));
+        tensors.push(("output.weight".into(), vec![256, 256]));
+        // A deterministic, heavy-tailed spread of values (a few outliers per block, as in real weights).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            u * u * u * 8.0 + u * 0.1
+        };
+        let data: Vec<(String, Vec<u64>, Vec<f32>)> = tensors
+            .into_iter()
+            .map(|(n, d)| {
+                let len = d.iter().product::<u64>() as usize;
+                let v = (0..len).map(|_| next()).collect();
+                (n, d, v)
+            })
+            .collect();
+        let specs: Vec<TensorSpec> = data
+            .iter()
+            .map(|(n, d, _)| TensorSpec::new(n.clone(), d.clone(), GgmlType::F32))
+            .collect();
+        let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        let mut w = Writer::new(file, &metadata, &specs).unwrap();
+        for (n, _, v) in &data {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.write_tensor(n, &bytes).unwrap();
+        }
+        w.finish().unwrap();
+        data
+    }
+
+    /// Every type ggml quantizes to, through [`quantize_rows`], is byte for byte what llama.cpp's own
+    /// `llama_model_quantize` (the library behind `llama-quantize`) writes for the same f32 tensors — each type
+    /// forced on every matrix by a tensor-type override, on 2 threads, with an importance matrix for the types
+    /// that need one and for Q4_K (to check it is used the same way).
+    #[test]
+    fn every_type_is_bit_exact_with_llama_quantize() {
+        use crate::gguf::GgufFile;
+        use std::ffi::CString;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("f32.gguf");
+        let data = synthetic_llama(&input);
+        // SAFETY: initialises llama.cpp's backends; idempotent.
+        unsafe { sys::llama_backend_init() };
+        let types: Vec<GgmlType> = GgmlType::ALL
+            .into_iter()
+            .filter(|t| can_quantize(*t) && *t != GgmlType::F32)
+            .collect();
+        assert_eq!(types.len(), 27);
+        for ty in types {
+            let with_imatrix = needs_imatrix(ty) || ty == GgmlType::Q4_K;
+            let imatrix: Vec<(CString, Vec<f32>)> = data
+                .iter()
+                .filter(|(_, d, _)| d.len() == 2)
+                .map(|(n, d, _)| {
+                    let w = (0..d[0]).map(|i| 0.5 + (i % 7) as f32).collect();
+                    (CString::new(n.as_str()).unwrap(), w)
+                })
+                .collect();
+            let mut im_c: Vec<sys::llama_model_imatrix_data> = imatrix
+                .iter()
+                .map(|(n, w)| sys::llama_model_imatrix_data {
+                    name: n.as_ptr(),
+                    data: w.as_ptr(),
+                    size: w.len(),
+                })
+                .collect();
+            im_c.push(sys::llama_model_imatrix_data {
+                name: std::ptr::null(),
+                data: std::ptr::null(),
+                size: 0,
+            });
+            let pattern = CString::new(".*").unwrap();
+            let overrides = [
+                sys::llama_model_tensor_override {
+                    pattern: pattern.as_ptr(),
+                    type_: ty.id() as sys::ggml_type,
+                },
+                sys::llama_model_tensor_override {
+                    pattern: std::ptr::null(),
+                    type_: 0,
+                },
+            ];
+            let output = dir.path().join(format!("{ty}.gguf"));
+            // SAFETY: default parameters by value.
+            let mut params = unsafe { sys::llama_model_quantize_default_params() };
+            params.nthread = 2;
+            params.ftype = sys::LLAMA_FTYPE_MOSTLY_Q8_0;
+            params.pure_ = true;
+            params.quantize_output_tensor = true;
+            params.tt_overrides = overrides.as_ptr();
+            if with_imatrix {
+                params.imatrix = im_c.as_ptr();
+            }
+            let (inp, out) = (
+                CString::new(input.to_str().unwrap()).unwrap(),
+                CString::new(output.to_str().unwrap()).unwrap(),
+            );
+            // SAFETY: NUL-terminated paths; `params` points at the override and imatrix arrays, both terminated
+            // by a null name and alive until the call returns.
+            let rc = unsafe { sys::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params) };
+            assert_eq!(rc, 0, "llama_model_quantize to {ty} failed");
+            let q = GgufFile::open(&output).unwrap();
+            let mut checked = 0;
+            for (name, dims, values) in data.iter().filter(|(_, d, _)| d.len() == 2) {
+                let info = q.tensor(name).unwrap();
+                assert_eq!(info.ggml_type, ty, "{name}: llama.cpp chose another type");
+                let row_len = dims[0] as usize;
+                let mut ours = vec![0u8; info.n_bytes() as usize];
+                let im = imatrix
+                    .iter()
+                    .find(|(n, _)| n.to_str().unwrap() == name)
+                    .map(|(_, w)| w.as_slice())
+                    .filter(|_| with_imatrix);
+                quantize_rows(ty, values, row_len, im, &mut ours).unwrap();
+                assert!(
+                    ours == q.read_tensor_bytes(name).unwrap(),
+                    "{ty} {name}: bytes differ from llama_model_quantize's"
+                );
+                checked += 1;
+            }
+            assert_eq!(checked, 9, "{ty}");
+        }
     }
 }
