@@ -317,7 +317,10 @@ mod tests {
             ("llama.feed_forward_length".into(), Value::U32(512)),
             ("llama.attention.head_count".into(), Value::U32(2)),
             ("llama.attention.head_count_kv".into(), Value::U32(2)),
-            ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+            (
+                "llama.attention.layer_norm_rms_epsilon".into(),
+                Value::F32(1e-5),
+            ),
             ("llama.rope.dimension_count".into(), Value::U32(128)),
             ("tokenizer.ggml.model".into(), s("llama")),
             (

@@ -62,10 +62,12 @@ pub struct TensorReport {
     pub base_type: GgmlType,
     /// The type written.
     pub out_type: GgmlType,
-    /// Its loss (rounding error / ‖ΔW‖).
+    /// The fraction of ΔW its rounding loses ([`tensor::Sums::loss`]).
     pub loss: f64,
-    /// Every type measured with its loss.
-    pub tried: Vec<(GgmlType, f64)>,
+    /// Its rounding error relative to ‖W‖ ([`tensor::Sums::noise`]).
+    pub noise: f64,
+    /// Every type measured, in order, with its loss and noise.
+    pub tried: Vec<(GgmlType, f64, f64)>,
     /// Bytes in the base.
     pub base_bytes: u64,
     /// Bytes written.
@@ -187,8 +189,13 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
                     name: info.name.clone(),
                     base_type: info.ggml_type,
                     out_type: m.ggml_type,
-                    loss: m.loss,
-                    tried: m.tried,
+                    loss: m.sums.loss(),
+                    noise: m.sums.noise(),
+                    tried: m
+                        .tried
+                        .iter()
+                        .map(|(t, s)| (*t, s.loss(), s.noise()))
+                        .collect(),
                     base_bytes: info.n_bytes(),
                     out_bytes: m.bytes.len() as u64,
                 });

@@ -28,10 +28,10 @@ pub struct Merged {
     pub ggml_type: GgmlType,
     /// Its data.
     pub bytes: Vec<u8>,
-    /// The loss of the written type (rounding error / ‖ΔW‖).
-    pub loss: f64,
-    /// Every type measured, in order, with its loss (the last is the one written).
-    pub tried: Vec<(GgmlType, f64)>,
+    /// The measurements of the written type.
+    pub sums: Sums,
+    /// Every type measured, in order, with its measurements (the last is the one written).
+    pub tried: Vec<(GgmlType, Sums)>,
     /// ‖ΔW‖ (Frobenius) of the tensor, all adapters summed.
     pub delta_norm: f64,
 }
@@ -62,8 +62,50 @@ fn slabs(row_len: usize, rows_per_expert: usize, experts: usize) -> Vec<Slab> {
     out
 }
 
-/// Per-slab result: quantized bytes, Σ(rounding error)², Σ ΔW².
-type SlabOut = (Vec<u8>, f64, f64);
+/// Sums over a slab (then over the tensor) from which the type choice is made, with W the base's dequantized
+/// weights, Δ the summed ΔW and Q the merged rows after quantization and dequantization.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sums {
+    /// Σ (Q − W)·Δ: the part of the stored change along ΔW.
+    pub kept: f64,
+    /// Σ Δ².
+    pub delta2: f64,
+    /// Σ (Q − (W + Δ))²: all rounding error.
+    pub err2: f64,
+    /// Σ W².
+    pub w2: f64,
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums) {
+        self.kept += o.kept;
+        self.delta2 += o.delta2;
+        self.err2 += o.err2;
+        self.w2 += o.w2;
+    }
+
+    /// The fraction of ΔW lost: 1 − ⟨Q − W, Δ⟩ / ‖Δ‖² (0 when the stored change equals ΔW on average; 1 when
+    /// rounding snaps the tensor back to the base). 0 for a zero ΔW.
+    pub fn loss(&self) -> f64 {
+        if self.delta2 == 0.0 {
+            0.0
+        } else {
+            1.0 - self.kept / self.delta2
+        }
+    }
+
+    /// All rounding error relative to the base weights: ‖Q − (W + Δ)‖ / ‖W‖.
+    pub fn noise(&self) -> f64 {
+        if self.w2 == 0.0 {
+            if self.err2 == 0.0 { 0.0 } else { f64::INFINITY }
+        } else {
+            (self.err2 / self.w2).sqrt()
+        }
+    }
+}
+
+/// Per-slab result: quantized bytes and the sums.
+type SlabOut = (Vec<u8>, Sums);
 
 /// Merge `pairs` into base tensor `info` of `base` (opened as `file`), choosing the type by `outtype`.
 pub fn merge_tensor(
@@ -105,8 +147,8 @@ pub fn merge_tensor(
         }
     };
     let budget = match outtype {
-        OutType::Auto { budget } => budget,
-        _ => f64::INFINITY,
+        OutType::Auto { budget } => Some(budget),
+        _ => None,
     };
     let mut tried = Vec::new();
     for (i, &ty) in types.iter().enumerate() {
@@ -128,29 +170,22 @@ pub fn merge_tensor(
             })
             .collect();
         let mut bytes = Vec::new();
-        let (mut err2, mut delta2) = (0f64, 0f64);
+        let mut sums = Sums::default();
         for r in results {
-            let (b, e, d) = r?;
+            let (b, s) = r?;
             bytes.extend_from_slice(&b);
-            err2 += e;
-            delta2 += d;
+            sums.add(&s);
         }
-        let loss = if err2 == 0.0 {
-            0.0
-        } else if delta2 == 0.0 {
-            f64::INFINITY
-        } else {
-            (err2 / delta2).sqrt()
-        };
-        tried.push((ty, loss));
+        tried.push((ty, sums));
         let last = i + 1 == types.len();
-        if loss <= budget || last || delta2 == 0.0 {
+        let accepted = budget.is_none_or(|b| outtype::accepts(ty == info.ggml_type, &sums, b));
+        if accepted || last {
             return Ok(Merged {
                 ggml_type: ty,
                 bytes,
-                loss,
+                sums,
                 tried,
-                delta_norm: delta2.sqrt(),
+                delta_norm: sums.delta2.sqrt(),
             });
         }
     }
@@ -231,12 +266,14 @@ fn merge_slab(
             });
         }
     }
-    let mut delta2 = 0f64;
-    for (w, d) in w.iter_mut().zip(&delta) {
-        *w += *d;
-        delta2 += f64::from(*d) * f64::from(*d);
+    let mut sums = Sums::default();
+    let mut merged = vec![0f32; n];
+    for ((m, w), d) in merged.iter_mut().zip(&w).zip(&delta) {
+        *m = *w + *d;
+        sums.delta2 += f64::from(*d) * f64::from(*d);
+        sums.w2 += f64::from(*w) * f64::from(*w);
     }
-    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+    if let Some(i) = merged.iter().position(|x| !x.is_finite()) {
         return Err(MergeError::NonFinite {
             tensor: info.name.clone(),
             row: slab.row + i / row_len,
@@ -245,17 +282,19 @@ fn merge_slab(
     let out_row = ggml::row_bytes(ty, row_len).unwrap_or(0);
     let mut out = vec![0u8; slab.rows * out_row];
     let im = imatrix.and_then(|m| m.get(expert * row_len..(expert + 1) * row_len));
-    ggml::quantize_rows(ty, &w, row_len, im, &mut out).map_err(quant)?;
-    let mut err2 = 0f64;
-    if ty != GgmlType::F32 {
-        // reuse the ΔW buffer for the dequantized result
-        ggml::dequantize(ty, &out, &mut delta).map_err(quant)?;
-        for (q, m) in delta.iter().zip(&w) {
-            let e = f64::from(*q) - f64::from(*m);
-            err2 += e * e;
+    ggml::quantize_rows(ty, &merged, row_len, im, &mut out).map_err(quant)?;
+    if ty == GgmlType::F32 {
+        sums.kept = sums.delta2;
+    } else {
+        let mut q = vec![0f32; n];
+        ggml::dequantize(ty, &out, &mut q).map_err(quant)?;
+        for (((q, m), w), d) in q.iter().zip(&merged).zip(&w).zip(&delta) {
+            let (q, m, w, d) = (f64::from(*q), f64::from(*m), f64::from(*w), f64::from(*d));
+            sums.err2 += (q - m) * (q - m);
+            sums.kept += (q - w) * d;
         }
     }
-    Ok((out, err2, delta2))
+    Ok((out, sums))
 }
 
 /// Read exactly `buf.len()` bytes at `offset` without moving a shared cursor (workers read concurrently).

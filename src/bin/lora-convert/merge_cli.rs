@@ -197,19 +197,22 @@ fn print_summary(s: &lora_gguf::merge::Summary, verbose: bool) {
     match s.outtype {
         lora_gguf::merge::OutType::Auto { budget } => {
             println!(
-                "  types     {kept} kept the base's type; {} promoted{} (budget: rounding loses ≤ {budget} of ‖ΔW‖)",
+                "  types     {kept} kept the base's type; {} promoted{} (budget: rounding loses ≤ {:.0}% of ΔW)",
                 s.merged.len() - kept,
                 if moves.is_empty() {
                     String::new()
                 } else {
                     format!(": {}, {extra:+} bytes", moves.join(", "))
-                }
+                },
+                budget * 100.0
             );
             let worst = s.merged.iter().max_by(|a, b| a.loss.total_cmp(&b.loss));
             if let Some(w) = worst {
                 println!(
-                    "  loss      worst {:.3} at `{}` ({})",
-                    w.loss, w.name, w.out_type
+                    "  loss      worst {:.1}% of ΔW at `{}` ({})",
+                    w.loss * 100.0,
+                    w.name,
+                    w.out_type
                 );
             }
         }
@@ -225,7 +228,7 @@ fn print_summary(s: &lora_gguf::merge::Summary, verbose: bool) {
         let tried: Vec<String> = t
             .tried
             .iter()
-            .map(|(ty, l)| format!("{ty} {l:.3}"))
+            .map(|(ty, l, n)| format!("{ty} {:.0}%/{:.2}%", l * 100.0, n * 100.0))
             .collect();
         println!("  promoted  {:<40} {}", t.name, tried.join(", "));
     }
@@ -234,10 +237,10 @@ fn print_summary(s: &lora_gguf::merge::Summary, verbose: bool) {
             let tried: Vec<String> = t
                 .tried
                 .iter()
-                .map(|(ty, l)| format!("{ty} {l:.3}"))
+                .map(|(ty, l, n)| format!("{ty} {:.0}%/{:.2}%", l * 100.0, n * 100.0))
                 .collect();
             println!(
-                "  {:<40} {:>6} → {:<6} loss {}",
+                "  {:<40} {:>6} → {:<6} ΔW lost/noise {}",
                 t.name,
                 t.base_type.name(),
                 t.out_type.name(),
