@@ -240,6 +240,7 @@ fn torchtune_qwen2_undo_matches_torchtune_and_as_saved_does_not() {
     use lora_gguf::convert::{Quirks, TorchtuneQwen2};
     let undo = Quirks {
         torchtune_qwen2: Some(TorchtuneQwen2::Undo),
+        ..Default::default()
     };
     check_with("torchtune-qwen2", OutType::F32, 0.0, undo);
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +250,7 @@ fn torchtune_qwen2_undo_matches_torchtune_and_as_saved_does_not() {
         dir.path(),
         Quirks {
             torchtune_qwen2: Some(TorchtuneQwen2::AsSaved),
+            ..Default::default()
         },
     );
     assert!(

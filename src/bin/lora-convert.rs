@@ -183,6 +183,7 @@ fn inspect(args: InspectArgs) -> ExitCode {
         base_config: args.base_config,
         quirks: Quirks {
             torchtune_qwen2: args.torchtune_qwen2.map(Into::into),
+            ..Default::default()
         },
     };
     match inspect::inspect(&request) {
@@ -223,6 +224,7 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         threads: cli.threads,
         quirks: Quirks {
             torchtune_qwen2: cli.torchtune_qwen2.map(Into::into),
+            ..Default::default()
         },
     };
     let outcome = convert::run(&opts);

@@ -38,6 +38,9 @@ impl TorchtuneQwen2 {
 pub struct Quirks {
     /// `--torchtune-qwen2`.
     pub torchtune_qwen2: Option<TorchtuneQwen2>,
+    /// Planning for `merge`, not for a runtime adapter: an embedding LoRA on a base with a tied output head is
+    /// planned instead of refused (merge writes it into the embedding alone and unties the head).
+    pub merge_tied_embedding: bool,
 }
 
 /// GGUF architectures torchtune's `QWEN2` model type converts to (Qwen2 and Qwen2.5).

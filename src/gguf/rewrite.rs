@@ -14,7 +14,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use super::dtype::GgmlType;
-use super::read::{GgufFile, TensorInfo, pad};
+use super::pad;
+use super::read::{GgufFile, TensorInfo};
 use super::value::{Value, ValueType};
 use super::write::{put_str, put_value};
 use super::{Error, MAGIC, Origin, VERSION};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::error::MergeError;
 use super::ggml;
 use crate::gguf::{GgmlType, GgufFile};
-use crate::inspect::fit;
+use crate::gguf_adapter::GgufAdapter;
 
 /// How a pair's factors are laid out against its base tensor (ggml `ne`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,51 +76,164 @@ pub fn layout_of(target: &str, dims: &[u64]) -> Layout {
     }
 }
 
-/// Read a GGUF LoRA adapter after checking it against the base with the fit check `lora-validate` runs.
+/// Read a GGUF LoRA adapter after checking it against the base with the fit check `lora-validate` runs. An
+/// embedding pair on a base whose output head is tied to the embedding, which llama.cpp cannot run, is merged into
+/// the embedding alone (see [`super::tied`]); its shape is checked like any other pair's.
 pub fn load_gguf(path: &Path, scale: f32, base: &GgufFile) -> Result<Adapter, MergeError> {
-    let file = GgufFile::open(path)?;
-    let fit = fit::check_adapter(base, &file).map_err(|mismatches| MergeError::DoesNotFit {
-        adapter: path.to_path_buf(),
-        base: base.path.clone(),
-        mismatches: mismatches.into_iter().map(|m| m.to_string()).collect(),
-    })?;
+    let mut adapter = GgufAdapter::open(path)?;
+    let tied_embedding = base
+        .ties_output_to_embedding()
+        .then(|| {
+            adapter
+                .pairs
+                .iter()
+                .position(|p| p.target == super::tied::EMBEDDING)
+        })
+        .flatten()
+        .map(|i| adapter.pairs.remove(i));
+    let mut mismatches: Vec<String> = match adapter.fit(base) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    };
+    if let Some(pair) = &tied_embedding {
+        let (a, b) = (&adapter.lora_a(pair).dims, &adapter.lora_b(pair).dims);
+        if let Some(w) = base.tensor(&pair.target) {
+            let d = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(1);
+            if !(d(&w.dims, 0) == d(b, 1) && d(&w.dims, 1) == d(a, 1) && d(a, 0) == d(b, 0)) {
+                mismatches.push(format!(
+                    "`{}`: lora_a ne {a:?} and lora_b ne {b:?} do not fit the base tensor ne {:?}",
+                    pair.target, w.dims
+                ));
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(MergeError::DoesNotFit {
+            adapter: path.to_path_buf(),
+            base: base.path.clone(),
+            mismatches,
+        });
+    }
+    adapter.pairs.extend(tied_embedding);
+    let alpha = adapter.runtime_alpha();
     let mut pairs = BTreeMap::new();
-    for t in &file.tensors {
-        let Some(target) = t.name.strip_suffix(".lora_a") else {
-            continue;
-        };
-        let b_name = format!("{target}.lora_b");
-        let a = read_f32(&file, &t.name, t.ggml_type)?;
-        let b_info = file
-            .tensor(&b_name)
-            .ok_or_else(|| crate::gguf::Error::TensorNotFound {
-                path: path.to_path_buf(),
-                tensor: b_name.clone(),
-            })?;
-        let b = read_f32(&file, &b_name, b_info.ggml_type)?;
-        let rank = b_info.dims.first().copied().unwrap_or(0) as usize;
+    for pair in &adapter.pairs {
+        let (a_info, b_info) = (adapter.lora_a(pair), adapter.lora_b(pair));
+        let a = read_f32(&adapter.file, &a_info.name, a_info.ggml_type)?;
+        let b = read_f32(&adapter.file, &b_info.name, b_info.ggml_type)?;
+        let rank = pair.rank as usize;
         let dims = base
-            .tensor(target)
+            .tensor(&pair.target)
             .map(|w| w.dims.clone())
             .unwrap_or_default();
         pairs.insert(
-            target.to_string(),
+            pair.target.clone(),
             Pair {
-                target: target.to_string(),
+                target: pair.target.clone(),
                 a,
                 b,
                 rank,
-                factor: runtime_factor(scale, fit.alpha, rank),
-                layout: layout_of(target, &dims),
+                factor: runtime_factor(scale, alpha, rank),
+                layout: layout_of(&pair.target, &dims),
             },
         );
     }
     Ok(Adapter {
         path: path.to_path_buf(),
         scale,
-        alpha: fit.alpha,
+        alpha,
         pairs,
     })
+}
+
+/// Convert an adapter directory (PEFT, mlx-lm and the other trainers `lora-convert` reads) in memory with the
+/// converter's own code: its plan (names, transforms, scaling folds, every refusal and check against the base)
+/// and its factors as the GGUF adapter would hold them in f32 (`--outtype f32`, which is exact). The one difference:
+/// an embedding LoRA on a tied base is planned rather than refused ([`super::tied`]).
+pub fn load_dir(
+    dir: &Path,
+    scale: f32,
+    base_path: &Path,
+    base: &GgufFile,
+) -> Result<Adapter, MergeError> {
+    use crate::convert::factor::HeadCounts;
+    use crate::convert::plan::PairShape;
+    use crate::convert::{self, Quirks, materialize};
+    let refused = |e: convert::ConvertError| MergeError::Convert {
+        adapter: dir.to_path_buf(),
+        source: Box::new(e),
+    };
+    let quirks = Quirks {
+        merge_tied_embedding: true,
+        ..Default::default()
+    };
+    let mut prepared = convert::prepare(
+        dir,
+        Some(base_path),
+        None,
+        None,
+        convert::OutType::F32,
+        &quirks,
+    )
+    .map_err(refused)?;
+    if !prepared.refusals.is_empty() {
+        return Err(refused(prepared.refusals.remove(0)));
+    }
+    let (Some(plan), Some(model)) = (&prepared.plan, &prepared.base) else {
+        return Err(MergeError::NothingToMerge);
+    };
+    let heads = model.heads.unwrap_or(HeadCounts {
+        n_head: 1,
+        n_head_kv: 1,
+    });
+    let mut pairs = BTreeMap::new();
+    for planned in &plan.pairs {
+        let f = materialize::materialize(&prepared.adapter, planned, heads).map_err(refused)?;
+        let layout = match planned.shape {
+            PairShape::Linear => Layout::Linear,
+            PairShape::Embedding { .. } => Layout::Embedding,
+            PairShape::Experts { .. } => Layout::Experts,
+        };
+        debug_assert_eq!(
+            layout,
+            layout_of(
+                &planned.target,
+                &base
+                    .tensor(&planned.target)
+                    .map(|t| t.dims.clone())
+                    .unwrap_or_default()
+            )
+        );
+        pairs.insert(
+            planned.target.clone(),
+            Pair {
+                target: planned.target.clone(),
+                a: f.a,
+                b: f.b,
+                rank: planned.rank,
+                factor: runtime_factor(scale, plan.alpha, planned.rank),
+                layout,
+            },
+        );
+    }
+    Ok(Adapter {
+        path: dir.to_path_buf(),
+        scale,
+        alpha: plan.alpha,
+        pairs,
+    })
+}
+
+/// The file that identifies an adapter for provenance: a GGUF adapter itself, or a directory's weights file.
+pub fn identity_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        for name in ["adapter_model.safetensors", "adapters.safetensors"] {
+            if path.join(name).is_file() {
+                return path.join(name);
+            }
+        }
+    }
+    path.to_path_buf()
 }
 
 /// A tensor of the adapter in f32, through ggml's own dequantizer (any type llama.cpp could load).

@@ -15,6 +15,7 @@ pub mod ggml;
 pub mod outtype;
 pub mod provenance;
 pub mod tensor;
+pub mod tied;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,7 +31,7 @@ use adapters::{Adapter, Pair};
 /// One `--adapter PATH[:SCALE]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterSpec {
-    /// A GGUF LoRA adapter.
+    /// A GGUF LoRA adapter, or an adapter directory (converted in memory).
     pub path: PathBuf,
     /// Its scale (1.0 by default).
     pub scale: f32,
@@ -87,6 +88,9 @@ pub struct Summary {
     pub merged: Vec<TensorReport>,
     /// Tensors copied unchanged.
     pub copied: usize,
+    /// The base's output head was tied to its merged embedding: an untied `output.weight` (the original embedding)
+    /// was added.
+    pub untied_output: bool,
     /// The type policy used.
     pub outtype: OutType,
 }
@@ -132,7 +136,13 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
     let loaded = opts
         .adapters
         .iter()
-        .map(|a| adapters::load_gguf(&a.path, a.scale, &base))
+        .map(|a| {
+            if a.path.is_dir() {
+                adapters::load_dir(&a.path, a.scale, &opts.base, &base)
+            } else {
+                adapters::load_gguf(&a.path, a.scale, &base)
+            }
+        })
         .collect::<Result<Vec<Adapter>, _>>()?;
     let mut targets: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
     for a in &loaded {
@@ -147,7 +157,7 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
     let hashes = opts
         .adapters
         .iter()
-        .map(|a| provenance::sha256_file(&a.path))
+        .map(|a| provenance::sha256_file(&adapters::identity_file(&a.path)))
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = provenance::metadata(&base, opts, &loaded, &hashes)?;
     let write_err = |what: &str, source| MergeError::Write {
@@ -168,8 +178,14 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
         path: base.path.clone(),
         source,
     })?;
-    let mut writer = ModelWriter::new(tmp.as_file(), &base, metadata, Vec::new())
-        .map_err(|e| named(e, &opts.output))?;
+    let untied = tied::untied_output(&base, targets.contains_key(tied::EMBEDDING));
+    let mut writer = ModelWriter::new(
+        tmp.as_file(),
+        &base,
+        metadata,
+        untied.iter().cloned().collect(),
+    )
+    .map_err(|e| named(e, &opts.output))?;
     let mut merged = Vec::new();
     let mut copied = 0;
     for info in &base.tensors {
@@ -202,6 +218,11 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
             }
         }
     }
+    if untied.is_some() {
+        writer
+            .copy_tensor_from(tied::EMBEDDING)
+            .map_err(|e| named(e, &opts.output))?;
+    }
     let bytes = writer.finish().map_err(|e| named(e, &opts.output))?;
     if opts.output.exists() && !opts.force {
         return Err(MergeError::OutputExists {
@@ -216,6 +237,7 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
         base_bytes: base.file_size,
         merged,
         copied,
+        untied_output: untied.is_some(),
         outtype: opts.outtype,
     })
 }

@@ -175,6 +175,12 @@ fn print_summary(s: &lora_gguf::merge::Summary, verbose: bool) {
         pct(s.bytes, s.base_bytes)
     );
     let kept = s.merged.len() - s.promoted().count();
+    if s.untied_output {
+        println!(
+            "  untied    the base ties its output head to the merged token_embd: output.weight added (the original \
+             embedding), as the adapter ran in training"
+        );
+    }
     println!(
         "  merged    {} tensors ({} copied unchanged)",
         s.merged.len(),
