@@ -31,3 +31,9 @@ mod validate_e2e;
 // An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
 #[cfg(feature = "validate")]
 mod validate_partial;
+// `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
+#[cfg(feature = "validate")]
+mod merge_logits;
+// `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
+#[cfg(feature = "validate")]
+mod merge_gemma;

@@ -12,6 +12,9 @@ use lora_gguf::convert::{
 use lora_gguf::exit::ExitStatus;
 use lora_gguf::inspect;
 
+#[path = "lora-convert/merge_cli.rs"]
+mod merge_cli;
+
 /// Convert a PEFT or mlx-lm LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the
 /// base.
 #[derive(Parser, Debug)]
@@ -20,7 +23,7 @@ use lora_gguf::inspect;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    override_usage = "lora-convert ADAPTER_DIR -o OUT.gguf [OPTIONS]\n       lora-convert inspect PATH [--base BASE.gguf | --base-config HF_DIR] [--json]",
+    override_usage = "lora-convert ADAPTER_DIR -o OUT.gguf [OPTIONS]\n       lora-convert inspect PATH [--base BASE.gguf | --base-config HF_DIR] [--json]\n       lora-convert merge --base BASE.gguf --adapter ADAPTER[:SCALE]... -o MERGED.gguf [OPTIONS]",
     after_help = "Exit status: 0 the adapter was written; 2 it was refused or the input is bad (nothing is written).\n\n\
                   Examples:\n  lora-convert ./my-peft-adapter -o adapter.gguf --base model-Q4_K_M.gguf --verify\n  \
                   lora-convert inspect ./my-peft-adapter --base model-Q4_K_M.gguf\n\n\
@@ -39,6 +42,10 @@ enum Command {
     /// Show what an adapter is and what conversion would do with it (PEFT/mlx-lm directory or GGUF adapter); nothing is
     /// written. Exit status: 0 inspected (and, with --base/--base-config, it fits); 2 unreadable, or it does not fit.
     Inspect(InspectArgs),
+    /// Bake LoRA adapters into the base model: one GGUF for runtimes that cannot load adapters. Merged tensors are
+    /// quantized by ggml (needs the default `merge` feature: the llama.cpp build). Exit status: 0 written; 2 refused
+    /// or bad input (nothing is written).
+    Merge(merge_cli::MergeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,6 +183,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Inspect(args)) => inspect(args),
+        Some(Command::Merge(args)) => merge_cli::run(args),
         None => convert_main(cli.convert),
     }
 }
@@ -196,6 +204,7 @@ fn inspect(args: InspectArgs) -> ExitCode {
         quirks: Quirks {
             torchtune_qwen2: args.torchtune_qwen2.map(Into::into),
             ignored_pairs: ignored_pairs(args.drop_ignored_pairs),
+            ..Default::default()
         },
     };
     match inspect::inspect(&request) {
@@ -237,6 +246,7 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         quirks: Quirks {
             torchtune_qwen2: cli.torchtune_qwen2.map(Into::into),
             ignored_pairs: ignored_pairs(cli.drop_ignored_pairs),
+            ..Default::default()
         },
     };
     let outcome = convert::run(&opts);

@@ -195,7 +195,9 @@ pub fn plan_all(
         for mut target in targets {
             let step = (|| {
                 target.rows = quirks::source_rows(adapter, family, pair, &target, quirks)?;
-                check_tied(pair, &target, base)?;
+                if !(quirks.merge_tied_embedding && target.name == "token_embd.weight") {
+                    check_tied(pair, &target, base)?;
+                }
                 let source = PlannedSource {
                     pair: index,
                     expert: None,

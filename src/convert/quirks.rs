@@ -53,6 +53,9 @@ pub struct Quirks {
     pub torchtune_qwen2: Option<TorchtuneQwen2>,
     /// `--drop-ignored-pairs`.
     pub ignored_pairs: IgnoredPairs,
+    /// Planning for `merge`, not for a runtime adapter: an embedding LoRA on a base with a tied output head is
+    /// planned instead of refused (merge writes it into the embedding alone and unties the head).
+    pub merge_tied_embedding: bool,
 }
 
 /// GGUF architectures torchtune's `QWEN2` model type converts to (Qwen2 and Qwen2.5).
