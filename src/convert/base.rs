@@ -136,6 +136,12 @@ impl BaseModel {
         })
     }
 
+    /// The head counts the factor ops use: the base's, or 1 and 1 when it gives none (planning has then refused
+    /// every target whose transform needs them).
+    pub fn factor_heads(&self) -> HeadCounts {
+        self.heads.unwrap_or(HeadCounts::new(1, 1))
+    }
+
     /// Read a Hugging Face `config.json` (or the directory holding it).
     pub fn from_hf_config(path: &Path) -> Result<Self, BaseError> {
         let g: Geometry = geometry::from_hf_config(path)?;

@@ -28,7 +28,6 @@ pub use verify::VerifyReport;
 use crate::adapter::{self, Adapter, Framework};
 use crate::arch;
 use crate::mlx;
-use factor::HeadCounts;
 
 /// What to convert and how.
 #[derive(Clone, Debug)]
@@ -248,7 +247,7 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
         });
     };
     let adapter = &prepared.adapter;
-    let heads = base.heads.unwrap_or(HeadCounts::new(1, 1));
+    let heads = base.factor_heads();
 
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;
