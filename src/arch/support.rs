@@ -157,9 +157,9 @@ pub static SUPPORT: &[ArchSupport] = &[
                 "experts on a --fuse-gate-up-exps base (ffn_gate_up_exps)",
                 &["qwen35moe-fused"],
             ),
-            r(
-                "separate gate_proj/up_proj expert LoRAs on a --fuse-gate-up-exps base",
-                &[],
+            v(
+                "mlx-lm SwitchGLU experts (separate gate/up LoRAs), also block-diagonal on ffn_gate_up_exps",
+                &["mlx-qwen35moe"],
             ),
         ],
     },
