@@ -130,6 +130,7 @@ mlx_tests! {
     mlx_qwen35_gated_delta_net => "mlx-qwen35",
     mlx_qwen35moe_switch_glu => "mlx-qwen35moe",
     mlx_gemma4 => "mlx-gemma4",
+    mlx_gemma4moe_switch_glu_on_the_fused_base => "mlx-gemma4moe",
     mlx_smollm3 => "mlx-smollm3",
     mlx_lfm2 => "mlx-lfm2",
 }
@@ -447,6 +448,7 @@ fn every_ok_fixture_has_a_logits_test() {
         "mlx-qwen35",
         "mlx-qwen35moe",
         "mlx-gemma4",
+        "mlx-gemma4moe",
         "mlx-smollm3",
         "mlx-lfm2",
         "torchtune-llama",

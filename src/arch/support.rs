@@ -172,6 +172,10 @@ pub static SUPPORT: &[ArchSupport] = &[
             ),
             v("mlx-lm adapters", &["mlx-gemma4"]),
             v(
+                "mlx-lm SwitchGLU experts + router: gate/up block-diagonal on ffn_gate_up_exps, scale folded",
+                &["mlx-gemma4moe"],
+            ),
+            v(
                 "per-layer input gate/projection (E2B-style)",
                 &["gemma4-e2b"],
             ),
