@@ -128,7 +128,9 @@ mlx_tests! {
     mlx_mixtral_switch_linear_experts_and_router => "mlx-mixtral",
     mlx_qwen3moe_switch_linear_keys => "mlx-qwen3moe",
     mlx_qwen35_gated_delta_net => "mlx-qwen35",
+    mlx_qwen35moe_switch_glu => "mlx-qwen35moe",
     mlx_gemma4 => "mlx-gemma4",
+    mlx_gemma4moe_switch_glu_on_the_fused_base => "mlx-gemma4moe",
     mlx_smollm3 => "mlx-smollm3",
     mlx_lfm2 => "mlx-lfm2",
 }
@@ -185,6 +187,55 @@ family_tests! {
     torchtune_llama_peft_export => "torchtune-llama",
     unsloth_llama => "unsloth-llama",
     llamafactory_pissa_converted => "llamafactory-pissa/pissa_converted",
+}
+
+/// mlx-lm's Qwen3.5-MoE adapter has separate gate_proj and up_proj LoRAs on the experts; on the base converted with
+/// --fuse-gate-up-exps (the same model) they become one block-diagonal ffn_gate_up_exps pair of twice the rank,
+/// whose logits equal mlx-lm's as on the split base.
+#[test]
+fn mlx_qwen35moe_gate_and_up_become_one_block_diagonal_pair_on_a_fused_base() {
+    let case = "mlx-qwen35moe";
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fused.gguf");
+    let base = base_gguf("qwen35moe-fused");
+    convert::convert(&Options {
+        adapter_dir: case_dir(case),
+        output: out.clone(),
+        base: Some(base.clone()),
+        base_config: None,
+        outtype: OutType::F32,
+        arch: None,
+        force: true,
+        verify: true,
+        threads: Some(1),
+        quirks: Default::default(),
+    })
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let written = lora_gguf::gguf::GgufFile::open(&out).unwrap();
+    let gate_up = written
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.1.ffn_gate_up_exps.weight.lora_b")
+        .expect("a fused pair");
+    assert_eq!(
+        gate_up.dims,
+        [8, 48, 4],
+        "rank 4 + 4, rows 24 + 24, 4 experts"
+    );
+    let reference = case_dir(case).join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, mlx_base) = read_tensor(&reference, "logits_base");
+    let got = logits_for_tokens(&base, Some(&out), &[1.0, 0.5], &tokens, 2).unwrap();
+    let limit = 2.0 * max_abs_diff(&got[0], &mlx_base).max(1e-4);
+    for (i, key) in ["logits_scale_1", "logits_scale_0_5"].iter().enumerate() {
+        let err = max_abs_diff(&got[i + 1], &read_tensor(&reference, key).1);
+        eprintln!("{case} on the fused base, {key}: |Δ| {err:.2e}, limit {limit:.2e}");
+        assert!(
+            err <= limit,
+            "{case} on the fused base, {key}: |Δlogit| {err} > {limit}"
+        );
+    }
 }
 
 /// Pairs whose tensor llama.cpp's graph multiplies without LoRA (`no_effect` in case.json: DeepSeek-V2's MLA
@@ -395,7 +446,9 @@ fn every_ok_fixture_has_a_logits_test() {
         "mlx-mixtral",
         "mlx-qwen3moe",
         "mlx-qwen35",
+        "mlx-qwen35moe",
         "mlx-gemma4",
+        "mlx-gemma4moe",
         "mlx-smollm3",
         "mlx-lfm2",
         "torchtune-llama",

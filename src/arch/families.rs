@@ -313,6 +313,18 @@ pub static REVIEWED: &[Review] = &[
     // project_per_layer_inputs).
     Review {
         arch: "gemma4",
+        // the gate and up halves of experts.gate_up_proj, as trainers that split it name them (mlx-lm's
+        // experts.switch_glu.gate_proj / up_proj): parts of the fused ffn_gate_up_exps
+        splits: &[
+            Split {
+                hf: "model.layers.{bid}.experts.gate_proj",
+                parts: &[("blk.{bid}.ffn_gate_exps", RowTransform::Identity)],
+            },
+            Split {
+                hf: "model.layers.{bid}.experts.up_proj",
+                parts: &[("blk.{bid}.ffn_up_exps", RowTransform::Identity)],
+            },
+        ],
         stacks_experts: true,
         base_only_scales: &["blk.{bid}.ffn_down_exps"],
         no_effect: &["per_layer_model_proj"],

@@ -434,13 +434,15 @@ pub fn fused_for_base(targets: Vec<Target>, has: impl Fn(&str) -> Option<bool>) 
 }
 
 /// When `target` is one part of a split the base stores fused (`blk.3.ffn_gate_exps.weight` on a base made with
-/// `--fuse-gate-up-exps`), the fused tensor's name.
-pub fn fused_part_of(target: &str, has: impl Fn(&str) -> bool) -> Option<String> {
+/// `--fuse-gate-up-exps`), the fused tensor's name, the part's index and the number of parts (rows of the fused
+/// tensor: part 0's, then part 1's).
+pub fn fused_part_of(target: &str, has: impl Fn(&str) -> bool) -> Option<(String, u8, u8)> {
     let stem = target.strip_suffix(".weight")?;
     let (template, block, _) = templated(stem);
     families::FUSED_IN_BASE.iter().find_map(|(parts, fused)| {
         let fused = tensor_name(fused, block);
-        (parts.contains(&template.as_str()) && has(&fused)).then_some(fused)
+        let index = parts.iter().position(|p| *p == template.as_str())?;
+        has(&fused).then_some((fused, index as u8, parts.len() as u8))
     })
 }
 

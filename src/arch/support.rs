@@ -157,9 +157,9 @@ pub static SUPPORT: &[ArchSupport] = &[
                 "experts on a --fuse-gate-up-exps base (ffn_gate_up_exps)",
                 &["qwen35moe-fused"],
             ),
-            r(
-                "separate gate_proj/up_proj expert LoRAs on a --fuse-gate-up-exps base",
-                &[],
+            v(
+                "mlx-lm SwitchGLU experts (separate gate/up LoRAs), also block-diagonal on ffn_gate_up_exps",
+                &["mlx-qwen35moe"],
             ),
         ],
     },
@@ -171,6 +171,10 @@ pub static SUPPORT: &[ArchSupport] = &[
                 &["gemma4"],
             ),
             v("mlx-lm adapters", &["mlx-gemma4"]),
+            v(
+                "mlx-lm SwitchGLU experts + router: gate/up block-diagonal on ffn_gate_up_exps, scale folded",
+                &["mlx-gemma4moe"],
+            ),
             v(
                 "per-layer input gate/projection (E2B-style)",
                 &["gemma4-e2b"],

@@ -451,7 +451,7 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
         for s in &p.sources {
             let pair = &a.pairs[s.pair];
             let fold = f64::from(s.fold as f32);
-            let slot = |what: String| match (p.shape, s.expert) {
+            let slot_of = |what: String| match (p.shape, s.expert) {
                 (PairShape::Experts { n_expert }, Some(e)) => {
                     format!("{what}, expert slot {e} of {n_expert}")
                 }
@@ -459,6 +459,18 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
                     format!("{what}, all {n_expert} experts")
                 }
                 _ => what,
+            };
+            let slot = |what: String| {
+                slot_of(match s.part {
+                    Some(part) => format!(
+                        "{what}, into rank block {}..{} and rows {}..{} of the fused tensor",
+                        part.rank_offset,
+                        part.rank_offset + part.rank,
+                        part.row_offset,
+                        part.row_offset + part.rows
+                    ),
+                    None => what,
+                })
             };
             let mut b_transform = b_transform(pair, s.rows);
             if fold != 1.0 {

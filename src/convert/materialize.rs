@@ -79,21 +79,30 @@ pub fn materialize(
                     Some(e) => vec![(e, 0)],
                     None => (0..n_expert).map(|e| (e, e)).collect(),
                 };
+                // the source's own rank, and the block it fills: all of the pair, or its part of a fused tensor
+                let rp = p.rank;
+                let (rank_offset, row_offset) = s
+                    .part
+                    .map_or((0, 0), |part| (part.rank_offset, part.row_offset));
                 for (slot, e) in slots {
                     let (a_e, b_e, rows) = expert_factors(p, s.transposed, &a_src, &b_src, e);
                     let bt = transformed_b(
                         &b_e,
                         rows,
-                        r,
+                        rp,
                         s.rows,
                         s.fold_for(slot),
                         heads,
                         &pair.target,
                         &p.module,
                     )?;
-                    let at = transformed_a(&a_e, r, inp, s.cols, heads, &pair.target, &p.module)?;
-                    a[slot * r * inp..(slot + 1) * r * inp].copy_from_slice(&at);
-                    b[slot * out * r..(slot + 1) * out * r].copy_from_slice(&bt);
+                    let at = transformed_a(&a_e, rp, inp, s.cols, heads, &pair.target, &p.module)?;
+                    let a_start = (slot * r + rank_offset) * inp;
+                    a[a_start..a_start + rp * inp].copy_from_slice(&at);
+                    for (i, row) in bt.chunks_exact(rp).enumerate() {
+                        let start = (slot * out + row_offset + i) * r + rank_offset;
+                        b[start..start + rp].copy_from_slice(row);
+                    }
                 }
             }
             Ok(Factors { a, b })

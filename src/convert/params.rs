@@ -498,9 +498,10 @@ mod tests {
     }
 
     /// On a base made with --fuse-gate-up-exps, transformers-5's fused gate_up_proj becomes one ffn_gate_up_exps
-    /// pair, and a LoRA on gate_proj (here per-expert Linear modules) alone is refused naming the fused tensor.
+    /// pair, and a LoRA on gate_proj alone (here per-expert Linear modules) becomes its gate block: rows 0..24 of
+    /// the fused 48, its own rank, the up rows zero.
     #[test]
-    fn separate_gate_experts_on_a_fused_base_are_refused_by_name() {
+    fn gate_experts_alone_fill_their_block_of_a_fused_base_tensor() {
         let dir = tempfile::tempdir().unwrap();
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bases");
         let base = BaseModel::from_gguf(&fixtures.join("qwen35moe-fused/base.gguf")).unwrap();
@@ -540,14 +541,21 @@ mod tests {
             ],
         );
         let adapter = crate::peft::open(dir.path()).unwrap();
-        let e = plan::plan(&adapter, family, &base, OutType::F32)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with(
-                "module `model.layers.1.mlp.experts.0.gate_proj` → `blk.1.ffn_gate_exps.weight`: the base "
-            ) && e.contains("stores the gate and up experts fused as `blk.1.ffn_gate_up_exps.weight`"),
-            "{e}"
+        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        assert_eq!(plan.pairs.len(), 1);
+        let p = &plan.pairs[0];
+        assert_eq!(p.b.name, "blk.1.ffn_gate_up_exps.weight.lora_b");
+        assert_eq!(p.b.dims, [4, 48, 4]);
+        let part = p.sources[0].part.unwrap();
+        assert_eq!(
+            (
+                part.index,
+                part.rows,
+                part.rank,
+                part.rank_offset,
+                part.row_offset
+            ),
+            (0, 24, 4, 0, 0)
         );
     }
 }

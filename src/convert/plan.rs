@@ -86,6 +86,26 @@ pub struct PlannedSource {
     /// The base's output scale that llama.cpp applies to the base matmul only (Gemma 4's per-expert
     /// `ffn_down_exps.scale`): one value per expert (or one for all), multiplied into B with the fold.
     pub base_scale: Option<Vec<f32>>,
+    /// The block this source fills when the base stores its target fused with others (a gate or up expert LoRA on
+    /// `ffn_gate_up_exps`): the pair is block-diagonal, ΔW = [B_g 0; 0 B_u]·[A_g; A_u].
+    pub part: Option<FusedPart>,
+}
+
+/// One part of a pair built block-diagonally from LoRAs of the parts of a fused base tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedPart {
+    /// Which part (0: gate, 1: up), in the fused tensor's row order.
+    pub index: u8,
+    /// Parts of the fused tensor.
+    pub count: u8,
+    /// Rows of one part (the fused tensor has `count` times as many).
+    pub rows: usize,
+    /// This part's own rank.
+    pub rank: usize,
+    /// Where its rank block starts in the pair's rank (the ranks of the parts before it that have a LoRA).
+    pub rank_offset: usize,
+    /// Where its rows start in the fused tensor (`index · rows`).
+    pub row_offset: usize,
 }
 
 impl PlannedSource {
@@ -207,6 +227,7 @@ pub fn plan_all(
                     peft_scaling,
                     fold,
                     base_scale: None,
+                    part: None,
                 };
                 if family.no_effect(&target.name) {
                     let what = format!(
@@ -252,20 +273,38 @@ pub fn plan_all(
                     }
                     planned.sources[0].base_scale = values;
                 }
-                match (planned.shape, by_target.get(&target.name)) {
+                // a gate or up expert LoRA on a base that stores both fused: one block of the fused pair
+                if let PairShape::Experts { .. } = planned.shape
+                    && base.has_tensor(&planned.target) == Some(false)
+                    && let Some((fused, index, count)) =
+                        crate::arch::fused_part_of(&planned.target, |n| {
+                            base.has_tensor(n) == Some(true)
+                        })
+                {
+                    planned.target = fused;
+                    planned.sources[0].part = Some(FusedPart {
+                        index,
+                        count,
+                        rows: planned.out_features,
+                        rank: planned.rank,
+                        rank_offset: 0,
+                        row_offset: usize::from(index) * planned.out_features,
+                    });
+                }
+                match (planned.shape, by_target.get(&planned.target)) {
                     (PairShape::Experts { .. }, Some(&at)) => {
                         merge_expert(&mut pairs[at], planned, &adapter.pairs)
                     }
                     (_, Some(&at)) => {
                         let first = adapter.pairs[pairs[at].sources[0].pair].module.clone();
                         Err(ConvertError::DuplicateTarget {
-                            target: target.name.clone(),
+                            target: planned.target.clone(),
                             first,
                             second: pair.module.clone(),
                         })
                     }
                     (_, None) => {
-                        by_target.insert(target.name.clone(), pairs.len());
+                        by_target.insert(planned.target.clone(), pairs.len());
                         pairs.push(planned);
                         Ok(())
                     }
@@ -281,6 +320,10 @@ pub fn plan_all(
     let mut fallbacks: Vec<u64> = Vec::new();
     let mut fitting = Vec::with_capacity(pairs.len());
     for mut p in pairs {
+        if let Err(e) = lay_out_parts(&mut p, alpha, &adapter.pairs) {
+            problems.push(e);
+            continue;
+        }
         let fits = match p.shape {
             PairShape::Experts { n_expert } => check_experts(&p, n_expert, base, &adapter.pairs),
             _ => Ok(()),
@@ -576,11 +619,81 @@ fn truncates_vocab(arch: &str) -> bool {
     arch.starts_with("gemma")
 }
 
+/// A pair built from the parts of a fused base tensor: the rank is the sum of the parts' ranks, the rows the fused
+/// tensor's; each source gets its rank and row block, and its fold becomes s_m·R/α (llama.cpp divides by the whole
+/// rank R). Parts without a LoRA are zero rows and take no rank. Pairs without parts are left as they are.
+fn lay_out_parts(p: &mut PlannedPair, alpha: f32, pairs: &[LoraPair]) -> Result<(), ConvertError> {
+    let Some(first) = p.sources.iter().find_map(|s| s.part) else {
+        return Ok(());
+    };
+    let count = usize::from(first.count);
+    let mut ranks: Vec<Option<usize>> = vec![None; count];
+    for s in &p.sources {
+        let part = s.part.unwrap_or(first);
+        let slot = &mut ranks[usize::from(part.index)];
+        if part.rows != first.rows || slot.is_some_and(|r| r != part.rank) {
+            let listed: Vec<String> = p
+                .sources
+                .iter()
+                .map(|s| format!("{} (rank {})", pairs[s.pair].module, pairs[s.pair].rank))
+                .collect();
+            return Err(ConvertError::ExpertRanks {
+                target: p.target.clone(),
+                ranks: listed.join(", "),
+            });
+        }
+        *slot = Some(part.rank);
+    }
+    let mut offsets = vec![0usize; count];
+    let mut total = 0;
+    for (i, r) in ranks.iter().enumerate() {
+        offsets[i] = total;
+        total += r.unwrap_or(0);
+    }
+    for s in &mut p.sources {
+        if let Some(part) = &mut s.part {
+            part.rank_offset = offsets[usize::from(part.index)];
+            s.fold = s.peft_scaling * total as f64 / f64::from(alpha);
+        }
+    }
+    p.rank = total;
+    p.out_features = count * first.rows;
+    p.sources
+        .sort_by_key(|s| (s.expert, s.part.map(|part| part.index)));
+    Ok(())
+}
+
 fn merge_expert(
     into: &mut PlannedPair,
     next: PlannedPair,
     pairs: &[LoraPair],
 ) -> Result<(), ConvertError> {
+    if into.sources.iter().any(|s| s.part.is_some())
+        || next.sources.iter().any(|s| s.part.is_some())
+    {
+        // parts of a fused tensor: ranks and rows are checked and laid out once all parts are in (lay_out_parts)
+        if into.in_features != next.in_features {
+            return Err(ConvertError::ExpertRanks {
+                target: into.target.clone(),
+                ranks: format!("inputs {} and {}", into.in_features, next.in_features),
+            });
+        }
+        for s in next.sources {
+            let same_part = |x: &PlannedSource| x.part.map(|p| p.index) == s.part.map(|p| p.index);
+            let clash = into.sources.iter().find(|x| {
+                same_part(x) && (x.expert == s.expert || x.expert.is_none() || s.expert.is_none())
+            });
+            if let Some(dup) = clash {
+                return Err(ConvertError::DuplicateTarget {
+                    target: format!("{} (expert {})", into.target, s.expert.unwrap_or(0)),
+                    first: pairs[dup.pair].module.clone(),
+                    second: pairs[s.pair].module.clone(),
+                });
+            }
+            into.sources.push(s);
+        }
+        return Ok(());
+    }
     if into.rank != next.rank
         || into.in_features != next.in_features
         || into.out_features != next.out_features
@@ -658,7 +771,9 @@ fn check_base_shape(
     };
     let module = pairs[p.sources[0].pair].module.clone();
     let Some(found) = tensors.get(&p.target) else {
-        if let Some(fused) = crate::arch::fused_part_of(&p.target, |n| tensors.contains_key(n)) {
+        if let Some((fused, _, _)) =
+            crate::arch::fused_part_of(&p.target, |n| tensors.contains_key(n))
+        {
             return Err(ConvertError::FusedInBase {
                 module,
                 target: p.target.clone(),
