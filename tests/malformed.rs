@@ -13,7 +13,7 @@ use crate::common::{base_gguf, case_dir};
 /// sizes they claim would take.
 const MEMORY_LIMIT: u64 = 1 << 30;
 
-/// `lora-convert ARGS…`.
+/// `lora-convert ARGS…` as a std Command (common's assert_cmd helpers cannot set the memory limit before exec).
 fn lora_convert() -> Command {
     Command::new(assert_cmd::cargo::cargo_bin!("lora-convert"))
 }

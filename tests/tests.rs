@@ -20,6 +20,9 @@ mod inspect_cli;
 // Malformed input through the binaries: cuts at every section boundary, hostile sizes, bad outputs → exit 2.
 mod malformed;
 
+// The support table (per architecture and feature: verified / mapped / refused) in the README and in `inspect`.
+mod support_table;
+
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;
@@ -27,3 +30,13 @@ mod convert_logits;
 // lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
 #[cfg(feature = "validate")]
 mod validate_e2e;
+
+// An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
+#[cfg(feature = "validate")]
+mod validate_partial;
+// `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
+#[cfg(feature = "validate")]
+mod merge_logits;
+// `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
+#[cfg(feature = "validate")]
+mod merge_gemma;
