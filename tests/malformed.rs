@@ -718,3 +718,79 @@ fn finite_factors_beyond_the_output_type_are_refused_naming_the_tensor() {
     cmd.args(["--outtype", "f32"]);
     assert!(cmd.status().unwrap().success());
 }
+
+/// fixtures/cases/llama's reference adapter rewritten with `blk.0.attn_q.weight`'s `lora_a` changed by `change`
+/// (its dims, type and bytes).
+fn llama_adapter_with(
+    out: &Path,
+    change: impl Fn(&mut Vec<u64>, &mut lora_gguf::gguf::GgmlType, &mut Vec<u8>),
+) {
+    use lora_gguf::gguf::{GgufFile, TensorSpec, Writer};
+    let f = GgufFile::open(&case_dir("llama").join("reference-converter-f32.gguf")).unwrap();
+    let tensors: Vec<_> = f
+        .tensors
+        .iter()
+        .map(|t| {
+            let (mut dims, mut ty) = (t.dims.clone(), t.ggml_type);
+            let mut bytes = f.read_tensor_bytes(&t.name).unwrap();
+            if t.name == "blk.0.attn_q.weight.lora_a" {
+                change(&mut dims, &mut ty, &mut bytes);
+            }
+            (TensorSpec::new(t.name.clone(), dims, ty), bytes)
+        })
+        .collect();
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
+    let mut w = Writer::new(std::fs::File::create(out).unwrap(), &f.metadata, &specs).unwrap();
+    for (spec, bytes) in &tensors {
+        w.write_tensor(&spec.name, bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn adapters_llama_cpp_would_crash_on_are_refused_by_the_pre_check() {
+    use lora_gguf::gguf::GgmlType;
+    let tmp = tempfile::tempdir().unwrap();
+    // lora_a [64, 8] as [64, 8, 2]: llama.cpp compares ne[0] and ne[1] only, then ggml_mul_mat asserts.
+    let extra_dim = tmp.path().join("extra-dim.gguf");
+    llama_adapter_with(&extra_dim, |dims, _, bytes| {
+        dims.push(2);
+        bytes.extend_from_within(..);
+    });
+    // lora_a as I32 (same size as F32): ggml's CPU backend has no dot product for it.
+    let int_type = tmp.path().join("i32.gguf");
+    llama_adapter_with(&int_type, |_, ty, _| *ty = GgmlType::I32);
+    let cases = [
+        (
+            &extra_dim,
+            "blk.0.attn_q.weight",
+            "lora_a ne [64, 8, 2] and lora_b ne [8, 64] have more dimensions than the base tensor ne [64, 64]: \
+             llama.cpp loads them and aborts at the first decode (ggml_mul_mat)",
+        ),
+        (
+            &int_type,
+            "blk.0.attn_q.weight.lora_a",
+            "is i32, which llama.cpp loads but cannot multiply (ggml's CPU backend has no dot product for it): it \
+             would crash at the first decode; reconvert with --outtype f32, f16, bf16 or q8_0",
+        ),
+    ];
+    for (file, subject, message) in cases {
+        let out = lora_convert()
+            .arg("inspect")
+            .arg(file)
+            .arg("--base")
+            .arg(base_gguf("llama"))
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", file.display());
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(j["fit"]["fits"], false);
+        assert_eq!(
+            j["fit"]["mismatches"],
+            serde_json::json!([{"subject": subject, "message": message}]),
+            "{}",
+            file.display()
+        );
+    }
+}
