@@ -218,7 +218,7 @@ def main():
                                    ("safetensors_mlx", MLX_CASES, "adapters.safetensors")):
         for i, case in enumerate(table):
             cut = st_cut(read(FIX, "cases", case, weights))
-            for outtype in (0, 4):
+            for outtype in (0, 4, 0x80):  # auto, q8_0, bf16 with --drop-ignored-pairs
                 write(target, f"{case}-{outtype}.bin", bytes([i, outtype]) + cut)
             write(target, f"{case}-full.bin", bytes([i, 1]) + read(FIX, "cases", case, weights))
 

@@ -459,6 +459,11 @@ fn gguf_hostile_sizes_are_refused_in_bounded_memory_naming_the_key_or_tensor() {
             "the tensor count",
         ),
         (
+            "tensor-count-2^60",
+            gguf(1 << 60, 0, &[], &[0; 64]),
+            "the tensor count",
+        ),
+        (
             "kv-count",
             gguf(0, 1 << 40, &[], &[]),
             "the key-value count",

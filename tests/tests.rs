@@ -20,6 +20,9 @@ mod inspect_cli;
 // Malformed input through the binaries: cuts at every section boundary, hostile sizes, bad outputs → exit 2.
 mod malformed;
 
+// Every committed fuzz input (fuzz/corpus, fuzz/regressions) through its target's body, on stable.
+mod fuzz_replay;
+
 // The support table (per architecture and feature: verified / mapped / refused) in the README and in `inspect`.
 mod support_table;
 
