@@ -20,7 +20,9 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 }
 
 fn argmax(row: &[f32]) -> usize {
-    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0)
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .unwrap_or(0)
 }
 
 fn main() {
