@@ -40,6 +40,9 @@ struct Args {
     /// Keep the work directory.
     #[arg(long)]
     keep: bool,
+    /// The lora-convert binary to time (default: the one cargo built for this benchmark).
+    #[arg(long)]
+    bin: Option<PathBuf>,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -201,7 +204,10 @@ fn main() {
     let quant_time = synth_model(&base, args.layers);
     synth_adapter(&adapter, args.layers);
     let size = std::fs::metadata(&base).unwrap().len();
-    let bin = env!("CARGO_BIN_EXE_lora-convert");
+    let bin = args
+        .bin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lora-convert")));
     let log = args.dir.join("stderr.log");
     let mut rows: Vec<(String, Vec<measure::Sample>)> = Vec::new();
     let out = args.dir.join("merged.gguf");
@@ -222,7 +228,7 @@ fn main() {
                 c.arg(&base).arg(&copy);
                 c
             } else {
-                let mut c = Command::new(bin);
+                let mut c = Command::new(&bin);
                 c.arg("merge")
                     .arg("--base")
                     .arg(&base)
