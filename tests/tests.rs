@@ -17,6 +17,9 @@ mod trainers_cli;
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
 
+// The support table (per architecture and feature: verified / mapped / refused) in the README and in `inspect`.
+mod support_table;
+
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;
@@ -25,6 +28,9 @@ mod convert_logits;
 #[cfg(feature = "validate")]
 mod validate_e2e;
 
+// An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
+#[cfg(feature = "validate")]
+mod validate_partial;
 // `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
 #[cfg(feature = "validate")]
 mod merge_logits;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::adapter::Framework;
 use lora_gguf::convert::error::chain;
-use lora_gguf::convert::{self, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest};
+use lora_gguf::convert::{
+    self, ConvertError, IgnoredPairs, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest,
+};
 use lora_gguf::exit::ExitStatus;
 use lora_gguf::inspect;
 
@@ -64,6 +66,10 @@ struct InspectArgs {
     #[arg(long, value_enum, value_name = "HOW")]
     torchtune_qwen2: Option<TorchtuneArg>,
 
+    /// Plan as conversion with `--drop-ignored-pairs` would.
+    #[arg(long)]
+    drop_ignored_pairs: bool,
+
     /// Print the report as JSON (schema `lora-gguf.inspect/1`, docs/inspect-and-manifest.md).
     #[arg(long)]
     json: bool,
@@ -115,6 +121,12 @@ struct ConvertArgs {
     /// torchtune trained, `as-saved` the file as PEFT reads it. Without this option such an adapter is refused.
     #[arg(long, value_enum, value_name = "HOW")]
     torchtune_qwen2: Option<TorchtuneArg>,
+
+    /// Leave out the pairs whose tensor llama.cpp's graph multiplies without LoRA (DeepSeek-V2's MLA projections,
+    /// Gemma 4's per_layer_model_projection, …), with a warning for each. Without it such an adapter is refused:
+    /// those pairs would load and change nothing.
+    #[arg(long)]
+    drop_ignored_pairs: bool,
 
     /// Worker threads, each reading, converting and writing whole LoRA pairs (default: all cores; the output is
     /// the same at any count).
@@ -176,6 +188,14 @@ fn main() -> ExitCode {
     }
 }
 
+fn ignored_pairs(drop: bool) -> IgnoredPairs {
+    if drop {
+        IgnoredPairs::Drop
+    } else {
+        IgnoredPairs::Refuse
+    }
+}
+
 fn inspect(args: InspectArgs) -> ExitCode {
     let request = inspect::Request {
         path: args.path,
@@ -183,6 +203,7 @@ fn inspect(args: InspectArgs) -> ExitCode {
         base_config: args.base_config,
         quirks: Quirks {
             torchtune_qwen2: args.torchtune_qwen2.map(Into::into),
+            ignored_pairs: ignored_pairs(args.drop_ignored_pairs),
             ..Default::default()
         },
     };
@@ -224,6 +245,7 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         threads: cli.threads,
         quirks: Quirks {
             torchtune_qwen2: cli.torchtune_qwen2.map(Into::into),
+            ignored_pairs: ignored_pairs(cli.drop_ignored_pairs),
             ..Default::default()
         },
     };
@@ -237,7 +259,20 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {}", chain(err));
-            let more = outcome.prepared.as_ref().map_or(0, |p| p.refusals.len());
+            // the pairs llama.cpp ignores are named together: one decision (--drop-ignored-pairs) covers them all
+            let ignored = |e: &&ConvertError| matches!(e, ConvertError::NoEffect { .. });
+            let rest: &[ConvertError] = outcome.prepared.as_ref().map_or(&[], |p| &p.refusals);
+            if ignored(&err) {
+                for e in rest.iter().filter(ignored) {
+                    eprintln!("error: {}", chain(e));
+                }
+            }
+            let named = if ignored(&err) {
+                rest.iter().filter(ignored).count()
+            } else {
+                0
+            };
+            let more = rest.len() - named;
             if more > 0 {
                 let listed = if cli.manifest.is_some() {
                     "the manifest lists them"

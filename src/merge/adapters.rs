@@ -156,7 +156,6 @@ pub fn load_dir(
     base_path: &Path,
     base: &GgufFile,
 ) -> Result<Adapter, MergeError> {
-    use crate::convert::factor::HeadCounts;
     use crate::convert::plan::PairShape;
     use crate::convert::{self, Quirks, materialize};
     let refused = |e: convert::ConvertError| MergeError::Convert {
@@ -182,10 +181,7 @@ pub fn load_dir(
     let (Some(plan), Some(model)) = (&prepared.plan, &prepared.base) else {
         return Err(MergeError::NothingToMerge);
     };
-    let heads = model.heads.unwrap_or(HeadCounts {
-        n_head: 1,
-        n_head_kv: 1,
-    });
+    let heads = model.factor_heads();
     let mut pairs = BTreeMap::new();
     for planned in &plan.pairs {
         let f = materialize::materialize(&prepared.adapter, planned, heads).map_err(refused)?;

@@ -122,6 +122,8 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// Set (by a Ctrl-C handler) to stop the run after the step in progress; the run then reports what finished.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for EngineConfig {
@@ -134,6 +136,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            interrupt: None,
         }
     }
 }
