@@ -40,3 +40,6 @@ mod merge_gemma;
 // `lora-convert merge` from the command line: bytes copied, provenance, Modelfile, refusals.
 #[cfg(feature = "merge")]
 mod merge_cli;
+// `lora-validate --merged`: a real merge passes, a merge at the wrong scale fails.
+#[cfg(feature = "validate")]
+mod validate_merged;
