@@ -118,3 +118,39 @@ fn the_real_merge_passes_and_a_merge_at_scale_2_fails() {
         "{metrics:?}"
     );
 }
+
+/// A `--merged` file that cannot be a merge of the base is refused before llama.cpp loads anything (exit 2).
+#[test]
+fn a_merged_file_that_is_not_a_merge_of_the_base_is_refused() {
+    let (_, adapter, _, _) = files();
+    for (merged, expect) in [
+        (
+            adapter.clone(),
+            "it is an adapter, not a model (give it with --adapter)".to_string(),
+        ),
+        (
+            base_gguf("llama"),
+            "its architecture is \"llama\" and the base's \"gemma3\"".to_string(),
+        ),
+    ] {
+        let out = lora_validate()
+            .arg("--base")
+            .arg(test_model())
+            .arg("--adapter")
+            .arg(adapter)
+            .arg("--merged")
+            .arg(&merged)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "error: --merged `{}` cannot be a merge of the base `{}`: {expect}",
+                merged.display(),
+                test_model().display()
+            )),
+            "{stderr}"
+        );
+    }
+}

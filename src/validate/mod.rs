@@ -80,6 +80,11 @@ fn check_merged(base: &crate::gguf::GgufFile, path: &std::path::Path) -> Result<
     use crate::gguf::{GgufFile, keys};
     let merged = GgufFile::open(path)?;
     let arch = |f: &GgufFile| f.get_str(keys::GENERAL_ARCHITECTURE).map(str::to_string);
+    let n_tokens = |f: &GgufFile| {
+        f.get("tokenizer.ggml.tokens")
+            .and_then(crate::gguf::Value::as_array)
+            .map_or(0, |a| a.values.len())
+    };
     let problem = if merged.get_str(keys::GENERAL_TYPE) == Some("adapter") {
         Some("it is an adapter, not a model (give it with --adapter)".to_string())
     } else if arch(&merged) != arch(base) {
@@ -87,6 +92,12 @@ fn check_merged(base: &crate::gguf::GgufFile, path: &std::path::Path) -> Result<
             "its architecture is {:?} and the base's {:?}",
             arch(&merged).unwrap_or_default(),
             arch(base).unwrap_or_default()
+        ))
+    } else if n_tokens(&merged) != n_tokens(base) {
+        Some(format!(
+            "its vocabulary has {} tokens and the base's {}",
+            n_tokens(&merged),
+            n_tokens(base)
         ))
     } else {
         None
