@@ -43,3 +43,9 @@ mod merge_logits;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;
+// `lora-convert merge` from the command line: bytes copied, provenance, Modelfile, refusals.
+#[cfg(feature = "merge")]
+mod merge_cli;
+// `lora-validate --merged`: a real merge passes, a merge at the wrong scale fails.
+#[cfg(feature = "validate")]
+mod validate_merged;

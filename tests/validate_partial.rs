@@ -24,6 +24,7 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
             interrupt,
             ..EngineConfig::default()
         },
+        merged: None,
     }
 }
 

@@ -87,6 +87,11 @@ struct Cli {
     #[arg(long)]
     allow_non_monotone: bool,
 
+    /// A model with the adapters merged in (`lora-convert merge`): the golden set also runs through it, compared
+    /// with base + runtime adapter at scale 1 (KL, top-1 and greedy agreement; limits merged_* in --limits).
+    #[arg(long, value_name = "MERGED.gguf")]
+    merged: Option<PathBuf>,
+
     /// Run prompts one at a time (the baseline for benchmarks; numbers differ slightly from the batched layout).
     #[arg(long)]
     sequential: bool,
@@ -163,6 +168,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             interrupt: Some(interrupt),
             ..EngineConfig::default()
         },
+        merged: cli.merged.clone(),
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {

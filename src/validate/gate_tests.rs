@@ -51,6 +51,7 @@ fn run(ms: Vec<PromptMeasurement>, scales: &[f32]) -> RunMeasurements {
         },
         timings: Timings::default(),
         partial: None,
+        merged: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod divergence;
 pub mod engine;
 pub mod gate;
 pub mod golden;
+pub mod merged;
 mod request;
 pub mod results;
 
@@ -46,7 +47,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
             });
         }
     }
+    if let Some(merged) = &req.merged {
+        check_merged(&base, merged)?;
+    }
     let mut engine = engine::Engine::load(&req.base, &req.adapters, req.engine.clone())?;
+    if let Some(merged) = &req.merged {
+        engine = engine.with_merged(merged)?;
+    }
     let measured = engine.run(&set.prompts, &req.scales, progress)?;
     let verdict = gate::judge(&set, &measured, &req.limits);
     let meta = crate::report::ReportMeta {
@@ -57,6 +64,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
             .map(|(p, s)| (p.display().to_string(), *s))
             .collect(),
         tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+        merged: req.merged.as_ref().map(|p| p.display().to_string()),
     };
     Ok(Outcome {
         set,
@@ -64,4 +72,42 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         verdict,
         meta,
     })
+}
+
+/// A `--merged` file must be a model of the base's architecture (read with our own reader before llama.cpp).
+#[cfg(feature = "validate")]
+fn check_merged(base: &crate::gguf::GgufFile, path: &std::path::Path) -> Result<(), Error> {
+    use crate::gguf::{GgufFile, keys};
+    let merged = GgufFile::open(path)?;
+    let arch = |f: &GgufFile| f.get_str(keys::GENERAL_ARCHITECTURE).map(str::to_string);
+    let n_tokens = |f: &GgufFile| {
+        f.get("tokenizer.ggml.tokens")
+            .and_then(crate::gguf::Value::as_array)
+            .map_or(0, |a| a.values.len())
+    };
+    let problem = if merged.get_str(keys::GENERAL_TYPE) == Some("adapter") {
+        Some("it is an adapter, not a model (give it with --adapter)".to_string())
+    } else if arch(&merged) != arch(base) {
+        Some(format!(
+            "its architecture is {:?} and the base's {:?}",
+            arch(&merged).unwrap_or_default(),
+            arch(base).unwrap_or_default()
+        ))
+    } else if n_tokens(&merged) != n_tokens(base) {
+        Some(format!(
+            "its vocabulary has {} tokens and the base's {}",
+            n_tokens(&merged),
+            n_tokens(base)
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::Usage(format!(
+            "--merged `{}` cannot be a merge of the base `{}`: {p}",
+            path.display(),
+            base.path.display()
+        ))),
+        None => Ok(()),
+    }
 }

@@ -27,6 +27,8 @@ pub struct Request {
     pub limits: Limits,
     /// How the engine runs.
     pub engine: EngineConfig,
+    /// `--merged`: a model with the adapters merged in (`lora-convert merge`), run next to base + runtime adapter.
+    pub merged: Option<PathBuf>,
 }
 
 /// What a finished run found: the prompts, the measurements, the verdict and what the run was about.
