@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Prove the README's two commands on a fresh Debian machine: a debootstrap chroot of Debian 12 with only a C linker
+# (gcc, libc6-dev), ca-certificates and this machine's rustup toolchain (copied: no other can be fetched here) — no
+# cmake, no C++ compiler, no libclang, no python3 — a fresh CARGO_HOME, a fresh target dir and a fresh clone of HEAD.
+# Runs the README's first command (the converter on a fixture) and second command (the whole test suite) exactly as
+# written and prints their wall times. Needs root and debootstrap; takes ~2 min plus the two commands.
+#
+#   tools/fresh-machine-check.sh [WORKDIR]    # default WORKDIR: ~/.cache/lora-gguf/fresh-machine (wiped first)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+work="${1:-$HOME/.cache/lora-gguf/fresh-machine}"
+root="$work/chroot"
+rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
+toolchain="$(rustup show active-toolchain | cut -d' ' -f1)"
+
+cleanup() {
+  for m in dev/pts dev proc sys; do mountpoint -q "$root/$m" && umount -l "$root/$m"; done
+  return 0
+}
+trap cleanup EXIT
+
+cleanup
+rm -rf "$work"
+mkdir -p "$work"
+debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates bookworm "$root" http://deb.debian.org/debian \
+  >"$work/debootstrap.log"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+# "Only rustup": the toolchain directory and the rustup proxies, nothing from this machine's CARGO_HOME.
+mkdir -p "$root/root/.rustup/toolchains" "$root/root/.cargo/bin"
+cp -a "$rustup_home/toolchains/$toolchain" "$root/root/.rustup/toolchains/"
+printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\n' "$toolchain" >"$root/root/.rustup/settings.toml"
+for tool in rustup cargo rustc; do cp "$(command -v rustup)" "$root/root/.cargo/bin/$tool"; done
+git clone -q --no-hardlinks "$repo" "$root/root/lora-gguf"
+git -C "$root/root/lora-gguf" checkout -q "$(git -C "$repo" rev-parse HEAD)"
+for m in proc sys dev dev/pts; do mount --bind "/$m" "$root/$m"; done
+
+for absent in cmake c++ g++ clang python3; do
+  if chroot "$root" sh -c "command -v $absent" >/dev/null; then echo "fresh machine has $absent" >&2; exit 1; fi
+done
+
+first="$(sed -n '/^Build and run the converter/,/^```$/{/^cargo /p}' "$repo/README.md" | head -1)"
+second="$(sed -n '/^Run the tests/,/^```$/{/^tools\//p}' "$repo/README.md" | head -1)"
+[ -n "$first" ] && [ -n "$second" ] || { echo "README's commands not found" >&2; exit 1; }
+
+run() {  # run a README command in the chroot as a login shell of a user who only has rustup
+  local start end
+  start=$(date +%s)
+  chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb PATH=/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin \
+    bash -c "cd /root/lora-gguf && $1" >"$work/$2.log" 2>&1 || { tail -30 "$work/$2.log"; echo "FAILED: $1" >&2; exit 1; }
+  end=$(date +%s)
+  echo "$2: $((end - start)) s: $1"
+}
+run "$first" first
+run "$second" second
+tail -3 "$work/second.log"
+run "$first" first-again
