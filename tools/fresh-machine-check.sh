@@ -25,11 +25,19 @@ mkdir -p "$work"
 debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates bookworm "$root" http://deb.debian.org/debian \
   >"$work/debootstrap.log"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# A network that re-signs TLS with its own CA (a proxy, a sandbox) gives its machines that CA: so does the chroot.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  chroot "$root" update-ca-certificates >/dev/null 2>&1
+fi
 # "Only rustup": the toolchain directory and the rustup proxies, nothing from this machine's CARGO_HOME.
 mkdir -p "$root/root/.rustup/toolchains" "$root/root/.cargo/bin"
 cp -a "$rustup_home/toolchains/$toolchain" "$root/root/.rustup/toolchains/"
 printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\n' "$toolchain" >"$root/root/.rustup/settings.toml"
-for tool in rustup cargo rustc; do cp "$(command -v rustup)" "$root/root/.cargo/bin/$tool"; done
+rustup_bin="$(command -v rustup)"
+for proxy in "$(dirname "$rustup_bin")"/*; do   # rustup's proxies (cargo, rustc, rustdoc …) are copies of rustup
+  if cmp -s "$proxy" "$rustup_bin"; then cp "$rustup_bin" "$root/root/.cargo/bin/$(basename "$proxy")"; fi
+done
 git clone -q --no-hardlinks "$repo" "$root/root/lora-gguf"
 git -C "$root/root/lora-gguf" checkout -q "$(git -C "$repo" rev-parse HEAD)"
 for m in proc sys dev dev/pts; do mount --bind "/$m" "$root/$m"; done
