@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::validate::gate::Verdict;
+use crate::validate::gate::{Limits, Verdict};
 use crate::validate::golden::GoldenSet;
 use crate::validate::results::RunMeasurements;
+use crate::validate::shard::ShardInfo;
 
 /// Version of the JSON report schema; bumped on any incompatible change.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -35,6 +36,10 @@ pub struct ReportMeta {
     pub adapters: Vec<(String, f32)>,
     /// Tool name and version.
     pub tool_version: String,
+    /// The limits the run was judged with (in the JSON report, so `merge-reports` judges shards alike).
+    pub limits: Limits,
+    /// Which shard of the golden set this run covers (None: all of it).
+    pub shard: Option<ShardInfo>,
 }
 
 /// Render a report.
@@ -49,7 +54,8 @@ pub fn render(
     match format {
         Format::Text => text(set, run, verdict, meta, color),
         Format::Json => {
-            serde_json::to_string_pretty(&json_value(run, verdict, meta)).unwrap_or_default() + "\n"
+            serde_json::to_string_pretty(&json_value(set, run, verdict, meta)).unwrap_or_default()
+                + "\n"
         }
         Format::Junit => junit(run, verdict, meta),
         Format::Markdown => markdown(run, verdict, meta),
@@ -149,6 +155,7 @@ fn text(
         run.scale_zero_max_abs_logit_delta,
         run.noise_floor_kl_max
     );
+    let _ = writeln!(o, "backend: {}", run.settings.backend);
     let _ = writeln!(
         o,
         "\n  scale  control KL mean  control KL max  control top-1  target KL mean  changed  expect-fail"
@@ -212,6 +219,7 @@ fn text(
 
 /// The JSON report as a value (schema version `JSON_SCHEMA_VERSION`).
 pub fn json_value(
+    set: &GoldenSet,
     run: &RunMeasurements,
     verdict: &Verdict,
     meta: &ReportMeta,
@@ -234,6 +242,9 @@ pub fn json_value(
             "noise_floor_kl_max": run.noise_floor_kl_max,
         },
         "timings": run.timings,
+        "golden": set.prompts,
+        "limits": meta.limits,
+        "shard": meta.shard,
     })
 }
 
@@ -274,8 +285,9 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         );
         let _ = writeln!(
             o,
-            "    <properties><property name=\"base\" value=\"{}\"/></properties>",
-            xml_escape(&meta.base)
+            "    <properties><property name=\"base\" value=\"{}\"/><property name=\"backend\" value=\"{}\"/></properties>",
+            xml_escape(&meta.base),
+            xml_escape(&run.settings.backend)
         );
         for c in cases {
             let m = run
@@ -366,8 +378,8 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
     );
     let _ = writeln!(
         o,
-        "Base `{}`. Engine self-check at scale 0: max |Δlogit| = {}.\n",
-        meta.base, run.scale_zero_max_abs_logit_delta
+        "Base `{}` on {}. Engine self-check at scale 0: max |Δlogit| = {}.\n",
+        meta.base, run.settings.backend, run.scale_zero_max_abs_logit_delta
     );
     let _ = writeln!(
         o,
@@ -450,6 +462,8 @@ mod tests {
                 threads: 1,
                 max_tokens: 8,
                 scales: vec![0.0, 1.0],
+                backend: "CPU (no GPU backend built in or no GPU device found)".into(),
+                gpu_layers: 0,
             },
             timings: Timings::default(),
         };
@@ -458,6 +472,8 @@ mod tests {
             base: "b.gguf".into(),
             adapters: vec![("a.gguf".into(), 1.0)],
             tool_version: "lora-validate 0.1.0".into(),
+            limits: Limits::default(),
+            shard: None,
         };
         (set, run, verdict, meta)
     }

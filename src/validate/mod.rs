@@ -7,8 +7,10 @@ pub mod divergence;
 pub mod engine;
 pub mod gate;
 pub mod golden;
+pub mod merge;
 mod request;
 pub mod results;
+pub mod shard;
 
 pub use request::{EngineConfig, EngineError, Error, Outcome, Progress, Request, parse_adapter};
 
@@ -36,6 +38,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
     } else {
         golden::load_golden(&req.prompts)?
     };
+    let (set, shard) = match req.shard {
+        Some(s) => {
+            let (part, info) = s.select(&set).map_err(Error::Usage)?;
+            (part, Some(info))
+        }
+        None => (set, None),
+    };
     let base = GgufFile::open(&req.base)?;
     for (path, _) in &req.adapters {
         if let Err(problems) = GgufAdapter::open(path)?.fit(&base) {
@@ -57,6 +66,8 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
             .map(|(p, s)| (p.display().to_string(), *s))
             .collect(),
         tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+        limits: req.limits.clone(),
+        shard,
     };
     Ok(Outcome {
         set,

@@ -27,6 +27,8 @@ pub struct Request {
     pub limits: Limits,
     /// How the engine runs.
     pub engine: EngineConfig,
+    /// Run only this shard of the golden set (`--shard I/N`); `merge::merge` puts the shards' reports together.
+    pub shard: Option<super::shard::Shard>,
 }
 
 /// What a finished run found: the prompts, the measurements, the verdict and what the run was about.
@@ -93,6 +95,9 @@ pub enum Error {
     /// llama.cpp failed, or a prompt cannot run.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Reports that cannot be merged into one run.
+    #[error(transparent)]
+    Merge(#[from] super::merge::MergeError),
 }
 
 impl Error {
@@ -122,6 +127,9 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
+    /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
+    pub gpu_layers: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -134,6 +142,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            gpu_layers: None,
         }
     }
 }
