@@ -24,3 +24,11 @@ mod convert_logits;
 // lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
 #[cfg(feature = "validate")]
 mod validate_e2e;
+
+// lora-validate --shard I/N and merge-reports: the shards merged give the unsharded verdict.
+#[cfg(feature = "validate")]
+mod validate_shard;
+
+// The CI gate (action.yml, the GitLab template) run locally as a CI job runs it.
+#[cfg(feature = "validate")]
+mod ci_action;
