@@ -198,6 +198,36 @@ pub enum Error {
 }
 
 impl Error {
+    /// A configuration field of the wrong type or value (the constructor `json_fields::Fields` calls).
+    pub(crate) fn config_field(path: &Path, key: String, message: String) -> Error {
+        Error::ConfigField {
+            path: path.to_path_buf(),
+            key,
+            message,
+        }
+    }
+
+    /// Parse the text of a configuration file that must be one JSON object.
+    pub(crate) fn config_object(
+        text: &str,
+        path: &Path,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        match crate::json_fields::parse(text) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(_) => Err(Error::config_field(
+                path,
+                "(top level)".into(),
+                "expected a JSON object".into(),
+            )),
+            Err(e) => Err(Error::ConfigJson {
+                path: path.to_path_buf(),
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            }),
+        }
+    }
+
     /// What the refusal is about, for reports that list refusals by subject (inspect, the manifest): a file, a
     /// configuration key, a tensor key or a module path.
     pub fn subject(&self) -> String {

@@ -3,6 +3,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::exit::ExitStatus;
@@ -180,6 +182,8 @@ fn limits(cli: &Cli) -> Result<Limits, validate::Error> {
 }
 
 fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
+    // First, so that a Ctrl-C at any point of the run is caught.
+    let interrupt = interrupt_flag();
     let adapters = cli
         .adapters
         .iter()
@@ -203,6 +207,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             verbose: cli.verbose,
             sequential: cli.sequential,
             gpu_layers: cli.gpu_layers,
+            interrupt: Some(interrupt),
             ..EngineConfig::default()
         },
         shard: cli.shard,
@@ -237,7 +242,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if let Some(shard) = &outcome.meta.shard {
         // A shard's verdict covers only its prompts (and effect and monotonicity are judged over the whole set):
         // the run's verdict comes from merge-reports.
-        write_report(
+        let status = write_report(
             cli.format,
             cli.output.as_deref(),
             &outcome.set,
@@ -245,6 +250,9 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             &outcome.verdict,
             &outcome.meta,
         )?;
+        if outcome.measured.partial.is_some() {
+            return Ok(status); // interrupted (130) or llama.cpp failed (3): not a shard merge-reports takes
+        }
         eprintln!(
             "shard {}/{}: measured {} of the set's {} prompts; `lora-validate merge-reports` on every shard's JSON \
              report gives the run's verdict",
@@ -323,9 +331,29 @@ fn write_report(
             );
         }
     }
-    Ok(if verdict.passed {
-        ExitStatus::Success
-    } else {
-        ExitStatus::GateFailed
+    Ok(match &measured.partial {
+        Some(p) if p.interrupted => ExitStatus::Interrupted,
+        Some(_) => ExitStatus::Runtime,
+        None if verdict.passed => ExitStatus::Success,
+        None => ExitStatus::GateFailed,
     })
+}
+
+/// A flag Ctrl-C sets: the engine stops after the step in progress and the report of what finished is written.
+/// A second Ctrl-C ends the process at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
+    let installed = ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(ExitStatus::Interrupted as u8));
+        }
+        eprintln!(
+            "\ninterrupted: finishing the step in progress, then writing the report of what finished"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end the run without a report ({e})");
+    }
+    flag
 }

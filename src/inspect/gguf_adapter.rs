@@ -163,7 +163,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
             .iter()
             .map(|(k, v)| Kv {
                 key: k.clone(),
-                value_type: type_name(v),
+                value_type: v.type_name(),
                 value: json_value(v),
             })
             .collect(),
@@ -188,13 +188,6 @@ fn problem(p: gguf_adapter::Problem) -> Problem {
     Problem {
         subject: p.subject,
         message: p.message,
-    }
-}
-
-fn type_name(v: &Value) -> String {
-    match v {
-        Value::Array(a) => format!("arr[{}]", a.element_type),
-        other => other.value_type().to_string(),
     }
 }
 

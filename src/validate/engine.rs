@@ -34,8 +34,8 @@ use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::golden::{GoldenPrompt, PromptText};
 pub use super::request::{EngineConfig, EngineError, Progress};
 use super::results::{
-    BaseContinuation, EngineSettings, PassTiming, PhaseTimings, PromptMeasurement, RunMeasurements,
-    Timings,
+    BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings, PromptMeasurement,
+    RunMeasurements, Timings,
 };
 
 /// The process-wide llama.cpp backend (llama.cpp allows one initialisation per process).
@@ -90,9 +90,15 @@ fn backend_description(gpus: &[String], gpu_layers: u32, n_layer: u32) -> String
     )
 }
 
+/// Load a model file (memory-mapped) on the CPU, whatever backends are built in (tests and tools that compare
+/// numbers with CPU references).
+pub fn load_model(path: &Path, verbose: bool) -> Result<LlamaModel, EngineError> {
+    load_model_offloaded(path, verbose, Some(0)).map(|(model, _)| model)
+}
+
 /// Load a model file (memory-mapped), with `gpu_layers` of its layers on the GPU devices (None: all when there is
 /// one). Returns the model and the layers offloaded.
-pub fn load_model(
+pub fn load_model_offloaded(
     path: &Path,
     verbose: bool,
     gpu_layers: Option<u32>,
@@ -171,7 +177,7 @@ pub fn logits_for_tokens(
 ) -> Result<Vec<Vec<f32>>, EngineError> {
     let (mut model, mut lora) = {
         let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut model, _) = load_model(base, false, None)?;
+        let mut model = load_model(base, false)?;
         let lora = adapter.map(|a| load_adapter(&mut model, a)).transpose()?;
         (model, lora)
     };
@@ -298,7 +304,7 @@ impl Engine {
         let t = Instant::now();
         let (mut model, gpu_layers) = {
             let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            load_model(base, cfg.verbose, cfg.gpu_layers)?
+            load_model_offloaded(base, cfg.verbose, cfg.gpu_layers)?
         };
         let backend = backend_description(&gpu_devices(cfg.verbose)?, gpu_layers, model.n_layer());
         let model_load_ms = ms(t);
@@ -386,7 +392,12 @@ impl Engine {
             done: 0,
             total: total_steps,
         });
-        let (base_tokens, mut base_counts) = run.base_continuations(&layout)?;
+        // From here on a failure or an interruption ends the run with what finished (a partial report), not an error.
+        let (base_tokens, mut base_counts, mut stopped) = match run.base_continuations(&layout, cfg)
+        {
+            Ok((tokens, counts)) => (tokens, counts, None),
+            Err(stop) => (Vec::new(), (0, 0), Some(stop)),
+        };
         let base: Vec<BaseContinuation> = prompts
             .iter()
             .zip(&layout.prepared)
@@ -398,25 +409,31 @@ impl Engine {
                 tokens: toks.clone(),
             })
             .collect();
-        let swept = run.teacher_forced(
-            &layout,
-            &base_tokens,
-            adapters,
-            &sweep,
-            &mut base_counts,
-            &mut |done| {
-                progress(Progress::Compare {
-                    done,
-                    total: total_steps,
-                })
-            },
-        )?;
+        let mut swept = Swept::new(sweep.len(), layout.prepared.len());
+        if stopped.is_none() {
+            stopped = run.teacher_forced(
+                &layout,
+                &base_tokens,
+                adapters,
+                &sweep,
+                &mut base_counts,
+                &mut swept,
+                cfg,
+                &mut |done| {
+                    progress(Progress::Compare {
+                        done,
+                        total: total_steps,
+                    })
+                },
+            );
+        }
+        let done = swept.done;
         let zero = sweep.iter().position(|s| s.0 == 0.0).unwrap_or(0);
-        let scale_zero_delta = swept.compares[zero]
+        let scale_zero_delta = swept.compares[zero][..done]
             .iter()
             .map(|c| c.max_abs)
             .fold(0.0, f32::max);
-        let noise_floor = swept.compares[zero]
+        let noise_floor = swept.compares[zero][..done]
             .iter()
             .map(|c| c.kl_max)
             .fold(0.0, f64::max);
@@ -432,9 +449,17 @@ impl Engine {
                 base_counts,
             )
         });
-        let measurements =
-            run.measurements(prompts, &sweep, &swept, &base_tokens, &mut timings.passes);
-        set_scale(adapters, &mut run.ctx_adapted, 0.0)?;
+        let measurements = run.measurements(
+            &prompts[..done],
+            &sweep,
+            &swept,
+            &base_tokens,
+            &mut timings.passes,
+        );
+        let reset = set_scale(adapters, &mut run.ctx_adapted, 0.0);
+        if stopped.is_none() {
+            reset?;
+        }
         timings.adapter_switch_ms = run.switch.mean_ms();
         timings.adapter_switch_max_ms = run.switch.max_ms;
         timings.adapter_switches = run.switch.count;
@@ -456,6 +481,15 @@ impl Engine {
                 gpu_layers: *gpu_layers,
             },
             timings,
+            partial: stopped.map(|stop| Partial {
+                interrupted: matches!(stop, Stopped::Interrupted),
+                reason: match stop {
+                    Stopped::Interrupted => "interrupted (Ctrl-C)".into(),
+                    Stopped::Failed(e) => e.to_string(),
+                },
+                prompts_done: done,
+                prompts_total: prompts.len(),
+            }),
         })
     }
 
@@ -559,14 +593,42 @@ struct Run<'m> {
     switch: SwitchTimes,
 }
 
+/// Why a run ended before its last step.
+enum Stopped {
+    /// The interrupt flag was set (Ctrl-C).
+    Interrupted,
+    /// llama.cpp failed part-way.
+    Failed(EngineError),
+}
+
+/// Whether the run has been asked to stop.
+fn interrupted(cfg: &EngineConfig) -> bool {
+    cfg.interrupt
+        .as_ref()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// What teacher forcing found at each scale of the sweep (indexed like the sweep).
 struct Swept {
+    /// Prompts (the first ones) measured at every scale.
+    done: usize,
     /// Per scale, per prompt.
     compares: Vec<Vec<Compare>>,
     /// Per scale, per prompt: the adapted greedy continuation.
     adapted_tokens: Vec<Vec<Vec<i32>>>,
     /// Per scale: (wall ms, tokens decoded, tokens generated).
     per_scale: Vec<(f64, usize, usize)>,
+}
+
+impl Swept {
+    fn new(scales: usize, prompts: usize) -> Self {
+        Swept {
+            done: 0,
+            compares: vec![vec![Compare::default(); prompts]; scales],
+            adapted_tokens: vec![Vec::new(); scales],
+            per_scale: vec![(0.0f64, 0usize, 0usize); scales],
+        }
+    }
 }
 
 impl<'m> Run<'m> {
@@ -605,18 +667,26 @@ impl<'m> Run<'m> {
     }
 
     /// Step 1: the base model's greedy continuations, once; and (prompt tokens, generated tokens) decoded.
-    fn base_continuations(&mut self, layout: &Layout) -> Result<Generated, EngineError> {
+    fn base_continuations(
+        &mut self,
+        layout: &Layout,
+        cfg: &EngineConfig,
+    ) -> Result<Generated, Stopped> {
         let t = Instant::now();
         let mut base_tokens: Vec<Vec<i32>> = Vec::with_capacity(layout.prepared.len());
         let mut counts = (0usize, 0usize);
         for g in &layout.groups {
+            if interrupted(cfg) {
+                return Err(Stopped::Interrupted);
+            }
             let (out, c) = generate(
                 self.model,
                 &mut self.ctx_base,
                 &layout.prepared[g.clone()],
                 self.n_ubatch,
                 &self.pool,
-            )?;
+            )
+            .map_err(Stopped::Failed)?;
             base_tokens.extend(out);
             counts = (counts.0 + c.0, counts.1 + c.1);
         }
@@ -629,7 +699,9 @@ impl<'m> Run<'m> {
     /// held by the base context, and then continues greedily from the first position where its argmax differs from
     /// the base row's (up to there the adapted greedy continuation *is* the base's, and its KV cache is already
     /// filled). At scale 0 the adapter is removed, the graph is the base's — checked here bit for bit — and its
-    /// continuations are the base's. `step(done)` is called as each chunk starts.
+    /// continuations are the base's. `step(done)` is called as each chunk starts. Stops before a chunk when the run
+    /// is interrupted, and at a chunk llama.cpp fails on; `swept.done` counts the prompts finished.
+    #[allow(clippy::too_many_arguments)] // the run's inputs, the accumulators it fills, the stop flag, progress
     fn teacher_forced(
         &mut self,
         layout: &Layout,
@@ -637,32 +709,34 @@ impl<'m> Run<'m> {
         adapters: &mut [(PathBuf, f32, LlamaLoraAdapter)],
         sweep: &[(f32, bool)],
         base_counts: &mut (usize, usize),
+        swept: &mut Swept,
+        cfg: &EngineConfig,
         step: &mut dyn FnMut(usize),
-    ) -> Result<Swept, EngineError> {
-        let n = layout.prepared.len();
-        let mut swept = Swept {
-            compares: vec![vec![Compare::default(); n]; sweep.len()],
-            adapted_tokens: vec![Vec::new(); sweep.len()],
-            per_scale: vec![(0.0f64, 0usize, 0usize); sweep.len()],
-        };
+    ) -> Option<Stopped> {
         let mut done = 1;
         for (g, g_chunks) in layout.groups.iter().zip(&layout.chunks) {
             for chunk in g_chunks {
+                if interrupted(cfg) {
+                    return Some(Stopped::Interrupted);
+                }
                 step(done);
                 done += 1;
                 let range = (g.start + chunk.start)..(g.start + chunk.end);
-                self.chunk(
+                if let Err(e) = self.chunk(
                     &layout.prepared[range.clone()],
                     &base_tokens[range.clone()],
                     range.start,
                     adapters,
                     sweep,
                     base_counts,
-                    &mut swept,
-                )?;
+                    swept,
+                ) {
+                    return Some(Stopped::Failed(e));
+                }
+                swept.done = range.end;
             }
         }
-        Ok(swept)
+        None
     }
 
     /// One teacher-forced chunk (prompts `first..` of the run) at every scale of the sweep.

@@ -52,6 +52,7 @@ fn run(ms: Vec<PromptMeasurement>, scales: &[f32]) -> RunMeasurements {
             gpu_layers: 0,
         },
         timings: Timings::default(),
+        partial: None,
     }
 }
 

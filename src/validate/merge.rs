@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::gate::Limits;
 use super::golden::{GoldenPrompt, GoldenSet};
 use super::results::{
-    BaseContinuation, EngineSettings, PassTiming, PhaseTimings, PromptMeasurement, RunMeasurements,
-    Timings,
+    BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings, PromptMeasurement,
+    RunMeasurements, Timings,
 };
 use super::shard::ShardInfo;
 use crate::report::{JSON_SCHEMA_VERSION, ReportMeta};
@@ -52,6 +52,8 @@ struct Wire {
     base_continuations: Vec<BaseContinuation>,
     engine: WireEngine,
     timings: Timings,
+    #[serde(default)]
+    partial: Option<Partial>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +81,12 @@ pub fn read_report(path: &Path) -> Result<RunReport, MergeError> {
             w.schema_version
         )));
     }
+    if let Some(p) = &w.partial {
+        return Err(err(format!(
+            "a partial run ({}: {} of {} prompts measured); run it again",
+            p.reason, p.prompts_done, p.prompts_total
+        )));
+    }
     let (Some(golden), Some(limits)) = (w.golden, w.limits) else {
         return Err(err(
             "it lacks `golden` and `limits` (written by an older lora-validate); run it again"
@@ -95,6 +103,7 @@ pub fn read_report(path: &Path) -> Result<RunReport, MergeError> {
             noise_floor_kl_max: w.engine.noise_floor_kl_max,
             settings: w.engine.settings,
             timings: w.timings,
+            partial: None,
         },
         meta: ReportMeta {
             base: w.base,
@@ -173,6 +182,7 @@ pub fn merge(mut reports: Vec<RunReport>) -> Result<RunReport, MergeError> {
             .fold(0.0, f64::max),
         settings,
         timings: merged_timings(&runs),
+        partial: None,
     };
     let first = &reports[0];
     Ok(RunReport {
@@ -406,6 +416,7 @@ mod tests {
                 total_ms: 1000.0,
                 ..Timings::default()
             },
+            partial: None,
         }
     }
 

@@ -130,6 +130,8 @@ pub struct EngineConfig {
     /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
     /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
     pub gpu_layers: Option<u32>,
+    /// Set (by a Ctrl-C handler) to stop the run after the step in progress; the run then reports what finished.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for EngineConfig {
@@ -143,6 +145,7 @@ impl Default for EngineConfig {
             verbose: false,
             sequential: false,
             gpu_layers: None,
+            interrupt: None,
         }
     }
 }
