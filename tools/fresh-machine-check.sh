@@ -3,9 +3,11 @@
 # (gcc, libc6-dev), ca-certificates and this machine's rustup toolchain (copied: no other can be fetched here) — no
 # cmake, no C++ compiler, no libclang, no python3 — a fresh CARGO_HOME, a fresh target dir and a fresh clone of HEAD.
 # Runs the README's first command (the converter on a fixture) and second command (the whole test suite) exactly as
-# written and prints their wall times. Needs root and debootstrap; takes ~2 min plus the two commands.
+# written and prints their wall times; after the first, it checks that the pure-Rust build's `lora-convert merge` says
+# how to get merging. Needs root and debootstrap; takes ~2 min plus the two commands.
 #
 #   tools/fresh-machine-check.sh [WORKDIR]    # default WORKDIR: ~/.cache/lora-gguf/fresh-machine (wiped first)
+#   FRESH_STEPS=first tools/fresh-machine-check.sh   # only the first command (the second takes an hour cold)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$HOME/.cache/lora-gguf/fresh-machine}"
@@ -58,6 +60,14 @@ run() {  # run a README command in the chroot as a login shell of a user who onl
   echo "$2: ${wall%.*} s wall, $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", u + s }') s CPU (load average $(cut -d' ' -f1-3 /proc/loadavg)): $1"
 }
 run "$first" first
+# The default build has no llama.cpp, so no `merge`: it must say how to get it (exit 2), not fail obscurely.
+chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/bin:/bin bash -c \
+  'cd /root/lora-gguf && target/release/lora-convert merge --base b.gguf --adapter a.gguf -o m.gguf' \
+  >"$work/merge.log" 2>&1 && { echo "lora-convert merge ran in the pure-Rust build" >&2; exit 1; }
+grep -q 'built without feature `merge`.*--features merge' "$work/merge.log" ||
+  { cat "$work/merge.log" >&2; echo "lora-convert merge did not say how to get merging" >&2; exit 1; }
+echo "merge without the feature: $(head -c 120 "$work/merge.log")…"
+[ "${FRESH_STEPS:-all}" = first ] && exit 0
 run "$second" second
 tail -3 "$work/second.log"
 run "$first" first-again
