@@ -10,8 +10,8 @@
 The work is done by the binaries (the same ones `pip install lora-gguf` puts on PATH); this module only builds
 their command lines, reads their JSON and turns their exit status into a result or an exception:
 `convert` raises `LoraGgufError` on a refusal (exit 2); `inspect` returns the report also when the adapter is
-refused or does not fit (its `convertible` / `fits` say so) and raises when there is no report; `validate` returns a
-`ValidateResult` for pass (0) and gate failure (1) and raises on bad input (2) or a llama.cpp failure (3).
+refused or does not fit (`convertible` / `fits` for a directory, `fit` for a GGUF adapter) and raises when there
+is no report; `validate` returns a `ValidateResult` for pass (0) and gate failure (1) and raises on bad input (2) or a llama.cpp failure (3).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def inspect(path: PathLike, *, base: PathLike | None = None, base_config: PathLi
     """`lora-convert inspect PATH --json`: the report as a dict (schema `lora-gguf.inspect/1`).
 
     Returned also when the adapter would be refused or does not fit the base (exit 2 with a report): read
-    `convertible`, `fits` and `refusals`. Raises LoraGgufError when the path cannot be read at all.
+    `convertible`, `fits` and `refusals` (a directory) or `fit` and `problems` (a GGUF adapter). Raises LoraGgufError when the path cannot be read at all.
     """
     args = ["inspect", os.fspath(path), "--json"] + _opt("--base", base) + _opt("--base-config", base_config)
     proc = _run("lora-convert", args)
@@ -139,14 +139,14 @@ def validate(
 ) -> ValidateResult:
     """`lora-validate --base BASE --adapter A … --format json`: the verdict and the JSON report.
 
-    `adapters` is one path or a list of paths or (path, scale) pairs (a stack). `gpu_layers`: layers offloaded
-    to a GPU backend (default: all when one is built in). `shard` ("I/N"): run that shard of the prompts (a shard
-    exits 0 once measured; merge the reports with `lora-validate merge-reports`). `report` keeps the JSON report
+    `adapters` is one path, one (path, scale) pair, or a list of paths or (path, scale) pairs (a stack).
+    `gpu_layers`: layers offloaded to a GPU backend (default: all when one is built in). `shard` ("I/N"): run that
+    shard of the prompts (a shard exits 0 once measured; merge the reports with `lora-validate merge-reports`). `report` keeps the JSON report
     at that path (default: a temporary file, removed). Raises LoraGgufError on bad input (2) or when llama.cpp
     could not load or decode (3).
     """
-    if isinstance(adapters, (str, os.PathLike)):
-        adapters = [adapters]
+    if isinstance(adapters, (str, os.PathLike)) or _is_scaled(adapters):
+        adapters = [adapters]  # one adapter, alone or as (path, scale)
     args = ["--base", os.fspath(base)]
     for a in adapters:
         spec = f"{os.fspath(a[0])}:{a[1]}" if isinstance(a, tuple) else os.fspath(a)
@@ -164,6 +164,10 @@ def validate(
             raise LoraGgufError(proc.args, proc.returncode, proc.stderr)
         parsed = json.loads(path.read_text())
     return ValidateResult(proc.returncode == 0, proc.returncode, parsed, Path(report) if report is not None else None)
+
+
+def _is_scaled(a: object) -> bool:
+    return isinstance(a, tuple) and len(a) == 2 and isinstance(a[1], (int, float)) and not isinstance(a[1], bool)
 
 
 def _opt(flag: str, value: object) -> list[str]:

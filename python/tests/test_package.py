@@ -113,7 +113,7 @@ class Convert(unittest.TestCase):
         g = lora_gguf.inspect(out, base=LLAMA_BASE)
         self.assertEqual(g["kind"], "gguf_adapter")
         self.assertEqual(len(g["tensors"]), 28)
-        self.assertTrue(g["fits"])
+        self.assertEqual((g["fit"]["fits"], g["fit"]["mismatches"]), (True, []))
 
     def test_inspect_of_a_refused_adapter_is_a_report(self):
         d = lora_gguf.inspect(CASES / "dora")
