@@ -49,3 +49,11 @@ mod merge_cli;
 // `lora-validate --merged`: a real merge passes, a merge at the wrong scale fails.
 #[cfg(feature = "validate")]
 mod validate_merged;
+
+// lora-validate --shard I/N and merge-reports: the shards merged give the unsharded verdict.
+#[cfg(feature = "validate")]
+mod validate_shard;
+
+// The CI gate (action.yml, the GitLab template) run locally as a CI job runs it.
+#[cfg(feature = "validate")]
+mod ci_action;

@@ -25,6 +25,7 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
             ..EngineConfig::default()
         },
         merged: None,
+        shard: None,
     }
 }
 

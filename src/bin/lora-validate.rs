@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::exit::ExitStatus;
 use lora_gguf::report::{self, Format};
 use lora_gguf::validate::gate::Limits;
-use lora_gguf::validate::{self, EngineConfig, Progress, Request};
+use lora_gguf::validate::shard::Shard;
+use lora_gguf::validate::{self, EngineConfig, Progress, Request, merge_reports};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -22,10 +23,14 @@ use lora_gguf::validate::{self, EngineConfig, Progress, Request};
                   malformed prompts); 3 llama.cpp could not load or decode.\n\nExample:\n  lora-validate --base \
                   model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --format junit -o report.xml"
 )]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The base model GGUF.
-    #[arg(long, value_name = "BASE.gguf")]
-    base: PathBuf,
+    #[arg(long, value_name = "BASE.gguf", required = true)]
+    base: Option<PathBuf>,
 
     /// A GGUF LoRA adapter, optionally with its own scale (`a.gguf:0.8`).
     #[arg(long = "adapter", value_name = "A.gguf[:SCALE]", required = true)]
@@ -91,14 +96,43 @@ struct Cli {
     /// with base + runtime adapter at scale 1 (KL, top-1 and greedy agreement; limits merged_* in --limits).
     #[arg(long, value_name = "MERGED.gguf")]
     merged: Option<PathBuf>,
+    /// Layers on the GPU [default: all when a GPU backend (feature cuda, vulkan, metal, rocm) finds a device, else
+    /// 0]. Base and adapted contexts share the model, so both run on the same devices.
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
 
     /// Run prompts one at a time (the baseline for benchmarks; numbers differ slightly from the batched layout).
     #[arg(long)]
     sequential: bool,
 
+    /// Run only shard I of N of the golden set (every N-th prompt from the I-th; a CI matrix job). Its report
+    /// records the split; `lora-validate merge-reports` combines the shards' JSON reports into the run's verdict. A
+    /// shard exits 0 once measured: its own verdict covers only its prompts.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+
     /// Show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Combine the JSON reports of every shard of a run (`--shard I/N`, any order) into one report and verdict, judged
+    /// as one run; one whole report is rendered again (e.g. as JUnit). Exit status as for a run.
+    MergeReports {
+        /// JSON reports (`--format json`).
+        #[arg(required = true, value_name = "REPORT.json")]
+        reports: Vec<PathBuf>,
+
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+        format: FormatArg,
+
+        /// Write the report here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,7 +145,15 @@ enum FormatArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = match &cli.command {
+        Some(Command::MergeReports {
+            reports,
+            format,
+            output,
+        }) => merge_reports(reports, *format, output.as_deref()),
+        None => run(&cli),
+    };
+    match result {
         Ok(status) => status.into(),
         Err(err) => {
             eprintln!("error: {err}");
@@ -152,8 +194,11 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         .map(|s| validate::parse_adapter(s))
         .collect::<Result<_, _>>()?;
     validate::check_scales(&cli.scales)?;
+    let Some(base) = cli.base.clone() else {
+        return Err(validate::Error::Usage("give --base BASE.gguf".into()));
+    };
     let request = Request {
-        base: cli.base.clone(),
+        base,
         adapters,
         prompts: cli.prompts.clone(),
         scales: cli.scales.clone(),
@@ -165,10 +210,12 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             max_tokens: cli.max_tokens,
             verbose: cli.verbose,
             sequential: cli.sequential,
+            gpu_layers: cli.gpu_layers,
             interrupt: Some(interrupt),
             ..EngineConfig::default()
         },
         merged: cli.merged.clone(),
+        shard: cli.shard,
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
@@ -197,19 +244,78 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let format = match cli.format {
+    if let Some(shard) = &outcome.meta.shard {
+        // A shard's verdict covers only its prompts (and effect and monotonicity are judged over the whole set):
+        // the run's verdict comes from merge-reports.
+        let status = write_report(
+            cli.format,
+            cli.output.as_deref(),
+            &outcome.set,
+            &outcome.measured,
+            &outcome.verdict,
+            &outcome.meta,
+        )?;
+        if outcome.measured.partial.is_some() {
+            return Ok(status); // interrupted (130) or llama.cpp failed (3): not a shard merge-reports takes
+        }
+        eprintln!(
+            "shard {}/{}: measured {} of the set's {} prompts; `lora-validate merge-reports` on every shard's JSON \
+             report gives the run's verdict",
+            shard.index,
+            shard.count,
+            outcome.set.prompts.len(),
+            shard.set_prompts
+        );
+        return Ok(ExitStatus::Success);
+    }
+    write_report(
+        cli.format,
+        cli.output.as_deref(),
+        &outcome.set,
+        &outcome.measured,
+        &outcome.verdict,
+        &outcome.meta,
+    )
+}
+
+/// `merge-reports`: read the reports, merge the shards, judge the whole set, report.
+fn merge_reports(
+    paths: &[PathBuf],
+    format: FormatArg,
+    output: Option<&std::path::Path>,
+) -> Result<ExitStatus, validate::Error> {
+    let reports = paths
+        .iter()
+        .map(|p| merge_reports::read_report(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = merge_reports::merge(reports)?;
+    let verdict = validate::gate::judge(&merged.set, &merged.run, &merged.meta.limits);
+    write_report(
+        format,
+        output,
+        &merged.set,
+        &merged.run,
+        &verdict,
+        &merged.meta,
+    )
+}
+
+/// Print or write the report; the exit status is the verdict's.
+fn write_report(
+    format: FormatArg,
+    output: Option<&std::path::Path>,
+    set: &lora_gguf::validate::golden::GoldenSet,
+    measured: &lora_gguf::validate::results::RunMeasurements,
+    verdict: &lora_gguf::validate::gate::Verdict,
+    meta: &report::ReportMeta,
+) -> Result<ExitStatus, validate::Error> {
+    let format = match format {
         FormatArg::Text => Format::Text,
         FormatArg::Json => Format::Json,
         FormatArg::Junit => Format::Junit,
         FormatArg::Markdown => Format::Markdown,
     };
-    let (set, measured, verdict, meta) = (
-        &outcome.set,
-        &outcome.measured,
-        &outcome.verdict,
-        &outcome.meta,
-    );
-    match &cli.output {
+    match output {
         Some(path) => {
             let text = report::render(format, set, measured, verdict, meta, false);
             std::fs::write(path, text).map_err(|e| {

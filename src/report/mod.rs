@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::validate::gate::Verdict;
+use crate::validate::gate::{Limits, Verdict};
 use crate::validate::golden::GoldenSet;
 use crate::validate::results::RunMeasurements;
+use crate::validate::shard::ShardInfo;
 
 /// Version of the JSON report schema; bumped on any incompatible change.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -37,6 +38,10 @@ pub struct ReportMeta {
     pub tool_version: String,
     /// `--merged`: the merged model's path.
     pub merged: Option<String>,
+    /// The limits the run was judged with (in the JSON report, so `merge-reports` judges shards alike).
+    pub limits: Limits,
+    /// Which shard of the golden set this run covers (None: all of it).
+    pub shard: Option<ShardInfo>,
 }
 
 /// Render a report.
@@ -51,7 +56,8 @@ pub fn render(
     match format {
         Format::Text => text(set, run, verdict, meta, color),
         Format::Json => {
-            serde_json::to_string_pretty(&json_value(run, verdict, meta)).unwrap_or_default() + "\n"
+            serde_json::to_string_pretty(&json_value(set, run, verdict, meta)).unwrap_or_default()
+                + "\n"
         }
         Format::Junit => junit(run, verdict, meta),
         Format::Markdown => markdown(run, verdict, meta),
@@ -163,6 +169,7 @@ fn text(
         run.scale_zero_max_abs_logit_delta,
         run.noise_floor_kl_max
     );
+    let _ = writeln!(o, "backend: {}", run.settings.backend);
     let _ = writeln!(
         o,
         "\n  scale  control KL mean  control KL max  control top-1  target KL mean  changed  expect-fail"
@@ -293,6 +300,7 @@ fn merged_text(
 
 /// The JSON report as a value (schema version `JSON_SCHEMA_VERSION`).
 pub fn json_value(
+    set: &GoldenSet,
     run: &RunMeasurements,
     verdict: &Verdict,
     meta: &ReportMeta,
@@ -315,6 +323,9 @@ pub fn json_value(
             "noise_floor_kl_max": run.noise_floor_kl_max,
         },
         "timings": run.timings,
+        "golden": set.prompts,
+        "limits": meta.limits,
+        "shard": meta.shard,
     });
     if let Some(partial) = &run.partial {
         value["partial"] = json!(partial);
@@ -366,8 +377,9 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         );
         let _ = writeln!(
             o,
-            "    <properties><property name=\"base\" value=\"{}\"/></properties>",
-            xml_escape(&meta.base)
+            "    <properties><property name=\"base\" value=\"{}\"/><property name=\"backend\" value=\"{}\"/></properties>",
+            xml_escape(&meta.base),
+            xml_escape(&run.settings.backend)
         );
         for c in cases {
             let m = run
@@ -496,8 +508,8 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
     );
     let _ = writeln!(
         o,
-        "Base `{}`. Engine self-check at scale 0: max |Δlogit| = {}.\n",
-        meta.base, run.scale_zero_max_abs_logit_delta
+        "Base `{}` on {}. Engine self-check at scale 0: max |Δlogit| = {}.\n",
+        meta.base, run.settings.backend, run.scale_zero_max_abs_logit_delta
     );
     let _ = writeln!(
         o,
@@ -588,6 +600,8 @@ mod tests {
                 threads: 1,
                 max_tokens: 8,
                 scales: vec![0.0, 1.0],
+                backend: "CPU (no GPU backend built in or no GPU device found)".into(),
+                gpu_layers: 0,
             },
             timings: Timings::default(),
             partial: None,
@@ -599,6 +613,8 @@ mod tests {
             adapters: vec![("a.gguf".into(), 1.0)],
             tool_version: "lora-validate 0.1.0".into(),
             merged: None,
+            limits: Limits::default(),
+            shard: None,
         };
         (set, run, verdict, meta)
     }
@@ -691,7 +707,7 @@ mod tests {
     #[test]
     fn no_merged_model_no_merged_section() {
         let (set, run, v, meta) = fixture();
-        let j = json_value(&run, &v, &meta);
+        let j = json_value(&set, &run, &v, &meta);
         assert!(j.get("merged").is_none());
         assert!(!render(Format::Junit, &set, &run, &v, &meta, false).contains("name=\"merged\""));
     }

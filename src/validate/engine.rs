@@ -52,15 +52,77 @@ pub fn backend(verbose: bool) -> Result<&'static LlamaBackend, EngineError> {
     b.as_ref().map_err(|e| EngineError::Backend(e.clone()))
 }
 
-/// Load a model file (memory-mapped; CPU only).
+/// The GPU devices of the llama.cpp backends built in (`cuda`, `vulkan`, `metal`, `rocm` features), as
+/// "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))". Empty for a CPU-only build or when no device is found.
+pub fn gpu_devices(verbose: bool) -> Result<Vec<String>, EngineError> {
+    use llama_cpp_2::LlamaBackendDeviceType as Type;
+    backend(verbose)?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, Type::Gpu | Type::IntegratedGpu))
+        .map(|d| format!("{} ({})", d.name, d.description))
+        .collect())
+}
+
+/// Layers offloaded: `asked` (None: every layer when there is a GPU device, else none), never more than the model
+/// has (llama.cpp counts the output layer as one more).
+fn offloaded_layers(asked: Option<u32>, gpus: &[String], n_layer: u32) -> u32 {
+    if gpus.is_empty() {
+        return 0;
+    }
+    asked.unwrap_or(u32::MAX).min(n_layer + 1)
+}
+
+/// Where the model runs, for the reports: "CPU" or the GPU devices with the layers offloaded to them.
+fn backend_description(gpus: &[String], gpu_layers: u32, n_layer: u32) -> String {
+    if gpu_layers == 0 {
+        let why = if gpus.is_empty() {
+            "no GPU backend built in or no GPU device found"
+        } else {
+            "--gpu-layers 0"
+        };
+        return format!("CPU ({why})");
+    }
+    format!(
+        "{}; {gpu_layers} of {} layers offloaded",
+        gpus.join(", "),
+        n_layer + 1
+    )
+}
+
+/// Load a model file (memory-mapped) on the CPU, whatever backends are built in (tests and tools that compare
+/// numbers with CPU references).
 pub fn load_model(path: &Path, verbose: bool) -> Result<LlamaModel, EngineError> {
+    load_model_offloaded(path, verbose, Some(0)).map(|(model, _)| model)
+}
+
+/// Load a model file (memory-mapped), with `gpu_layers` of its layers on the GPU devices (None: all when there is
+/// one). Returns the model and the layers offloaded.
+pub fn load_model_offloaded(
+    path: &Path,
+    verbose: bool,
+    gpu_layers: Option<u32>,
+) -> Result<(LlamaModel, u32), EngineError> {
     let backend = backend(verbose)?;
-    LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
-        EngineError::ModelLoad {
+    let gpus = gpu_devices(verbose)?;
+    let load = |n: u32| {
+        LlamaModel::load_from_file(
+            backend,
+            path,
+            &LlamaModelParams::default().with_n_gpu_layers(n),
+        )
+        .map_err(|e| EngineError::ModelLoad {
             path: path.to_path_buf(),
             message: e.to_string(),
-        }
-    })
+        })
+    };
+    if gpus.is_empty() || gpu_layers == Some(0) {
+        return Ok((load(0)?, 0));
+    }
+    // llama.cpp clamps n_gpu_layers to the model's layers (+1 for the output layer); read the count back.
+    let model = load(gpu_layers.unwrap_or(u32::MAX))?;
+    let offloaded = offloaded_layers(gpu_layers, &gpus, model.n_layer());
+    Ok((model, offloaded))
 }
 
 /// Load a GGUF LoRA adapter for `model`.
@@ -175,6 +237,10 @@ pub struct Engine {
     model: LlamaModel,
     adapters: Vec<(PathBuf, f32, LlamaLoraAdapter)>,
     cfg: EngineConfig,
+    /// Where the model runs, for the reports (`backend_description`).
+    backend: String,
+    /// Layers offloaded to GPU devices.
+    gpu_layers: u32,
     model_load_ms: f64,
     adapter_load_ms: f64,
     /// Holds the combined adapter of a stack for the engine's lifetime.
@@ -238,10 +304,11 @@ impl Engine {
             adapters
         };
         let t = Instant::now();
-        let mut model = {
+        let (mut model, gpu_layers) = {
             let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            load_model(base, cfg.verbose)?
+            load_model_offloaded(base, cfg.verbose, cfg.gpu_layers)?
         };
+        let backend = backend_description(&gpu_devices(cfg.verbose)?, gpu_layers, model.n_layer());
         let model_load_ms = ms(t);
         let t = Instant::now();
         let mut loaded = Vec::new();
@@ -252,6 +319,8 @@ impl Engine {
             model,
             adapters: loaded,
             cfg,
+            backend,
+            gpu_layers,
             model_load_ms,
             adapter_load_ms: ms(t),
             _stack_dir: stack_dir,
@@ -330,6 +399,8 @@ impl Engine {
             model,
             adapters,
             cfg,
+            backend,
+            gpu_layers,
             model_load_ms,
             adapter_load_ms,
             merged,
@@ -441,6 +512,8 @@ impl Engine {
                 threads: cfg.threads,
                 max_tokens: cfg.max_tokens,
                 scales: scales.to_vec(),
+                backend: backend.clone(),
+                gpu_layers: *gpu_layers,
             },
             timings,
             merged: merged_measurements,

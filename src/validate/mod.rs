@@ -7,9 +7,11 @@ pub mod divergence;
 pub mod engine;
 pub mod gate;
 pub mod golden;
+pub mod merge_reports;
 pub mod merged;
 mod request;
 pub mod results;
+pub mod shard;
 
 pub use request::{EngineConfig, EngineError, Error, Outcome, Progress, Request, parse_adapter};
 
@@ -36,6 +38,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         golden::builtin_control_set()?
     } else {
         golden::load_golden(&req.prompts)?
+    };
+    let (set, shard) = match req.shard {
+        Some(s) => {
+            let (part, info) = s.select(&set).map_err(Error::Usage)?;
+            (part, Some(info))
+        }
+        None => (set, None),
     };
     let base = GgufFile::open(&req.base)?;
     for (path, _) in &req.adapters {
@@ -65,6 +74,8 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
             .collect(),
         tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
         merged: req.merged.as_ref().map(|p| p.display().to_string()),
+        limits: req.limits.clone(),
+        shard,
     };
     Ok(Outcome {
         set,

@@ -29,6 +29,8 @@ pub struct Request {
     pub engine: EngineConfig,
     /// `--merged`: a model with the adapters merged in (`lora-convert merge`), run next to base + runtime adapter.
     pub merged: Option<PathBuf>,
+    /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
+    pub shard: Option<super::shard::Shard>,
 }
 
 /// What a finished run found: the prompts, the measurements, the verdict and what the run was about.
@@ -95,6 +97,9 @@ pub enum Error {
     /// llama.cpp failed, or a prompt cannot run.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Reports that cannot be merged into one run.
+    #[error(transparent)]
+    Merge(#[from] super::merge_reports::MergeError),
 }
 
 impl Error {
@@ -124,6 +129,9 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
+    /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
+    pub gpu_layers: Option<u32>,
     /// Set (by a Ctrl-C handler) to stop the run after the step in progress; the run then reports what finished.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -138,6 +146,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            gpu_layers: None,
             interrupt: None,
         }
     }

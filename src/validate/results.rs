@@ -190,4 +190,10 @@ pub struct EngineSettings {
     pub max_tokens: u32,
     /// Scales swept, in order.
     pub scales: Vec<f32>,
+    /// Where llama.cpp ran the model: "CPU (…)" or the GPU devices and the layers offloaded to them.
+    #[serde(default)]
+    pub backend: String,
+    /// Layers offloaded to GPU devices (0: CPU only).
+    #[serde(default)]
+    pub gpu_layers: u32,
 }

@@ -73,8 +73,9 @@ fn lora_gguf_budget() -> f64 {
 #[cfg(not(feature = "merge"))]
 pub fn run(_args: MergeArgs) -> ExitCode {
     eprintln!(
-        "error: this lora-convert was built without the `merge` feature (merging quantizes with ggml, from the \
-         llama.cpp build); build it with default features"
+        "error: this lora-convert was built without feature `merge`: merging quantizes with ggml, from the llama.cpp \
+         build. Get it with `cargo install --path . --features merge` (needs cmake, a C++ compiler and libclang: \
+         tools/build-deps.sh installs them) or `pip install lora-gguf`"
     );
     ExitCode::from(2)
 }
