@@ -244,38 +244,31 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if tty {
         eprint!("\r\x1b[2K");
     }
-    if let Some(shard) = &outcome.meta.shard {
-        // A shard's verdict covers only its prompts (and effect and monotonicity are judged over the whole set):
-        // the run's verdict comes from merge-reports.
-        let status = write_report(
-            cli.format,
-            cli.output.as_deref(),
-            &outcome.set,
-            &outcome.measured,
-            &outcome.verdict,
-            &outcome.meta,
-        )?;
-        if outcome.measured.partial.is_some() {
-            return Ok(status); // interrupted (130) or llama.cpp failed (3): not a shard merge-reports takes
-        }
-        eprintln!(
-            "shard {}/{}: measured {} of the set's {} prompts; `lora-validate merge-reports` on every shard's JSON \
-             report gives the run's verdict",
-            shard.index,
-            shard.count,
-            outcome.set.prompts.len(),
-            shard.set_prompts
-        );
-        return Ok(ExitStatus::Success);
-    }
-    write_report(
+    let status = write_report(
         cli.format,
         cli.output.as_deref(),
         &outcome.set,
         &outcome.measured,
         &outcome.verdict,
         &outcome.meta,
-    )
+    )?;
+    let Some(shard) = &outcome.meta.shard else {
+        return Ok(status);
+    };
+    if outcome.measured.partial.is_some() {
+        return Ok(status); // interrupted (130) or llama.cpp failed (3): not a shard merge-reports takes
+    }
+    // A shard's verdict covers only its prompts (and effect and monotonicity are judged over the whole set): the
+    // run's verdict comes from merge-reports.
+    eprintln!(
+        "shard {}/{}: measured {} of the set's {} prompts; `lora-validate merge-reports` on every shard's JSON \
+         report gives the run's verdict",
+        shard.index,
+        shard.count,
+        outcome.set.prompts.len(),
+        shard.set_prompts
+    );
+    Ok(ExitStatus::Success)
 }
 
 /// `merge-reports`: read the reports, merge the shards, judge the whole set, report.
