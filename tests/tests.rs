@@ -40,6 +40,9 @@ mod validate_partial;
 // `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
 #[cfg(feature = "validate")]
 mod merge_logits;
+// `lora-convert merge` of DoRA adapters: the merged base gives PyTorch's unmerged peft logits.
+#[cfg(feature = "validate")]
+mod merge_dora;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;

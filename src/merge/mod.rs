@@ -1,6 +1,7 @@
 //! `lora-convert merge`: bake LoRA adapters into a base model GGUF, for runtimes that cannot load adapters.
 //!
-//! W' = W + Σᵢ scaleᵢ · αᵢ/rᵢ · Bᵢ·Aᵢ for every adapted tensor, as llama.cpp applies the adapters at run time;
+//! W' = W + Σᵢ scaleᵢ · αᵢ/rᵢ · Bᵢ·Aᵢ for every adapted tensor, as llama.cpp applies the adapters at run time (a
+//! DoRA adapter's rows are then rescaled to its magnitudes, [`dora`]);
 //! every other tensor and all metadata are copied byte for byte, and the merge is recorded under
 //! `lora_gguf.merge.*` ([`provenance`]). Merged tensors are quantized by ggml's own quantizers ([`ggml`], the only
 //! part that needs the llama.cpp build: the `merge` feature), in a type chosen per tensor ([`outtype`]).
@@ -9,6 +10,7 @@
 //! directory, renamed into place only when complete. Its bytes do not depend on the thread count.
 
 pub mod adapters;
+pub mod dora;
 pub mod error;
 pub mod gemm;
 pub mod ggml;
@@ -155,6 +157,12 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
             }
         })
         .collect::<Result<Vec<Adapter>, _>>()?;
+    dora::check_not_stacked(
+        &loaded
+            .iter()
+            .map(|a| (a.path.as_path(), &a.pairs))
+            .collect::<Vec<_>>(),
+    )?;
     let mut targets: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
     for a in &loaded {
         for (name, pair) in &a.pairs {

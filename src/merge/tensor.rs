@@ -1,4 +1,5 @@
-//! Merge one base tensor: W + Σ factor · ΔW, in slabs of whole rows on all cores, quantized by ggml.
+//! Merge one base tensor: W + Σ factor · ΔW (rows rescaled to DoRA's magnitudes for a DoRA pair), in slabs of
+//! whole rows on all cores, quantized by ggml.
 //!
 //! Each slab is independent: its rows of W are read from the base file and dequantized by ggml, each adapter's
 //! ΔW rows are added (one small matrix product per pair), and the result is quantized row by row — which is
@@ -313,10 +314,29 @@ fn merge_slab(
             });
         }
     }
+    let mut merged: Vec<f32> = w.iter().zip(&delta).map(|(w, d)| *w + *d).collect();
+    // DoRA (the only pair on its tensor, `dora::check_not_stacked`): each row rescaled to its magnitude; the change
+    // measured for the type choice is then the whole change of the row
+    if let Some(m) = pairs.iter().find_map(|p| p.magnitude.as_ref()) {
+        let rows = m
+            .get(slab.row..slab.row + slab.rows)
+            .ok_or_else(|| MergeError::Quant {
+                tensor: info.name.clone(),
+                source: ggml::QuantError::Shape {
+                    ggml_type: GgmlType::F32,
+                    values: m.len(),
+                    row_len: 1,
+                    bytes: 0,
+                    block: 1,
+                },
+            })?;
+        super::dora::normalize_rows(&mut merged, row_len, rows);
+        for ((d, m), w) in delta.iter_mut().zip(&merged).zip(&w) {
+            *d = *m - *w;
+        }
+    }
     let mut sums = Sums::default();
-    let mut merged = vec![0f32; n];
-    for ((m, w), d) in merged.iter_mut().zip(&w).zip(&delta) {
-        *m = *w + *d;
+    for (w, d) in w.iter().zip(&delta) {
         sums.delta2 += f64::from(*d) * f64::from(*d);
         sums.w2 += f64::from(*w) * f64::from(*w);
     }
