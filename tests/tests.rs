@@ -43,6 +43,9 @@ mod merge_logits;
 // `lora-convert merge` of DoRA adapters: the merged base gives PyTorch's unmerged peft logits.
 #[cfg(feature = "validate")]
 mod merge_dora;
+// `lora-validate --merged` fails merges off by a layout (Q/K permutation, expert order) on tiny fixtures.
+#[cfg(feature = "validate")]
+mod merge_layout_caught;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;
