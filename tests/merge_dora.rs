@@ -30,6 +30,7 @@ fn merge_into(
         force: true,
         threads: Some(2),
         modelfile: false,
+        source: None,
     })
 }
 

@@ -24,6 +24,7 @@ fn merge_into(base: &Path, adapter: &Path, out: &Path) {
         force: true,
         threads: Some(2),
         modelfile: false,
+        source: None,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }

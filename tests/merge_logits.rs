@@ -57,6 +57,7 @@ fn merge_into(
         force: true,
         threads: Some(threads),
         modelfile: false,
+        source: None,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
 }
@@ -183,6 +184,7 @@ fn directory_merge_equals_gguf_merge_at_any_thread_count() {
                 force: true,
                 threads: Some(threads),
                 modelfile: false,
+                source: None,
             })
             .unwrap();
             outs.push(std::fs::read(&out).unwrap());

@@ -46,6 +46,9 @@ mod merge_dora;
 // `lora-validate --merged` fails merges off by a layout (Q/K permutation, expert order) on tiny fixtures.
 #[cfg(feature = "validate")]
 mod merge_layout_caught;
+// `lora-convert merge --source`: merged tensors quantized once from the float model, the rest the base's bytes.
+#[cfg(feature = "validate")]
+mod merge_source;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;

@@ -60,6 +60,14 @@ pub enum MergeError {
         /// The other adapter.
         other: PathBuf,
     },
+    /// `--source` is not the float model of the base.
+    #[error("--source `{}`: {message}", path.display())]
+    Source {
+        /// The source file.
+        path: PathBuf,
+        /// What does not match, and where.
+        message: String,
+    },
     /// ggml cannot quantize or dequantize a tensor as asked.
     #[error("tensor `{tensor}`: {source}")]
     Quant {

@@ -17,6 +17,7 @@ pub mod ggml;
 pub mod modelfile;
 pub mod outtype;
 pub mod provenance;
+pub mod source;
 pub mod tensor;
 pub mod tied;
 
@@ -57,6 +58,9 @@ pub struct Options {
     pub threads: Option<usize>,
     /// Also write an Ollama Modelfile next to the output ([`modelfile`]).
     pub modelfile: bool,
+    /// `--source`: the float GGUF of the same model, from which merged tensors are computed and quantized once to
+    /// the base's types ([`source`]).
+    pub source: Option<PathBuf>,
 }
 
 /// One merged tensor in the summary.
@@ -173,6 +177,12 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
         return Err(MergeError::NothingToMerge);
     }
 
+    let source = opts
+        .source
+        .as_deref()
+        .map(|p| source::open(p, &base, targets.keys().copied()))
+        .transpose()?;
+
     let hashes = opts
         .adapters
         .iter()
@@ -214,7 +224,24 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
                 copied += 1;
             }
             Some(pairs) => {
-                let m = tensor::merge_tensor(&base, &base_file, info, pairs, opts.outtype, None)?;
+                // W from the source when given (checked: same shape, a float type), else from the base
+                let (w_file, w_handle, w_info) = match &source {
+                    Some(s) => (
+                        &s.file,
+                        &s.handle,
+                        s.file.tensor(&info.name).unwrap_or(info),
+                    ),
+                    None => (&base, &base_file, info),
+                };
+                let m = tensor::merge_tensor(
+                    w_file,
+                    w_handle,
+                    w_info,
+                    info.ggml_type,
+                    pairs,
+                    opts.outtype,
+                    None,
+                )?;
                 writer
                     .begin_tensor(m.ggml_type)
                     .and_then(|()| writer.write_data(&m.bytes))

@@ -131,11 +131,15 @@ fn sample_slabs(rows_per_expert: usize, experts: usize) -> Vec<Slab> {
 /// Per-slab result: quantized bytes and the sums.
 type SlabOut = (Vec<u8>, Sums);
 
-/// Merge `pairs` into base tensor `info` of `base` (opened as `file`), choosing the type by `outtype`.
+/// Merge `pairs` into W, tensor `info` of `base` (opened as `file`), choosing the type by `outtype`, where "the
+/// base's type" is `base_type`: W's own type, or with `--source` the type the quantized base has for the tensor
+/// (W is then the source's float weights, quantized once).
+#[allow(clippy::too_many_arguments)] // one call site; W's file, handle and entry, and the choice of type
 pub fn merge_tensor(
     base: &GgufFile,
     file: &File,
     info: &TensorInfo,
+    base_type: GgmlType,
     pairs: &[&Pair],
     outtype: OutType,
     imatrix: Option<&[f32]>,
@@ -157,8 +161,8 @@ pub fn merge_tensor(
             },
         })?;
     let types = match outtype {
-        OutType::Auto { .. } => outtype::candidates(info.ggml_type, row_len as u64),
-        OutType::Keep => vec![info.ggml_type],
+        OutType::Auto { .. } => outtype::candidates(base_type, row_len as u64),
+        OutType::Keep => vec![base_type],
         OutType::Fixed(t) => {
             if !(row_len as u64).is_multiple_of(t.block_size()) {
                 return Err(MergeError::TypeDoesNotFit {
@@ -202,7 +206,7 @@ pub fn merge_tensor(
         Ok((bytes, sums))
     };
     let accepts = |ty: GgmlType, sums: &Sums| {
-        budget.is_none_or(|b| outtype::accepts(ty == info.ggml_type, sums, b))
+        budget.is_none_or(|b| outtype::accepts(ty == base_type, sums, b))
     };
     let mut tried = Vec::new();
     // Screen the candidates on a sample of rows, so that only the chosen type quantizes the whole tensor.
