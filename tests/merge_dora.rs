@@ -31,6 +31,7 @@ fn merge_into(
         threads: Some(2),
         modelfile: false,
         source: None,
+        imatrix: None,
     })
 }
 

@@ -50,6 +50,7 @@ fn merged(outtype: OutType, name: &str) -> (PathBuf, merge::Summary) {
         threads: Some(2),
         modelfile: false,
         source: None,
+        imatrix: None,
     })
     .unwrap();
     (out, summary)

@@ -25,6 +25,7 @@ fn merge_into(base: &Path, adapter: &Path, out: &Path) {
         threads: Some(2),
         modelfile: false,
         source: None,
+        imatrix: None,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }

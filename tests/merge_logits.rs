@@ -58,6 +58,7 @@ fn merge_into(
         threads: Some(threads),
         modelfile: false,
         source: None,
+        imatrix: None,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
 }
@@ -185,6 +186,7 @@ fn directory_merge_equals_gguf_merge_at_any_thread_count() {
                 threads: Some(threads),
                 modelfile: false,
                 source: None,
+                imatrix: None,
             })
             .unwrap();
             outs.push(std::fs::read(&out).unwrap());

@@ -73,6 +73,7 @@ fn merge_with(
         threads: Some(2),
         modelfile: false,
         source: source.map(Path::to_path_buf),
+        imatrix: None,
     })
 }
 

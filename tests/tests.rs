@@ -49,6 +49,9 @@ mod merge_layout_caught;
 // `lora-convert merge --source`: merged tensors quantized once from the float model, the rest the base's bytes.
 #[cfg(feature = "validate")]
 mod merge_source;
+// `lora-convert merge --imatrix`: llama-quantize's bytes with the same importance matrix (GGUF and legacy .dat).
+#[cfg(feature = "validate")]
+mod merge_imatrix;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;

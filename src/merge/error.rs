@@ -68,6 +68,14 @@ pub enum MergeError {
         /// What does not match, and where.
         message: String,
     },
+    /// The importance matrix cannot be read or does not fit the base.
+    #[error("--imatrix `{}`: {message}", path.display())]
+    Imatrix {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// ggml cannot quantize or dequantize a tensor as asked.
     #[error("tensor `{tensor}`: {source}")]
     Quant {

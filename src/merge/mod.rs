@@ -14,6 +14,7 @@ pub mod dora;
 pub mod error;
 pub mod gemm;
 pub mod ggml;
+pub mod imatrix;
 pub mod modelfile;
 pub mod outtype;
 pub mod provenance;
@@ -61,6 +62,9 @@ pub struct Options {
     /// `--source`: the float GGUF of the same model, from which merged tensors are computed and quantized once to
     /// the base's types ([`source`]).
     pub source: Option<PathBuf>,
+    /// `--imatrix`: llama.cpp's importance matrix, used for the merged tensors as `llama-quantize` uses it
+    /// ([`imatrix`]).
+    pub imatrix: Option<PathBuf>,
 }
 
 /// One merged tensor in the summary.
@@ -182,6 +186,14 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
         .as_deref()
         .map(|p| source::open(p, &base, targets.keys().copied()))
         .transpose()?;
+    let imatrix = opts.imatrix.as_deref().map(imatrix::load).transpose()?;
+    if let Some(m) = &imatrix {
+        for name in targets.keys() {
+            if let Some(info) = base.tensor(name) {
+                m.for_tensor(name, &info.dims)?;
+            }
+        }
+    }
 
     let hashes = opts
         .adapters
@@ -240,7 +252,10 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
                     info.ggml_type,
                     pairs,
                     opts.outtype,
-                    None,
+                    match &imatrix {
+                        Some(m) => m.for_tensor(&info.name, &info.dims)?,
+                        None => None,
+                    },
                 )?;
                 writer
                     .begin_tensor(m.ggml_type)

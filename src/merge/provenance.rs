@@ -12,6 +12,8 @@
 //! | `lora_gguf.merge.outtype` | string | `auto` (with the budget: `auto:0.25`), `keep` or a ggml type name |
 //! | `lora_gguf.merge.source` | string | with `--source`: the float model's file name |
 //! | `lora_gguf.merge.source_sha256` | string | with `--source`: sha256 of that file (hex) |
+//! | `lora_gguf.merge.imatrix` | string | with `--imatrix`: the importance matrix file's name |
+//! | `lora_gguf.merge.imatrix_sha256` | string | with `--imatrix`: sha256 of that file (hex) |
 
 use std::fs::File;
 use std::io::Read;
@@ -34,6 +36,11 @@ pub use crate::inspect::merged::{
 pub const SOURCE: &str = "lora_gguf.merge.source";
 /// `--source`: sha256 of the float model file.
 pub const SOURCE_SHA256: &str = "lora_gguf.merge.source_sha256";
+
+/// `--imatrix`: the importance matrix file's name.
+pub const IMATRIX: &str = "lora_gguf.merge.imatrix";
+/// `--imatrix`: sha256 of the importance matrix file.
+pub const IMATRIX_SHA256: &str = "lora_gguf.merge.imatrix_sha256";
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, MergeError> {
@@ -120,12 +127,14 @@ pub fn metadata(
     for (key, value) in entries {
         out.push(encode_entry(key, &value));
     }
-    if let Some(source) = &opts.source {
-        out.push(encode_entry(SOURCE, &Value::String(file_name(source))));
-        out.push(encode_entry(
-            SOURCE_SHA256,
-            &Value::String(sha256_file(source)?),
-        ));
+    for (path, name_key, sha_key) in [
+        (&opts.source, SOURCE, SOURCE_SHA256),
+        (&opts.imatrix, IMATRIX, IMATRIX_SHA256),
+    ] {
+        if let Some(path) = path {
+            out.push(encode_entry(name_key, &Value::String(file_name(path))));
+            out.push(encode_entry(sha_key, &Value::String(sha256_file(path)?)));
+        }
     }
     Ok(out)
 }

@@ -44,6 +44,11 @@ pub struct MergeArgs {
     #[arg(long, value_name = "HIGH.gguf")]
     source: Option<PathBuf>,
 
+    /// llama.cpp's importance matrix (llama-imatrix's GGUF or legacy .dat): merged tensors are quantized with it as
+    /// llama-quantize does; needed for the types that require one (iq2_xxs …).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+
     /// Also write an Ollama Modelfile next to the output (MERGED.Modelfile: FROM the merged file, its stop tokens):
     /// `ollama create NAME -f MERGED.Modelfile`.
     #[arg(long)]
@@ -113,6 +118,7 @@ pub fn run(args: MergeArgs) -> ExitCode {
         threads: args.threads,
         modelfile: args.modelfile,
         source: args.source,
+        imatrix: args.imatrix,
     };
     match merge::merge(&opts) {
         Ok(summary) => {
