@@ -99,6 +99,16 @@ fn dora_gptneox_fused_qkv_reordered_merges_to_the_unmerged_peft_logits() {
     );
 }
 
+#[test]
+fn dora_on_per_expert_linears_merges_into_the_expert_stacks() {
+    // experts 0, 1 and 3 of each layer, stacked into ffn_*_exps; expert 2's rows keep no magnitude
+    check(
+        "dora-mixtral-legacy",
+        1.0,
+        &["logits_scale_1", "logits_merge_and_unload"],
+    );
+}
+
 /// mlx-lm's DoRALinear (`fine_tune_type: dora`, trained by `mlx_lm lora`): the reference is mlx-lm's own forward.
 #[test]
 fn dora_from_mlx_lm_merges_to_mlx_lm_logits() {
@@ -207,7 +217,13 @@ fn convert_refuses_dora_and_points_at_merge_which_accepts_it() {
 /// Every fixture marked `merge: ok` is merged by a test above; every `merge: refused` one by the refusal test.
 #[test]
 fn every_dora_fixture_has_its_merge_test() {
-    let tested = ["dora-llama", "dora-qwen2", "dora-gptneox", "mlx-dora-llama"];
+    let tested = [
+        "dora-llama",
+        "dora-qwen2",
+        "dora-gptneox",
+        "dora-mixtral-legacy",
+        "mlx-dora-llama",
+    ];
     for case in cases("refused") {
         match case_info(&case)["merge"].as_str() {
             Some("ok") => assert!(tested.contains(&case.as_str()), "{case} has no merge test"),
