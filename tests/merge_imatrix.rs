@@ -115,3 +115,43 @@ fn an_importance_matrix_that_does_not_fit_is_refused() {
     );
     assert!(!out.exists());
 }
+
+/// The command line passes `--source` and `--imatrix` through and records both.
+#[test]
+fn the_command_line_takes_source_and_imatrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let a = lora_convert()
+        .arg("merge")
+        .arg("--base")
+        .arg(fixture("llama-q4_0-imatrix.gguf"))
+        .arg("--source")
+        .arg(base_gguf("llama"))
+        .arg("--imatrix")
+        .arg(fixture("imatrix.dat"))
+        .arg("--adapter")
+        .arg(format!("{}:0", case_dir("llama").display()))
+        .args(["--outtype", "keep", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(
+        stdout_of(&a).contains("merged    14 tensors"),
+        "{}",
+        stdout_of(&a)
+    );
+    let m = GgufFile::open(&out).unwrap();
+    assert_eq!(m.get_str("lora_gguf.merge.source"), Some("base.gguf"));
+    assert_eq!(m.get_str("lora_gguf.merge.imatrix"), Some("imatrix.dat"));
+    let names: Vec<String> = m
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk."))
+        .filter(|t| t.dims.len() == 2)
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(
+        compare(&out, &fixture("llama-q4_0-imatrix-dat.gguf"), &names),
+        (14, 0)
+    );
+}
