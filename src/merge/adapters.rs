@@ -41,7 +41,7 @@ pub struct Pair {
     /// The layout.
     pub layout: Layout,
     /// DoRA's magnitude per row of the target, for a DoRA adapter's pair ([`super::dora`]).
-    pub magnitude: Option<super::dora::RowMagnitudes>,
+    pub magnitude: Option<super::dora::Magnitude>,
 }
 
 /// One adapter: where it came from, its scale, its pairs by target.

@@ -11,9 +11,11 @@
 //!
 //! The converter's row transforms (Q/K rotary permutation, fused-QKV reordering, row selections of a split
 //! projection) only move or select whole rows of W and of B·A together, so the magnitude goes through the same
-//! transform as B's rows and every row's norm is unchanged. What this cannot do exactly is refused, naming the
-//! module: DoRA on the token embedding (peft normalises each embedding feature over the whole vocabulary, mlx-lm
-//! each token), pairs whose columns are transformed, whose B carries a base scale, that fill part of a fused base
+//! transform as B's rows and every row's norm is unchanged. peft's DoRA on the token embedding normalises each
+//! embedding feature (a column of `token_embd`) over the whole vocabulary: the merge sums the columns over every row
+//! first, then rescales ([`column_factors`]). What this cannot do exactly is refused, naming the module: mlx-lm's
+//! DoRA on the embedding (one magnitude per token), an embedding whose vocabulary the GGUF cuts, pairs whose columns
+//! are transformed, whose B carries a base scale, that fill part of a fused base
 //! tensor or hold ΔWᵀ; and a DoRA adapter stacked with another adapter on one tensor (peft's forward and its
 //! `merge_and_unload` disagree there: the order of the adapters changes the merged weight).
 
@@ -30,6 +32,25 @@ use crate::convert::{ConvertError, Prepared};
 /// DoRA's magnitude for each row of a base tensor (experts stacked); `None` for rows no DoRA pair covers (an
 /// expert without a LoRA), which stay W + ΔW (ΔW = 0 there).
 pub type RowMagnitudes = Vec<Option<f32>>;
+
+/// How a DoRA pair's magnitudes apply to its base tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Magnitude {
+    /// A Linear: one per output feature, a row of W in ggml (norm over the row).
+    Rows(RowMagnitudes),
+    /// peft's token embedding: one per embedding feature, a column of `token_embd` in ggml (norm over the whole
+    /// vocabulary, so the merge first sums every row: [`column_factors`]).
+    Columns(Vec<f32>),
+}
+
+/// What one slab of merged rows is rescaled by.
+#[derive(Clone, Copy, Debug)]
+pub enum Rescale<'a> {
+    /// Each row to its magnitude (over the whole tensor, indexed by global row).
+    Rows(&'a [Option<f32>]),
+    /// Each column by m / ‖column of W + s·ΔW‖, computed over the whole tensor.
+    Columns(&'a [f32]),
+}
 
 /// The magnitude vectors of a DoRA adapter, by index into `Adapter::pairs` (PEFT orientation: one value per output
 /// feature of the module).
@@ -111,6 +132,17 @@ pub fn take(prepared: &mut Prepared, dir: &Path) -> Result<Option<Magnitudes>, M
                 ),
             });
         };
+        let pair = &adapter.pairs[index];
+        if prepared.mlx.is_some() && pair.kind == adapter::PairKind::Embedding {
+            return Err(MergeError::Dora {
+                adapter: dir.to_path_buf(),
+                message: format!(
+                    "module `{}`: mlx-lm's DoRA on the embedding normalises each token's row (one magnitude per \
+                     token); lora-convert merge does not apply it",
+                    pair.module
+                ),
+            });
+        }
         let values = read_vector(adapter, t)?;
         let rows = adapter.pairs[index].out_features();
         if values.len() != rows {
@@ -181,14 +213,14 @@ fn read_vector(adapter: &Adapter, t: &adapter::OtherTensor) -> Result<Vec<f32>, 
     Ok(out)
 }
 
-/// The magnitude of every row of `planned`'s base tensor, in ggml row order (the converter's row transform applied
-/// as to B), or a refusal naming the module when the merge could not be exact.
+/// The magnitudes of `planned`'s base tensor: per row in ggml row order (the converter's row transform applied as
+/// to B), or per column for an embedding; or a refusal naming the module when the merge could not be exact.
 pub fn for_target(
     planned: &PlannedPair,
     adapter: &Adapter,
     magnitudes: &Magnitudes,
     heads: HeadCounts,
-) -> Result<RowMagnitudes, MergeError> {
+) -> Result<Magnitude, MergeError> {
     let refuse = |module: &str, why: &str| MergeError::Dora {
         adapter: adapter.dir.clone(),
         message: format!(
@@ -200,13 +232,9 @@ pub fn for_target(
     let mut rows: RowMagnitudes = match planned.shape {
         PairShape::Linear => vec![None; out],
         PairShape::Experts { n_expert } => vec![None; n_expert * out],
-        PairShape::Embedding { .. } => {
-            let module = &adapter.pairs[planned.sources[0].pair].module;
-            return Err(refuse(
-                module,
-                "DoRA on the token embedding normalises each embedding feature over the whole vocabulary \
-                 (peft; mlx-lm each token), not a row of a Linear",
-            ));
+        PairShape::Embedding { vocab } => {
+            return embedding(planned, vocab, adapter, magnitudes)
+                .map_err(|why| refuse(&adapter.pairs[planned.sources[0].pair].module, &why));
         }
     };
     for s in &planned.sources {
@@ -248,7 +276,82 @@ pub fn for_target(
             *slot = Some(v);
         }
     }
-    Ok(rows)
+    Ok(Magnitude::Rows(rows))
+}
+
+/// peft's DoRA on the token embedding (`DoraEmbeddingVariant`): E' = (E + s·ΔE) · m / ‖column‖ per embedding
+/// feature, the norm over the whole vocabulary — exact only when the GGUF holds every vocabulary row peft normalised
+/// over, untransformed.
+fn embedding(
+    planned: &PlannedPair,
+    vocab: usize,
+    adapter: &Adapter,
+    magnitudes: &Magnitudes,
+) -> Result<Magnitude, String> {
+    let [s] = planned.sources.as_slice() else {
+        return Err("an embedding built from several pairs".into());
+    };
+    let pair = &adapter.pairs[s.pair];
+    if pair.a.shape.get(1) != Some(&vocab) {
+        return Err(format!(
+            "the base keeps {vocab} of the adapter's {} vocabulary rows, and DoRA's norm runs over all of them",
+            pair.a.shape.get(1).copied().unwrap_or(0)
+        ));
+    }
+    if s.rows != RowTransform::Identity
+        || s.cols != RowTransform::Identity
+        || s.base_scale.is_some()
+        || s.part.is_some()
+        || s.transposed
+    {
+        return Err("its factors are transformed".into());
+    }
+    let m = magnitudes.get(&s.pair).ok_or("no magnitude vector")?;
+    if m.len() != planned.out_features {
+        return Err(format!(
+            "{} magnitudes for {} embedding features",
+            m.len(),
+            planned.out_features
+        ));
+    }
+    Ok(Magnitude::Columns(m.clone()))
+}
+
+/// The per-column factors m / ‖column‖ from the columns' sums of squares over the whole tensor (rounded once to f32,
+/// as [`normalize_rows`]).
+pub fn column_factors(magnitudes: &[f32], sums_of_squares: &[f64]) -> Vec<f32> {
+    magnitudes
+        .iter()
+        .zip(sums_of_squares)
+        .map(|(m, s2)| m / s2.sqrt() as f32)
+        .collect()
+}
+
+/// Rescale a slab of merged rows (`row_len` wide, starting at global row `first_row`); None if the magnitudes do not
+/// cover it.
+pub fn rescale(
+    merged: &mut [f32],
+    row_len: usize,
+    first_row: usize,
+    how: Rescale<'_>,
+) -> Option<()> {
+    match how {
+        Rescale::Rows(m) => {
+            let rows = m.get(first_row..first_row + merged.len() / row_len.max(1))?;
+            normalize_rows(merged, row_len, rows);
+        }
+        Rescale::Columns(g) => {
+            if g.len() != row_len {
+                return None;
+            }
+            for row in merged.chunks_exact_mut(row_len) {
+                for (x, g) in row.iter_mut().zip(g) {
+                    *x *= g;
+                }
+            }
+        }
+    }
+    Some(())
 }
 
 /// Refuse a DoRA pair on a tensor another adapter also changes, naming both.

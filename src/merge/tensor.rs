@@ -12,6 +12,7 @@ use std::fs::File;
 use rayon::prelude::*;
 
 use super::adapters::{Layout, Pair};
+use super::dora::{self, Magnitude, Rescale};
 use super::error::MergeError;
 use super::gemm::{self, View};
 use super::ggml;
@@ -178,23 +179,29 @@ pub fn merge_tensor(
         OutType::Auto { budget } => Some(budget),
         _ => None,
     };
+    let src = SlabSource {
+        path: &base.path,
+        file,
+        data_start,
+        src_row_bytes,
+        info,
+        rows_per_expert,
+        pairs,
+    };
+    // DoRA: row magnitudes apply slab by slab; an embedding's column norms need every row first
+    let column_factors = match pairs.iter().find_map(|p| p.magnitude.as_ref()) {
+        Some(Magnitude::Columns(m)) => Some(dora::column_factors(m, &column_sums(src, &slabs)?)),
+        _ => None,
+    };
+    let rescale = match pairs.iter().find_map(|p| p.magnitude.as_ref()) {
+        Some(Magnitude::Rows(m)) => Some(Rescale::Rows(m)),
+        Some(Magnitude::Columns(_)) => column_factors.as_deref().map(Rescale::Columns),
+        None => None,
+    };
     let run = |slabs: &[Slab], ty: GgmlType| -> Result<(Vec<u8>, Sums), MergeError> {
         let results: Vec<Result<SlabOut, MergeError>> = slabs
             .par_iter()
-            .map(|slab| {
-                merge_slab(
-                    &base.path,
-                    file,
-                    data_start,
-                    src_row_bytes,
-                    info,
-                    *slab,
-                    rows_per_expert,
-                    pairs,
-                    ty,
-                    imatrix,
-                )
-            })
+            .map(|slab| merge_slab(src, *slab, rescale, ty, imatrix))
             .collect();
         let mut bytes = Vec::new();
         let mut sums = Sums::default();
@@ -245,19 +252,56 @@ pub fn merge_tensor(
     Err(MergeError::NothingToMerge)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; the slab's context
-fn merge_slab(
-    path: &std::path::Path,
-    file: &File,
+/// Where a tensor's slabs come from: W in the file, and the pairs that change it.
+#[derive(Clone, Copy)]
+struct SlabSource<'a> {
+    path: &'a std::path::Path,
+    file: &'a File,
     data_start: u64,
     src_row_bytes: usize,
-    info: &TensorInfo,
-    slab: Slab,
+    info: &'a TensorInfo,
     rows_per_expert: usize,
-    pairs: &[&Pair],
-    ty: GgmlType,
-    imatrix: Option<&[f32]>,
-) -> Result<SlabOut, MergeError> {
+    pairs: &'a [&'a Pair],
+}
+
+/// Per-column sums of squares of W + ΔW over the whole tensor (summed per slab, then over slabs in order: the same
+/// at any thread count), for DoRA on an embedding.
+fn column_sums(src: SlabSource<'_>, slabs: &[Slab]) -> Result<Vec<f64>, MergeError> {
+    let row_len = src.info.dims.first().copied().unwrap_or(1) as usize;
+    let partial: Vec<Result<Vec<f64>, MergeError>> = slabs
+        .par_iter()
+        .map(|slab| {
+            let (w, delta) = slab_weights(src, *slab)?;
+            let mut sums = vec![0f64; row_len];
+            for (rw, rd) in w.chunks_exact(row_len).zip(delta.chunks_exact(row_len)) {
+                for ((s, w), d) in sums.iter_mut().zip(rw).zip(rd) {
+                    let x = f64::from(*w + *d);
+                    *s += x * x;
+                }
+            }
+            Ok(sums)
+        })
+        .collect();
+    let mut total = vec![0f64; row_len];
+    for p in partial {
+        for (t, s) in total.iter_mut().zip(p?) {
+            *t += s;
+        }
+    }
+    Ok(total)
+}
+
+/// A slab's W (dequantized) and the sum of its pairs' ΔW, both row-major.
+fn slab_weights(src: SlabSource<'_>, slab: Slab) -> Result<(Vec<f32>, Vec<f32>), MergeError> {
+    let SlabSource {
+        path,
+        file,
+        data_start,
+        src_row_bytes,
+        info,
+        rows_per_expert,
+        pairs,
+    } = src;
     let row_len = info.dims.first().copied().unwrap_or(1) as usize;
     let n = slab.rows * row_len;
     let mut raw = vec![0u8; slab.rows * src_row_bytes];
@@ -318,23 +362,38 @@ fn merge_slab(
             });
         }
     }
+    Ok((w, delta))
+}
+
+fn merge_slab(
+    src: SlabSource<'_>,
+    slab: Slab,
+    dora: Option<Rescale<'_>>,
+    ty: GgmlType,
+    imatrix: Option<&[f32]>,
+) -> Result<SlabOut, MergeError> {
+    let info = src.info;
+    let row_len = info.dims.first().copied().unwrap_or(1) as usize;
+    let n = slab.rows * row_len;
+    let quant = |source| MergeError::Quant {
+        tensor: info.name.clone(),
+        source,
+    };
+    let expert = slab.row / src.rows_per_expert;
+    let (w, mut delta) = slab_weights(src, slab)?;
     let mut merged: Vec<f32> = w.iter().zip(&delta).map(|(w, d)| *w + *d).collect();
-    // DoRA (the only pair on its tensor, `dora::check_not_stacked`): each row rescaled to its magnitude; the change
-    // measured for the type choice is then the whole change of the row
-    if let Some(m) = pairs.iter().find_map(|p| p.magnitude.as_ref()) {
-        let rows = m
-            .get(slab.row..slab.row + slab.rows)
-            .ok_or_else(|| MergeError::Quant {
-                tensor: info.name.clone(),
-                source: ggml::QuantError::Shape {
-                    ggml_type: GgmlType::F32,
-                    values: m.len(),
-                    row_len: 1,
-                    bytes: 0,
-                    block: 1,
-                },
-            })?;
-        super::dora::normalize_rows(&mut merged, row_len, rows);
+    // DoRA (the only pair on its tensor, `dora::check_not_stacked`): rows or columns rescaled to their magnitudes;
+    // the change measured for the type choice is then the whole change
+    if let Some(how) = dora {
+        super::dora::rescale(&mut merged, row_len, slab.row, how).ok_or_else(|| {
+            quant(ggml::QuantError::Shape {
+                ggml_type: GgmlType::F32,
+                values: n,
+                row_len,
+                bytes: 0,
+                block: 1,
+            })
+        })?;
         for ((d, m), w) in delta.iter_mut().zip(&merged).zip(&w) {
             *d = *m - *w;
         }
