@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod inspect;
 pub mod mlx;
 pub mod peft;
+pub mod reference;
 #[cfg(feature = "validate")]
 pub mod report;
 #[cfg(feature = "validate")]

@@ -91,6 +91,27 @@ struct Cli {
     #[arg(long)]
     sequential: bool,
 
+    /// Training parity: compare with a reference pack recorded where the adapter was trained
+    /// (`python -m lora_gguf.record`, docs/reference-pack.md) instead of running golden prompts.
+    #[arg(long, value_name = "PACK_DIR", conflicts_with_all = ["prompts", "scales"])]
+    reference: Option<PathBuf>,
+
+    /// --reference: base parity fails beyond this mean KL(training base ‖ GGUF base) per token, in nats.
+    #[arg(long, default_value_t = 0.5, requires = "reference")]
+    max_base_kl: f64,
+
+    /// --reference: adapter parity allows this many times the prompt's base KL …
+    #[arg(long, default_value_t = 2.0, requires = "reference")]
+    adapter_kl_factor: f64,
+
+    /// --reference: … plus this many nats.
+    #[arg(long, default_value_t = 0.05, requires = "reference")]
+    adapter_kl_margin: f64,
+
+    /// --reference: effect parity allows llama.cpp's effect between 1/X and X times the trained one.
+    #[arg(long, default_value_t = 1.25, requires = "reference")]
+    max_effect_ratio: f64,
+
     /// Show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
@@ -166,6 +187,9 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
             "--scales {:?}: give non-negative numbers, e.g. 0,0.5,1",
             cli.scales
         )));
+    }
+    if let Some(pack) = &cli.reference {
+        return run_reference(cli, pack, &adapters);
     }
     let limits = limits(cli).map_err(bad)?;
     let set: GoldenSet = if cli.prompts.is_empty() {
@@ -268,4 +292,83 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
         }
     }
     Ok(verdict.passed)
+}
+
+/// `--reference`: training parity against a pack (src/reference).
+fn run_reference(
+    cli: &Cli,
+    pack_dir: &std::path::Path,
+    adapters: &[(PathBuf, f32)],
+) -> Result<bool, (u8, String)> {
+    use lora_gguf::reference::{self, report as rref, verdict};
+    let bad = |m: String| (2u8, m);
+    if adapters.len() != 1 || adapters[0].1 != 1.0 {
+        return Err(bad(
+            "--reference compares one adapter at its trained scale: give one --adapter A.gguf without :SCALE".into(),
+        ));
+    }
+    let pack = reference::ReferencePack::open(pack_dir).map_err(|e| bad(e.to_string()))?;
+    let base = GgufFile::open(&cli.base).map_err(|e| bad(e.to_string()))?;
+    let adapter = GgufFile::open(&adapters[0].0).map_err(|e| bad(e.to_string()))?;
+    if let Err(problems) = precheck::check_adapter(&base, &adapter) {
+        let list: Vec<String> = problems.iter().take(10).map(|p| format!("  {p}")).collect();
+        return Err(bad(format!(
+            "`{}` does not fit the base `{}`:\n{}",
+            adapters[0].0.display(),
+            cli.base.display(),
+            list.join("\n")
+        )));
+    }
+    let warnings = reference::check::pack_against_base(&pack, &base);
+    let bos = base
+        .get_u64("tokenizer.ggml.bos_token_id")
+        .and_then(|b| i32::try_from(b).ok());
+    let cfg = EngineConfig {
+        threads: cli.threads.unwrap_or(EngineConfig::default().threads),
+        n_batch: cli.batch,
+        verbose: cli.verbose,
+        ..EngineConfig::default()
+    };
+    let engine_err = |e: lora_gguf::validate::engine::EngineError| {
+        (if e.is_input_error() { 2 } else { 3 }, e.to_string())
+    };
+    let mut engine = Engine::load(&cli.base, adapters, cfg).map_err(engine_err)?;
+    let run = reference::run::measure(&mut engine, &pack, bos, warnings).map_err(engine_err)?;
+    let limits = verdict::ReferenceLimits {
+        base_max_kl_mean: cli.max_base_kl,
+        adapter_kl_factor: cli.adapter_kl_factor,
+        adapter_kl_margin: cli.adapter_kl_margin,
+        effect_max_ratio: cli.max_effect_ratio,
+        ..verdict::ReferenceLimits::default()
+    };
+    let v = verdict::judge(&run, &limits, Some(pack.adapter.r));
+    let meta = rref::Meta {
+        base: cli.base.display().to_string(),
+        adapter: adapters[0].0.display().to_string(),
+        tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+    };
+    let format = match cli.format {
+        FormatArg::Text => rref::Format::Text,
+        FormatArg::Json => rref::Format::Json,
+        FormatArg::Junit => rref::Format::Junit,
+        FormatArg::Markdown => rref::Format::Markdown,
+    };
+    let text = rref::render(format, &pack, &run, &v, &meta);
+    match &cli.output {
+        Some(path) => {
+            std::fs::write(path, text)
+                .map_err(|e| bad(format!("writing `{}`: {e}", path.display())))?;
+            println!(
+                "{}: {} failure(s); report in {}",
+                if v.passed { "PASS" } else { "FAIL" },
+                v.failures.len(),
+                path.display()
+            );
+            for d in &v.diagnoses {
+                println!("  {d}");
+            }
+        }
+        None => print!("{text}"),
+    }
+    Ok(v.passed)
 }

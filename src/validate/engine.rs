@@ -380,7 +380,20 @@ impl Engine {
     /// The prompt as tokens: raw text with BOS as the model wants, chat messages through the GGUF's own template.
     pub fn tokenize_prompt(&self, p: &GoldenPrompt) -> Result<Vec<i32>, EngineError> {
         let vocab = self.model.vocab();
-        let text = match &p.text {
+        let text = self.render_prompt(p)?;
+        // A template that already writes the BOS text must not get a second BOS token.
+        let bos = vocab.token_to_piece(vocab.bos(), true, None);
+        let add_bos = bos.is_empty() || !text.as_bytes().starts_with(&bos);
+        Ok(vocab
+            .tokenize(text.as_bytes(), add_bos, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
+
+    /// The text llama.cpp tokenizes for a prompt: raw text as is, chat messages through the GGUF's own template.
+    pub fn render_prompt(&self, p: &GoldenPrompt) -> Result<String, EngineError> {
+        Ok(match &p.text {
             PromptText::Raw(t) => t.clone(),
             PromptText::Chat(messages) => {
                 let err = |message: String| EngineError::Template {
@@ -401,15 +414,7 @@ impl Engine {
                     .apply_chat_template(&template, &chat, true)
                     .map_err(|e| err(format!("applying the chat template: {e}")))?
             }
-        };
-        // A template that already writes the BOS text must not get a second BOS token.
-        let bos = vocab.token_to_piece(vocab.bos(), true, None);
-        let add_bos = bos.is_empty() || !text.as_bytes().starts_with(&bos);
-        Ok(vocab
-            .tokenize(text.as_bytes(), add_bos, true)
-            .into_iter()
-            .map(|t| t.0)
-            .collect())
+        })
     }
 
     /// Run the whole sweep. See the module docs for the pass structure.
@@ -1022,5 +1027,122 @@ pub fn ggml_gguf_tensor_count(path: &Path) -> Option<i64> {
         let n = llama_cpp_sys_2::gguf_get_n_tensors(ctx);
         llama_cpp_sys_2::gguf_free(ctx);
         Some(n)
+    }
+}
+
+// Reference packs (`lora-validate --reference`): the pack's own token ids, teacher-forced at the base and at adapter
+// scales, rows handed to the caller (src/reference compares them with the pack); greedy continuations at a scale.
+impl Engine {
+    /// The model's vocabulary size (logit row length).
+    pub fn vocab_size(&self) -> usize {
+        self.model.n_vocab() as usize
+    }
+
+    /// Each token's text as llama.cpp renders it, special tokens included (`<bos>`); ids outside the vocabulary
+    /// show as `<id N not in the vocabulary>`.
+    pub fn token_pieces(&self, tokens: &[i32]) -> Vec<String> {
+        let vocab = self.model.vocab();
+        let n = self.vocab_size();
+        tokens
+            .iter()
+            .map(|&t| {
+                if t < 0 || t as usize >= n {
+                    format!("<id {t} not in the vocabulary>")
+                } else {
+                    String::from_utf8_lossy(&vocab.token_to_piece(LlamaToken::new(t), true, None))
+                        .into_owned()
+                }
+            })
+            .collect()
+    }
+
+    /// Decode every feed (tokens, first predicting position) as its own sequence on an emptied cache, once per
+    /// scale (0: the base graph, adapters removed), and call `visit(scale index, feed index, row, logits)` for
+    /// every row from the feed's first predicting position on. Feeds use the identical layout at every scale.
+    pub fn teacher_forced_rows(
+        &mut self,
+        feeds: &[(Vec<i32>, usize)],
+        scales: &[f32],
+        visit: &mut dyn FnMut(usize, usize, usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        let longest = feeds.iter().map(|f| f.0.len()).max().unwrap_or(1).max(1);
+        if longest > self.model.n_ctx_train() as usize {
+            return Err(EngineError::PromptTooLong {
+                id: "(a reference prompt)".into(),
+                tokens: longest,
+                n_ctx: self.model.n_ctx_train(),
+            });
+        }
+        let n_ctx = (longest as u32).div_ceil(256) * 256;
+        let Engine {
+            model,
+            adapters,
+            cfg,
+            ..
+        } = self;
+        let model: &LlamaModel = model;
+        let n_vocab = model.n_vocab() as usize;
+        let mut ctx = new_context(model, n_ctx, n_ctx, n_ctx, 1, cfg.threads)?;
+        for (si, &scale) in scales.iter().enumerate() {
+            set_scale(adapters, &mut ctx, scale)?;
+            for (fi, (tokens, first)) in feeds.iter().enumerate() {
+                let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+                for (i, &t) in tokens.iter().enumerate() {
+                    batch
+                        .add(LlamaToken::new(t), i as i32, &[0], i >= *first)
+                        .map_err(|e| EngineError::Decode(e.to_string()))?;
+                }
+                decode_fresh(&mut ctx, &mut batch)?;
+                for (k, i) in (*first..tokens.len()).enumerate() {
+                    visit(si, fi, k, row(&ctx, i as i32, n_vocab));
+                }
+            }
+        }
+        set_scale(adapters, &mut ctx, 0.0)
+    }
+
+    /// Greedy continuations (up to `max_tokens` each, EOG included when produced) of `prompts` at `scale` (0: the
+    /// base), all prompts in one context.
+    pub fn greedy_at(
+        &mut self,
+        prompts: &[(Vec<i32>, usize)],
+        scale: f32,
+    ) -> Result<Vec<Vec<i32>>, EngineError> {
+        let prepared: Vec<Prepared> = prompts
+            .iter()
+            .map(|(tokens, max_tokens)| Prepared {
+                tokens: tokens.clone(),
+                max_tokens: *max_tokens,
+            })
+            .collect();
+        let needed: usize = prepared
+            .iter()
+            .map(|p| p.tokens.len() + p.max_tokens + 1)
+            .sum();
+        let n_ctx = (needed.max(1) as u32).div_ceil(256) * 256;
+        let Engine {
+            model,
+            adapters,
+            cfg,
+            ..
+        } = self;
+        let model: &LlamaModel = model;
+        let n_ubatch = cfg.n_batch;
+        let mut ctx = new_context(
+            model,
+            n_ctx,
+            n_ubatch,
+            n_ubatch,
+            prepared.len().max(1) as u32,
+            cfg.threads,
+        )?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.max(1) as usize)
+            .build()
+            .map_err(|e| EngineError::Backend(format!("starting worker threads: {e}")))?;
+        set_scale(adapters, &mut ctx, scale)?;
+        let (out, _) = generate(model, &mut ctx, &prepared, n_ubatch, &pool)?;
+        set_scale(adapters, &mut ctx, 0.0)?;
+        Ok(out)
     }
 }

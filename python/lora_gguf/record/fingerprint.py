@@ -12,10 +12,12 @@ import torch
 
 
 def vocab_sha256(tokens: list[str]) -> str:
-    """SHA-256 over the tokens in id order, each as its UTF-8 byte length (u32 little-endian) and bytes."""
+    """SHA-256 over the tokens in id order, each as its UTF-8 byte length (u32 little-endian) and bytes, with
+    SentencePiece's word marker U+2581 read as a space (a GGUF may store either for the same token: Gemma's runs of
+    spaces are literal spaces in its GGUF and U+2581 in transformers' tokenizer)."""
     h = hashlib.sha256()
     for t in tokens:
-        b = t.encode("utf-8")
+        b = t.replace("\u2581", " ").encode("utf-8")
         h.update(struct.pack("<I", len(b)))
         h.update(b)
     return h.hexdigest()
@@ -73,7 +75,7 @@ def base_fingerprint(model, base_dir: str | Path | None) -> dict[str, Any]:
         n_params += t.numel()
         n_tensors += 1
     fp = {
-        "name_or_path": str(base_dir) if base_dir else getattr(cfg, "_name_or_path", None),
+        "name_or_path": Path(base_dir).name if base_dir else getattr(cfg, "_name_or_path", None),
         "architectures": list(getattr(cfg, "architectures", None) or []),
         "model_type": getattr(cfg, "model_type", None),
         "dims": dims,
@@ -99,7 +101,7 @@ def adapter_fingerprint(model, adapter_dir: str | Path | None) -> dict[str, Any]
             h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     targets = cfg.target_modules
     return {
-        "path": str(adapter_dir) if adapter_dir else None,
+        "path": Path(adapter_dir).name if adapter_dir else None,
         "peft_type": str(getattr(cfg.peft_type, "value", cfg.peft_type)),
         "base_model_name_or_path": cfg.base_model_name_or_path,
         "r": cfg.r,
