@@ -24,3 +24,8 @@ mod convert_logits;
 // lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
 #[cfg(feature = "validate")]
 mod validate_e2e;
+
+// Training parity: lora-validate --reference against packs recorded by python/lora_gguf/record, the self-test, and
+// the recorder itself (torch, in a venv cached outside the clone).
+#[cfg(feature = "validate")]
+mod reference_e2e;

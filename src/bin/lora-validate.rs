@@ -96,6 +96,12 @@ struct Cli {
     #[arg(long, value_name = "PACK_DIR", conflicts_with_all = ["prompts", "scales"])]
     reference: Option<PathBuf>,
 
+    /// With --reference: run the parity checks on the adapter and on deliberately broken copies of it (α doubled,
+    /// Q/K rows permuted, a layer dropped, A/B swapped where shapes allow, prompts without their template); pass
+    /// when the adapter is green and each sabotage turns its own check red.
+    #[arg(long, requires = "reference")]
+    self_test: bool,
+
     /// --reference: base parity fails beyond this mean KL(training base ‖ GGUF base) per token, in nats.
     #[arg(long, default_value_t = 0.5, requires = "reference")]
     max_base_kl: f64,
@@ -319,6 +325,13 @@ fn run_reference(
             list.join("\n")
         )));
     }
+    let limits = verdict::ReferenceLimits {
+        base_max_kl_mean: cli.max_base_kl,
+        adapter_kl_factor: cli.adapter_kl_factor,
+        adapter_kl_margin: cli.adapter_kl_margin,
+        effect_max_ratio: cli.max_effect_ratio,
+        ..verdict::ReferenceLimits::default()
+    };
     let warnings = reference::check::pack_against_base(&pack, &base);
     let bos = base
         .get_u64("tokenizer.ggml.bos_token_id")
@@ -332,15 +345,42 @@ fn run_reference(
     let engine_err = |e: lora_gguf::validate::engine::EngineError| {
         (if e.is_input_error() { 2 } else { 3 }, e.to_string())
     };
+    if cli.self_test {
+        let tty = std::io::stderr().is_terminal();
+        let cases = reference::selftest::run(
+            &cli.base,
+            &base,
+            &adapters[0].0,
+            &pack,
+            &cfg,
+            &limits,
+            bos,
+            &mut |name| {
+                if tty {
+                    eprint!("\r\x1b[2Kself-test: {name}");
+                }
+            },
+        )
+        .map_err(|e| match e {
+            reference::selftest::SelfTestError::Engine(e) => engine_err(e),
+            e => (2, e.to_string()),
+        })?;
+        if tty {
+            eprint!("\r\x1b[2K");
+        }
+        let text = match cli.format {
+            FormatArg::Json => serde_json::to_string_pretty(&cases).unwrap_or_default() + "\n",
+            _ => reference::selftest::render(&cases),
+        };
+        match &cli.output {
+            Some(path) => std::fs::write(path, text)
+                .map_err(|e| bad(format!("writing `{}`: {e}", path.display())))?,
+            None => print!("{text}"),
+        }
+        return Ok(cases.iter().all(|c| c.ok));
+    }
     let mut engine = Engine::load(&cli.base, adapters, cfg).map_err(engine_err)?;
     let run = reference::run::measure(&mut engine, &pack, bos, warnings).map_err(engine_err)?;
-    let limits = verdict::ReferenceLimits {
-        base_max_kl_mean: cli.max_base_kl,
-        adapter_kl_factor: cli.adapter_kl_factor,
-        adapter_kl_margin: cli.adapter_kl_margin,
-        effect_max_ratio: cli.max_effect_ratio,
-        ..verdict::ReferenceLimits::default()
-    };
     let v = verdict::judge(&run, &limits, Some(pack.adapter.r));
     let meta = rref::Meta {
         base: cli.base.display().to_string(),

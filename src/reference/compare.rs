@@ -8,7 +8,8 @@
 //!   ratio is ⟨Δl, Δt⟩ / ‖Δt‖², the size of llama.cpp's shift along the trained one (2 when α doubled, 1/√r for a
 //!   lost rsLoRA factor): unlike ‖Δl‖ / ‖Δt‖ it does not grow with the noise a quantized base adds to each pass
 //!   (measured on Gemma 3 270M Q4_K_M, control prompts whose trained shift is small: norm ratio 1.10–1.38, effect
-//!   ratio 0.96–1.00). The cosine of Δl and Δt says whether llama.cpp moves the same logits the same way.
+//!   ratio 0.96–1.00). What Δt does not explain of Δl (the residual), measured against the noise of one llama.cpp pass
+//!   (the base floor in logits), says whether llama.cpp moves the same logits the same way.
 
 use super::pack::PackPrompt;
 
@@ -85,6 +86,21 @@ impl Effect {
             (l, t) if t > 0.0 => l / t,
             (l, _) if l > 0.0 => f64::INFINITY,
             _ => 1.0,
+        }
+    }
+
+    /// ‖Δl − ratio·Δt‖ ÷ the noise of one llama.cpp pass: how much of llama.cpp's shift the trained shift does not
+    /// explain, in units of the base floor. An exact adapter leaves about √2 (the noise of its own pass and the
+    /// base's: 1.0–1.7 measured on Gemma 3 270M Q4_K_M); a mis-laid tensor leaves more (2.3–3.9 with one layer
+    /// dropped or the Q/K rows permuted). 0 when there is no noise to compare with and nothing unexplained.
+    pub fn residual(&self) -> f64 {
+        let unexplained = self.llama_norm * (1.0 - self.cosine * self.cosine).max(0.0).sqrt();
+        if self.noise_norm > 0.0 {
+            unexplained / self.noise_norm
+        } else if unexplained > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
         }
     }
 

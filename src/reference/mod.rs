@@ -13,6 +13,9 @@ pub mod report;
 pub mod results;
 #[cfg(feature = "validate")]
 pub mod run;
+pub mod sabotage;
+#[cfg(feature = "validate")]
+pub mod selftest;
 pub mod verdict;
 
 pub use pack::{PackError, ReferencePack};

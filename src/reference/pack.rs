@@ -330,8 +330,9 @@ impl ReferencePack {
                     ["token_ids", "logprobs", "log_normaliser"].map(|t| format!("prompts.{i}.{t}"))
                 })
                 .collect();
-            let extra = st
-                .names()
+            let mut names = st.names();
+            names.sort();
+            let extra = names
                 .into_iter()
                 .find(|n| !known.contains(*n))
                 .map_or_else(String::new, |n| n.to_string());
@@ -764,5 +765,124 @@ impl Tensors<'_> {
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/gemma-lora/reference-pack")
+    }
+
+    /// A copy of the committed pack with `edit` applied to its pack.json; the error's text.
+    fn broken(edit: impl FnOnce(&mut Value)) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j: Value =
+            serde_json::from_str(&std::fs::read_to_string(committed().join(META_FILE)).unwrap())
+                .unwrap();
+        edit(&mut j);
+        std::fs::write(
+            dir.path().join(META_FILE),
+            serde_json::to_string(&j).unwrap(),
+        )
+        .unwrap();
+        std::fs::copy(
+            committed().join("pack.safetensors"),
+            dir.path().join("pack.safetensors"),
+        )
+        .unwrap();
+        let e = ReferencePack::open(dir.path()).unwrap_err().to_string();
+        e.replace(&dir.path().display().to_string(), "PACK")
+    }
+
+    #[test]
+    fn reads_the_committed_pack() {
+        let p = ReferencePack::open(&committed()).unwrap();
+        assert_eq!(p.version, 1);
+        assert_eq!(p.top_k, 64);
+        let names: Vec<&str> = p.variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["base", "adapter@1", "adapter@0.5", "adapter@0.0625"]
+        );
+        assert_eq!(p.prompts.len(), 4);
+        let q = &p.prompts[0];
+        assert_eq!(q.positions, 16);
+        assert_eq!(q.teacher_forced_feed().len(), q.prompt_tokens.len() + 15);
+        // Each variant's own top-k is in the row: the base's top-1 is its first id.
+        let lp = q.logprobs(0, 0);
+        let best = lp.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(lp[0], best);
+        assert!(q.ids(0).len() >= 64);
+    }
+
+    #[test]
+    fn names_file_and_key_of_what_is_wrong() {
+        assert_eq!(
+            broken(|j| j["version"] = 2.into()),
+            "`PACK/pack.json`: version: pack schema version 2; this lora-validate reads version 1 — record the pack \
+             with the matching lora_gguf.record, or use a lora-validate that reads version 2"
+        );
+        assert_eq!(
+            broken(|j| j["format"] = "x".into()),
+            "`PACK/pack.json`: format: is `x`, expected `lora-gguf-reference-pack`: not a reference pack"
+        );
+        assert_eq!(
+            broken(|j| {
+                j["prompts"][1]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("prompt_tokens");
+            }),
+            "`PACK/pack.json`: prompts[1].prompt_tokens: missing"
+        );
+        assert_eq!(
+            broken(|j| j["prompts"][2]["adapter_continuation"][3] = (-5).into()),
+            "`PACK/pack.json`: prompts[2].adapter_continuation[3]: expected a token id"
+        );
+        assert_eq!(
+            broken(|j| j["variants"] =
+                serde_json::json!(["base", "adapter@0.5", "adapter@x", "adapter@1"])),
+            "`PACK/pack.json`: variants[2]: `adapter@x`: the scale is not a positive number"
+        );
+        assert_eq!(
+            broken(|j| j["prompts"][0]["width"] = 3.into()),
+            format!(
+                "`PACK/pack.safetensors`: prompts.0.token_ids: is I32 [16, {w}]; pack.json implies I32 [16, 3]",
+                w = ReferencePack::open(&committed()).unwrap().prompts[0].width
+            )
+        );
+        assert_eq!(
+            broken(|j| {
+                j["prompts"].as_array_mut().unwrap().pop();
+            }),
+            "`PACK/pack.safetensors`: prompts.3.log_normaliser: a tensor that pack.json does not describe (3 prompts \
+             → 9 tensors, file has 12)"
+        );
+    }
+
+    #[test]
+    fn a_damaged_tensor_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(committed().join(META_FILE), dir.path().join(META_FILE)).unwrap();
+        let bytes = std::fs::read(committed().join("pack.safetensors")).unwrap();
+        std::fs::write(
+            dir.path().join("pack.safetensors"),
+            &bytes[..bytes.len() / 2],
+        )
+        .unwrap();
+        let e = ReferencePack::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("pack.safetensors`: (file): not a safetensors file"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("pack.safetensors")).unwrap();
+        let e = ReferencePack::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("reading `") && e.contains("pack.safetensors`"),
+            "{e}"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub enum Cause {
     },
     /// A chat prompt rendered to different text: another chat template.
     ChatTemplate,
+    /// A raw prompt whose text differs (a client that adds or drops text, e.g. a template or a newline).
+    PromptText,
     /// Same text, different ids: another tokenizer or pre-tokenizer.
     Tokenizer,
 }
@@ -71,6 +73,10 @@ impl Mismatch {
                 "prompt {prompt_id}: a different chat template — the GGUF's template renders other text than \
                  training's — {at}"
             ),
+            Cause::PromptText => format!(
+                "prompt {prompt_id}: llama.cpp is given other text than training saw (a template, a newline or a \
+                 space added or dropped on the way) — {at}"
+            ),
             Cause::Tokenizer => format!(
                 "prompt {prompt_id}: same text, different token ids — the GGUF's tokenizer splits it differently \
                  from training's — {at}"
@@ -93,8 +99,10 @@ pub struct Sides<'a> {
     pub bos: Option<i32>,
     /// The GGUF's vocabulary size.
     pub n_vocab: usize,
-    /// Chat prompt: the texts both sides rendered (training, llama.cpp).
-    pub chat_texts: Option<(&'a str, &'a str)>,
+    /// The texts both sides tokenized (training, llama.cpp).
+    pub texts: Option<(&'a str, &'a str)>,
+    /// Whether the prompt is chat messages (rendered by a template on each side).
+    pub chat: bool,
 }
 
 /// Tokens of context shown from the first difference on.
@@ -137,10 +145,14 @@ pub fn compare(s: &Sides) -> Option<Mismatch> {
     } else if !added.is_empty() {
         Cause::AddedTokens { ids: added }
     } else if s
-        .chat_texts
+        .texts
         .is_some_and(|(t, l)| strip_bos(t, s) != strip_bos(l, s))
     {
-        Cause::ChatTemplate
+        if s.chat {
+            Cause::ChatTemplate
+        } else {
+            Cause::PromptText
+        }
     } else {
         Cause::Tokenizer
     };
@@ -188,7 +200,8 @@ mod tests {
             llama_pieces: &pieces(llama),
             bos: Some(2),
             n_vocab: 100,
-            chat_texts: chat,
+            texts: chat,
+            chat: true,
         })
     }
 

@@ -86,7 +86,7 @@ fn row(p: &PromptRun) -> [String; 10] {
         num(one.map(|a| a.divergence.kl_mean), 4),
         num(one.map(|a| a.divergence.top1), 2),
         probe.map_or("—".into(), |a| format!("{:.2}×", a.effect.ratio)),
-        num(one.map(|a| a.effect.cosine), 2),
+        num(one.map(|a| a.effect.residual), 2),
         format!("{}/{}", p.greedy_agreement.0, p.greedy_agreement.1),
     ]
 }
@@ -100,7 +100,7 @@ const HEADER: [&str; 10] = [
     "adapter KL",
     "adapter top-1",
     "effect@probe",
-    "cos@1",
+    "residual@1",
     "greedy",
 ];
 
@@ -139,7 +139,8 @@ fn text(pack: &ReferencePack, run: &ReferenceRun, v: &ReferenceVerdict, meta: &M
         o,
         "\nKL = mean KL(training ‖ llama.cpp) per token over the recorded top-{} + tail, adapter at scale 1; effect = \
          llama.cpp's logit shift along the trained one (1.00× = as trained) at the probe scale {} (where it is linear \
-         in the scale); cos = direction of the two shifts at scale 1\n",
+         in the scale); residual = what the trained shift does not explain of llama.cpp's at scale 1, in units of \
+         the base's noise\n",
         pack.top_k,
         super::verdict::probe_scale(run).unwrap_or(1.0)
     );
@@ -360,4 +361,136 @@ fn markdown(run: &ReferenceRun, v: &ReferenceVerdict, meta: &Meta) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::compare::{Divergence, Effect};
+    use crate::reference::prompt_parity::{Cause, Mismatch};
+    use crate::reference::results::ScaleRun;
+    use crate::reference::verdict::{ReferenceLimits, judge};
+
+    fn prompt(
+        id: &str,
+        base_kl: f64,
+        adapter_kl: f64,
+        ratio: f64,
+        mismatch: Option<Mismatch>,
+    ) -> PromptRun {
+        let effect = |scale: f32| ScaleRun {
+            scale,
+            divergence: Divergence {
+                kl_mean: adapter_kl,
+                kl_max: adapter_kl,
+                top1: 1.0,
+            }
+            .into(),
+            effect: Effect {
+                trained_norm: 10.0,
+                llama_norm: 10.0 * ratio,
+                cosine: 1.0,
+                noise_norm: 1.0,
+                cells: 100,
+            }
+            .into(),
+        };
+        PromptRun {
+            id: id.into(),
+            kind: "target".into(),
+            training_tokens: vec![2, 5],
+            llama_tokens: Some(vec![2, 5]),
+            llama_render_error: None,
+            mismatch,
+            base: Some(
+                Divergence {
+                    kl_mean: base_kl,
+                    kl_max: base_kl,
+                    top1: 1.0,
+                }
+                .into(),
+            ),
+            adapters: vec![effect(1.0), effect(0.0625)],
+            training_adapter_text: "a".into(),
+            llama_adapter_text: "a".into(),
+            greedy_agreement: (4, 4),
+        }
+    }
+
+    #[test]
+    fn every_check_is_its_own_failure_class_in_every_format() {
+        let pack = ReferencePack::open(
+            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/gemma-lora/reference-pack"),
+        )
+        .unwrap();
+        let bos = Mismatch {
+            position: 1,
+            training_text: "t".into(),
+            llama_text: "<bos>t".into(),
+            cause: Cause::LlamaAddsSecondBos,
+        };
+        let run = ReferenceRun {
+            prompts: vec![
+                prompt("p-prompt", 0.01, 0.01, 1.0, Some(bos)),
+                prompt("p-base", 0.9, 0.9, 1.0, None),
+                prompt("p-scale", 0.01, 0.5, 2.0, None),
+            ],
+            warnings: vec![],
+        };
+        let v = judge(&run, &ReferenceLimits::default(), Some(8.0));
+        assert_eq!(
+            v.checks.iter().filter(|c| !c.1).count(),
+            4,
+            "{:#?}",
+            v.failures
+        );
+        let meta = Meta {
+            base: "b.gguf".into(),
+            adapter: "a.gguf".into(),
+            tool_version: "t".into(),
+        };
+        let text = render(Format::Text, &pack, &run, &v, &meta);
+        for c in Check::ALL {
+            assert!(
+                text.contains(&format!("[{}]", c.name())),
+                "text lacks {}:\n{text}",
+                c.name()
+            );
+        }
+        assert!(
+            text.contains("prompt p-prompt: llama.cpp adds a second BOS"),
+            "{text}"
+        );
+        let json = json_value(&pack, &run, &v, &meta);
+        for c in Check::ALL {
+            assert_eq!(json["checks"][c.name()], false);
+            assert!(
+                json["failures"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["check"] == c.name())
+            );
+        }
+        let junit = render(Format::Junit, &pack, &run, &v, &meta);
+        for c in Check::ALL {
+            assert!(
+                junit.contains(&format!(
+                    "<testsuite name=\"{}\" tests=\"3\" failures=\"1\">",
+                    c.name()
+                )),
+                "{junit}"
+            );
+        }
+        let md = render(Format::Markdown, &pack, &run, &v, &meta);
+        for t in [
+            "prompt parity | **fail** (1)",
+            "base parity | **fail** (1)",
+            "adapter parity | **fail**",
+            "effect parity | **fail**",
+        ] {
+            assert!(md.contains(t), "markdown lacks `{t}`:\n{md}");
+        }
+    }
 }

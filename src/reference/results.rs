@@ -48,6 +48,8 @@ pub struct EffectOut {
     pub norm_ratio: f64,
     /// Cosine of the two shifts.
     pub cosine: f64,
+    /// What the trained shift does not explain of llama.cpp's, ÷ the noise of one pass.
+    pub residual: f64,
     /// RMS of the trained shift per recorded cell (how much the adapter moves this prompt).
     pub trained_rms: f64,
     /// ‖Δ training‖.
@@ -64,6 +66,7 @@ impl From<Effect> for EffectOut {
             ratio: e.ratio(),
             norm_ratio: e.norm_ratio(),
             cosine: e.cosine,
+            residual: e.residual(),
             trained_rms: e.trained_rms(),
             trained_norm: e.trained_norm,
             llama_norm: e.llama_norm,

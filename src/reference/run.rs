@@ -72,10 +72,8 @@ pub fn measure(
                 llama_pieces: &llama_pieces,
                 bos,
                 n_vocab,
-                chat_texts: match (&p.source, &llama_rendered) {
-                    (PromptSource::Chat(_), Some(l)) => Some((p.rendered.as_str(), l.as_str())),
-                    _ => None,
-                },
+                texts: llama_rendered.as_deref().map(|l| (p.rendered.as_str(), l)),
+                chat: matches!(p.source, PromptSource::Chat(_)),
             })
         });
         runs.push(PromptRun {

@@ -8,9 +8,8 @@
 //!   floor + `adapter_kl_margin` — a Q4_K_M base does not fail an exact adapter, a wrong scale fails however noisy;
 //! - effect parity: over the prompts the adapter really moves (trained shift RMS ≥ `effect_min_trained_rms`), the
 //!   shift in llama.cpp along the trained one within [1/`effect_max_ratio`, `effect_max_ratio`] of it at the probe
-//!   scale (the smallest recorded, where the shift is linear in the scale), and at every scale — where
-//!   the trained shift is `effect_min_snr` × the noise of a llama.cpp pass — its direction (cosine) ≥
-//!   `effect_min_cosine`.
+//!   scale (the smallest recorded, where the shift is linear in the scale), and at every scale what the trained
+//!   shift does not explain of llama.cpp's at most `effect_max_residual` × the noise of a llama.cpp pass.
 
 use serde::Serialize;
 
@@ -61,13 +60,11 @@ pub struct ReferenceLimits {
     pub adapter_kl_margin: f64,
     /// Effect parity: largest ratio llama.cpp ÷ training (and smallest its inverse).
     pub effect_max_ratio: f64,
-    /// Effect parity: smallest cosine between the two shifts.
-    pub effect_min_cosine: f64,
+    /// Effect parity: largest residual (what the trained shift does not explain of llama.cpp's, ÷ the noise of a
+    /// llama.cpp pass).
+    pub effect_max_residual: f64,
     /// Effect parity judges only prompts whose trained shift RMS (logits) is at least this.
     pub effect_min_trained_rms: f64,
-    /// … and their direction only where the trained shift is this many times the noise of a llama.cpp pass
-    /// (‖llama.cpp base − training base‖ on the same tokens).
-    pub effect_min_snr: f64,
 }
 
 impl Default for ReferenceLimits {
@@ -77,9 +74,8 @@ impl Default for ReferenceLimits {
             adapter_kl_factor: 2.0,
             adapter_kl_margin: 0.05,
             effect_max_ratio: 1.25,
-            effect_min_cosine: 0.8,
+            effect_max_residual: 2.0,
             effect_min_trained_rms: 0.1,
-            effect_min_snr: 3.0,
         }
     }
 }
@@ -93,7 +89,7 @@ pub struct ReferenceFailure {
     pub prompt_id: Option<String>,
     /// The adapter scale, where one applies.
     pub scale: Option<f32>,
-    /// The metric (`kl_mean`, `effect_ratio`, `effect_cosine`, `token_ids` …).
+    /// The metric (`kl_mean`, `effect_ratio`, `effect_residual`, `first_differing_token` …).
     pub metric: String,
     /// Measured value.
     pub value: f64,
@@ -226,8 +222,8 @@ pub fn judge(run: &ReferenceRun, limits: &ReferenceLimits, rank: Option<f64>) ->
         }
     }
 
-    // Effect parity: the ratio wherever the adapter moves the logits at all; the direction only where the trained
-    // shift stands well above the noise of a llama.cpp pass (else even an exact adapter points "elsewhere").
+    // Effect parity, wherever the adapter moves the logits at all: the size of the shift and what is left of it
+    // beyond the trained shift, against the noise every llama.cpp pass carries.
     let judged: Vec<(&PromptRun, &ScaleRun)> = run
         .prompts
         .iter()
@@ -247,7 +243,7 @@ pub fn judge(run: &ReferenceRun, limits: &ReferenceLimits, rank: Option<f64>) ->
     );
     let effect_ratio = (sum_tt > 0.0).then(|| sum_lt / sum_tt);
     let (lo, hi) = (1.0 / limits.effect_max_ratio, limits.effect_max_ratio);
-    let (mut ratio_failed, mut cosine_failed) = (0, Vec::new());
+    let (mut ratio_failed, mut residual_failed) = (0, Vec::new());
     for &(p, a) in &judged {
         let e = &a.effect;
         if Some(a.scale) == probe && !(lo..=hi).contains(&e.ratio) {
@@ -266,34 +262,33 @@ pub fn judge(run: &ReferenceRun, limits: &ReferenceLimits, rank: Option<f64>) ->
                 ),
             ));
         }
-        let clear = e.trained_norm >= limits.effect_min_snr * e.noise_norm;
-        if clear && e.cosine < limits.effect_min_cosine {
-            cosine_failed.push(e.cosine);
+        if e.residual > limits.effect_max_residual {
+            residual_failed.push(e.residual);
             failures.push(fail(
                 Check::EffectParity,
                 p,
                 Some(a.scale),
-                "effect_cosine",
-                e.cosine,
-                limits.effect_min_cosine,
+                "effect_residual",
+                e.residual,
+                limits.effect_max_residual,
                 format!(
-                    "prompt {} at scale {}: the adapter's logit shift in llama.cpp points elsewhere than in training \
-                     (cosine {:.2}, limit {})",
-                    p.id, a.scale, e.cosine, limits.effect_min_cosine
+                    "prompt {} at scale {}: llama.cpp's logit shift differs from the trained one beyond the noise of \
+                     the base ({:.1}× the noise unexplained, limit {}; cosine {:.3})",
+                    p.id, a.scale, e.residual, limits.effect_max_residual, e.cosine
                 ),
             ));
         }
     }
-    if let Some(min_cos) = cosine_failed.iter().cloned().reduce(f64::min) {
+    if ratio_failed > 0 {
+        diagnoses.push(scaling_diagnosis(&judged, probe, effect_ratio, rank));
+    } else if let Some(worst) = residual_failed.iter().cloned().reduce(f64::max) {
         diagnoses.push(format!(
-            "the adapter's effect in llama.cpp points elsewhere than in training (cosine down to {min_cos:.2} on {} \
-             prompt × scale pair(s), effect {:.2}× overall): tensors are mapped or laid out wrongly (a missing or \
-             extra Q/K permutation, swapped A/B, a dropped or misplaced layer)",
-            cosine_failed.len(),
+            "the adapter changes other logits in llama.cpp than in training ({} prompt × scale pair(s), up to \
+             {worst:.1}× the noise of the base unexplained) while its size matches ({:.2}×): tensors are mapped or \
+             laid out wrongly (a missing or extra Q/K permutation, swapped A/B, a dropped or misplaced layer)",
+            residual_failed.len(),
             effect_ratio.unwrap_or(f64::NAN)
         ));
-    } else if ratio_failed > 0 {
-        diagnoses.push(scaling_diagnosis(&judged, probe, effect_ratio, rank));
     } else if adapter_failed > 0 && base_failed.is_empty() {
         diagnoses.push(format!(
             "llama.cpp + adapter drifts from the training adapter beyond the base floor on {adapter_failed} \
