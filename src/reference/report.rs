@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::pack::ReferencePack;
 use super::results::{PromptRun, ReferenceRun};
-use super::verdict::{Check, ReferenceVerdict};
+use super::verdict::{Check, ReferenceLimits, ReferenceVerdict};
 
 /// Version of the reference JSON report.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -68,7 +68,7 @@ fn title(c: Check) -> &'static str {
 
 /// The cells of one table row: id, kind, tokens, base KL, base top-1, adapter KL, adapter top-1, effect, cosine,
 /// greedy agreement.
-fn row(p: &PromptRun) -> [String; 10] {
+fn row(p: &PromptRun, limits: &ReferenceLimits) -> [String; 10] {
     let tokens = match (&p.llama_render_error, &p.mismatch) {
         (Some(_), _) => "unrendered".to_string(),
         (None, Some(m)) => format!("differ@{}", m.position),
@@ -85,7 +85,10 @@ fn row(p: &PromptRun) -> [String; 10] {
         num(p.base.map(|b| b.top1), 2),
         num(one.map(|a| a.divergence.kl_mean), 4),
         num(one.map(|a| a.divergence.top1), 2),
-        probe.map_or("—".into(), |a| format!("{:.2}×", a.effect.ratio)),
+        // Not judged (the adapter barely moves this prompt at the probe scale): no ratio to speak of.
+        probe
+            .filter(|a| a.effect.trained_rms >= limits.effect_min_trained_rms)
+            .map_or("—".into(), |a| format!("{:.2}×", a.effect.ratio)),
         num(one.map(|a| a.effect.residual), 2),
         format!("{}/{}", p.greedy_agreement.0, p.greedy_agreement.1),
     ]
@@ -139,12 +142,12 @@ fn text(pack: &ReferencePack, run: &ReferenceRun, v: &ReferenceVerdict, meta: &M
         o,
         "\nKL = mean KL(training ‖ llama.cpp) per token over the recorded top-{} + tail, adapter at scale 1; effect = \
          llama.cpp's logit shift along the trained one (1.00× = as trained) at the probe scale {} (where it is linear \
-         in the scale); residual = what the trained shift does not explain of llama.cpp's at scale 1, in units of \
+         in the scale; — where the adapter barely moves the prompt there); residual = what the trained shift does not explain of llama.cpp's at scale 1, in units of \
          the base's noise\n",
         pack.top_k,
         super::verdict::probe_scale(run).unwrap_or(1.0)
     );
-    let rows: Vec<[String; 10]> = run.prompts.iter().map(row).collect();
+    let rows: Vec<[String; 10]> = run.prompts.iter().map(|p| row(p, &v.limits)).collect();
     let mut widths = HEADER.map(|h| h.chars().count());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -369,7 +372,7 @@ mod tests {
     use crate::reference::compare::{Divergence, Effect};
     use crate::reference::prompt_parity::{Cause, Mismatch};
     use crate::reference::results::ScaleRun;
-    use crate::reference::verdict::{ReferenceLimits, judge};
+    use crate::reference::verdict::judge;
 
     fn prompt(
         id: &str,
