@@ -5,16 +5,21 @@ use crate::common::*;
 use lora_gguf::gguf::GgufFile;
 
 fn convert(case: &str, outtype: &str, out: &std::path::Path) -> assert_cmd::assert::Assert {
+    convert_with(case, outtype, out, &[])
+}
+
+fn convert_with(
+    case: &str,
+    outtype: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> assert_cmd::assert::Assert {
     let base = base_of(case);
-    lora_convert()
-        .arg(case_dir(case))
-        .arg("-o")
-        .arg(out)
-        .arg("--base")
-        .arg(base_gguf(&base))
+    convert_on(case_dir(case), out, &base)
         .arg("--outtype")
         .arg(outtype)
         .arg("--verify")
+        .args(extra)
         .assert()
 }
 
@@ -124,15 +129,8 @@ fn truncated_safetensors_is_refused_naming_the_file() {
     )
     .unwrap();
     let out = dir.path().join("out.gguf");
-    let a = lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(&out)
-        .arg("--base")
-        .arg(base_gguf("llama"))
-        .assert()
-        .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let a = convert_on(&adapter, &out, "llama").assert().code(2);
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("adapter_model.safetensors` is not a valid safetensors file"),
         "{stderr}"
@@ -144,17 +142,12 @@ fn truncated_safetensors_is_refused_naming_the_file() {
 fn wrong_base_is_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let a = lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
-        .arg("--base")
-        .arg(base_gguf("qwen2"))
+    let a = convert_on(case_dir("llama"), &out, "qwen2")
         .arg("--arch")
         .arg("llama")
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("architecture mismatch: --arch is `llama` but the base"),
         "{stderr}"
@@ -165,13 +158,10 @@ fn wrong_base_is_refused_before_writing() {
 #[test]
 fn missing_base_says_which_flag_to_add() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
+    let a = convert_cmd(case_dir("llama"), dir.path().join("o.gguf"))
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("`base_model_name_or_path` is `tiny-llama`"),
         "{stderr}"
@@ -183,10 +173,7 @@ fn missing_base_says_which_flag_to_add() {
 fn base_config_works_without_a_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
-    lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(case_dir("llama"), &out)
         .arg("--base-config")
         .arg(base_config("llama"))
         .arg("--outtype")
@@ -242,10 +229,7 @@ fn local_base_model_name_or_path_is_used_when_no_base_flag_is_given() {
         c["base_model_name_or_path"] = base_config("llama").display().to_string().into();
     });
     let out = dir.path().join("o.gguf");
-    lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(&adapter, &out)
         .args(["--outtype", "f32"])
         .assert()
         .success();
@@ -270,10 +254,7 @@ fn base_config_with_bitsandbytes_quantization_and_nested_text_config_works() {
     let nested = serde_json::json!({"architectures": ["LlamaForCausalLM"], "text_config": cfg});
     std::fs::write(base.join("config.json"), nested.to_string()).unwrap();
     let out = dir.path().join("o.gguf");
-    lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(case_dir("llama"), &out)
         .arg("--base-config")
         .arg(&base)
         .args(["--outtype", "f32"])
@@ -289,15 +270,10 @@ fn base_config_with_bitsandbytes_quantization_and_nested_text_config_works() {
 fn rank_that_contradicts_the_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = adapter_copy("llama", dir.path(), |c| c["r"] = 4.into());
-    let a = lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    let a = convert_on(&adapter, dir.path().join("o.gguf"), "llama")
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("the tensors have rank 8 but adapter_config.json gives r = 4"),
         "{stderr}"
@@ -313,15 +289,10 @@ fn invalid_config_json_names_line_and_column() {
         "{\n  \"r\": 8,\n  \"lora_alpha\": \n}",
     )
     .unwrap();
-    let a = lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    let a = convert_on(&adapter, dir.path().join("o.gguf"), "llama")
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("adapter_config.json`:4:1: invalid JSON"),
         "{stderr}"
@@ -375,15 +346,12 @@ fn a_target_whose_shape_differs_in_the_base_is_refused() {
     }
     w.finish().unwrap();
     let out = dir.path().join("o.gguf");
-    let a = lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&out)
+    let a = convert_cmd(case_dir("llama"), &out)
         .arg("--base")
         .arg(&base)
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("module `model.layers.1.self_attn.q_proj` → `blk.1.attn_q.weight`: the adapter implies ne [64, 64]"),
         "{stderr}"
@@ -408,14 +376,12 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
     ] {
         let a = dir.path().join(format!("{case}-gguf.gguf"));
         let b = dir.path().join(format!("{case}-config.gguf"));
-        convert(case, "f32", &a).success();
-        lora_convert()
-            .arg(case_dir(case))
-            .arg("-o")
-            .arg(&b)
+        convert_with(case, "f32", &a, &["--drop-ignored-pairs"]).success();
+        convert_cmd(case_dir(case), &b)
             .arg("--base-config")
             .arg(base_config(&base_of(case)))
             .arg("--verify")
+            .arg("--drop-ignored-pairs")
             .assert()
             .success();
         assert!(
@@ -429,15 +395,12 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
 fn expert_count_mismatch_is_refused_from_base_config_too() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let a = lora_convert()
-        .arg(case_dir("expert-count-mismatch"))
-        .arg("-o")
-        .arg(&out)
+    let a = convert_cmd(case_dir("expert-count-mismatch"), &out)
         .arg("--base-config")
         .arg(base_config("mixtral"))
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains(
             "the LoRA holds 8 experts (lora_A has 32 rows = 8 experts × r 4) but the base"
@@ -448,31 +411,55 @@ fn expert_count_mismatch_is_refused_from_base_config_too() {
 }
 
 /// DeepSeek-V2's MLA attention multiplies attn_q_a, attn_q_b and attn_kv_a_mqa with plain `ggml_mul_mat`
-/// (llama.cpp `src/models/deepseek2.cpp`): a LoRA on them loads but does nothing. `lora-convert` names each such
-/// tensor in a warning, and — the pairs being exact — still writes them next to those llama.cpp applies (o_proj,
-/// the experts' down_proj), exit 0. That the warned tensors really have no effect in llama.cpp, and the others
-/// do, is checked on the logits (convert_logits.rs).
+/// (llama.cpp `src/models/deepseek2.cpp`): a LoRA on them loads but does nothing. By default `lora-convert` refuses
+/// the adapter, naming every such tensor and why (exit 2, nothing written); `--drop-ignored-pairs` writes the pairs
+/// llama.cpp applies (o_proj, the experts' down_proj) with a warning per dropped tensor. That the dropped tensors
+/// really have no effect in llama.cpp, and the others do, is checked on the logits (convert_logits.rs).
 #[test]
-fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
+fn deepseek2_mla_projections_are_refused_by_name_unless_dropped_knowingly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let a = convert("deepseek2-mla", "f32", &out).success();
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
-    let expected: String = [0, 1]
-        .iter()
-        .flat_map(|bid| {
-            [
-                ("attn_kv_a_mqa", "kv_a_proj_with_mqa"),
-                ("attn_q_a", "q_a_proj"),
-                ("attn_q_b", "q_b_proj"),
-            ]
-            .map(|(gguf, hf)| {
-                format!(
-                    "warning: `blk.{bid}.{gguf}.weight` (from `model.layers.{bid}.self_attn.{hf}`): llama.cpp's \
-                     deepseek2 graph does not apply LoRA to this tensor; the pair is written but has no effect at \
-                     run time\n"
-                )
-            })
+    let ignored = |bid: u32| {
+        [
+            ("attn_kv_a_mqa", "kv_a_proj_with_mqa"),
+            ("attn_q_a", "q_a_proj"),
+            ("attn_q_b", "q_b_proj"),
+        ]
+        .map(|(gguf, hf)| {
+            (
+                format!("blk.{bid}.{gguf}.weight"),
+                format!("model.layers.{bid}.self_attn.{hf}"),
+            )
+        })
+    };
+    let refused = convert("deepseek2-mla", "f32", &out).code(2);
+    assert!(!out.exists());
+    let stderr = stderr_of(&refused);
+    let mut named: Vec<String> = stderr.lines().map(String::from).collect();
+    named.sort();
+    let mut expected: Vec<String> = (0..2)
+        .flat_map(ignored)
+        .map(|(gguf, hf)| {
+            format!(
+                "error: module `{hf}` → `{gguf}`: llama.cpp's `deepseek2` graph multiplies this tensor without LoRA \
+                 (ggml_mul_mat, not build_lora_mm, in src/models/), so the pair would load and change nothing — the \
+                 adapter would not behave as trained; retrain without this module, or pass `--drop-ignored-pairs` \
+                 to convert without such pairs knowingly (llama.cpp then computes the adapter minus them)"
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(named, expected);
+
+    let a = convert_with("deepseek2-mla", "f32", &out, &["--drop-ignored-pairs"]).success();
+    let stderr = stderr_of(&a);
+    let expected: String = (0..2)
+        .flat_map(ignored)
+        .map(|(gguf, hf)| {
+            format!(
+                "warning: `{gguf}` (from `{hf}`): llama.cpp's deepseek2 graph does not apply LoRA to this tensor; \
+                 the pair is left out (--drop-ignored-pairs)\n"
+            )
         })
         .collect();
     assert_eq!(stderr, expected);
@@ -494,15 +481,8 @@ fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
                 vec![4, 32, 4],
             ));
         }
-        for (name, n_in, n_out) in [
-            ("attn_kv_a_mqa", 32, 24),
-            ("attn_output", 32, 32),
-            ("attn_q_a", 32, 16),
-            ("attn_q_b", 16, 64),
-        ] {
-            want.push((format!("blk.{bid}.{name}.weight.lora_a"), vec![n_in, 4]));
-            want.push((format!("blk.{bid}.{name}.weight.lora_b"), vec![4, n_out]));
-        }
+        want.push((format!("blk.{bid}.attn_output.weight.lora_a"), vec![32, 4]));
+        want.push((format!("blk.{bid}.attn_output.weight.lora_b"), vec![4, 32]));
     }
     assert_eq!(tensors, want);
 }

@@ -12,14 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 
 /// Run `lora-convert ADAPTER -o OUT --base BASE --verify`.
 fn convert_dir(adapter: &Path, base: &str, out: &Path) -> assert_cmd::assert::Assert {
-    lora_convert()
-        .arg(adapter)
-        .arg("-o")
-        .arg(out)
-        .arg("--base")
-        .arg(base_gguf(base))
-        .arg("--verify")
-        .assert()
+    convert_on(adapter, out, base).arg("--verify").assert()
 }
 
 /// Copy an mlx fixture into `dir/name`, editing its adapter_config.json and its tensors (`edit_tensors` gets every
@@ -69,7 +62,7 @@ fn assert_refused(adapter: &Path, base: &str, want: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
     let a = convert_dir(adapter, base, &out).code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(stderr.starts_with("error: "), "{stderr}");
     for w in want {
         assert!(stderr.contains(w), "expected `{w}` in: {stderr}");
@@ -77,13 +70,6 @@ fn assert_refused(adapter: &Path, base: &str, want: &[&str]) {
     assert!(!out.exists(), "output left behind");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 fn stored(case: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
@@ -419,19 +405,13 @@ fn model_path_is_the_base_when_no_base_flag_is_given() {
         |c| c["model"] = base_config("llama").display().to_string().into(),
         |_| {},
     );
-    lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(dir.path().join("o.gguf"))
+    convert_cmd(&adapter, dir.path().join("o.gguf"))
         .assert()
         .success();
-    let a = lora_convert()
-        .arg(case_dir("mlx-llama"))
-        .arg("-o")
-        .arg(dir.path().join("p.gguf"))
+    let a = convert_cmd(case_dir("mlx-llama"), dir.path().join("p.gguf"))
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("`model` is `models/llama`, which is not a local directory"),
         "{stderr}"

@@ -10,18 +10,6 @@ use crate::common::*;
 use lora_gguf::convert::{self, OutType, manifest};
 use lora_gguf::gguf::GgufFile;
 
-fn stdout_of(a: &assert_cmd::assert::Assert) -> String {
-    String::from_utf8_lossy(&a.get_output().stdout).into_owned()
-}
-
-fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
-    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
-}
-
-fn json_of(a: &assert_cmd::assert::Assert) -> Value {
-    serde_json::from_str(&stdout_of(a)).expect("inspect --json prints JSON")
-}
-
 /// What `lora-convert` plans for fixture `case` on the tiny llama base (the reference the CLI output is checked
 /// against).
 fn prepared_against_llama(case: &str) -> convert::Prepared {
@@ -44,12 +32,7 @@ fn inspect(path: &Path) -> assert_cmd::Command {
 
 /// Convert a case with the CLI, returning the manifest text.
 fn convert_with_manifest(case: &str, out: &Path, manifest: &Path) -> assert_cmd::assert::Assert {
-    lora_convert()
-        .arg(case_dir(case))
-        .arg("-o")
-        .arg(out)
-        .arg("--base")
-        .arg(base_gguf(&base_of(case)))
+    convert_on(case_dir(case), out, &base_of(case))
         .arg("--manifest")
         .arg(manifest)
         .arg("--force")
@@ -94,13 +77,6 @@ fn safetensors_of(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)
                 ),
             )
         })
-        .collect()
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
 
@@ -513,12 +489,7 @@ fn inspect_names_every_stack_with_the_wrong_expert_count() {
         .assert()
         .code(2);
     let j = json_of(&a);
-    let subjects: Vec<&str> = j["refusals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["subject"].as_str().unwrap())
-        .collect();
+    let subjects = subjects(&j["refusals"]);
     assert_eq!(
         subjects,
         [
@@ -603,12 +574,7 @@ fn inspect_lists_every_refusal_not_just_the_first() {
     let j = json_of(&a);
     assert_eq!(j["convertible"], false);
     assert_eq!(j["fits"], Value::Null);
-    let subjects: Vec<&str> = j["refusals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["subject"].as_str().unwrap())
-        .collect();
+    let subjects = subjects(&j["refusals"]);
     assert_eq!(
         subjects,
         ["use_dora", "lora_bias", "modules_to_save", "(base)"],
@@ -832,6 +798,7 @@ fn manifest_matches_the_plan_field_by_field() {
             assert_eq!(se["peft_scaling"].as_f64(), Some(s.peft_scaling));
             assert_eq!(se["fold"].as_f64(), Some(f64::from(s.fold as f32)));
             assert_eq!(se["rows"], manifest::rows_name(s.rows).as_str());
+            assert_eq!(se["cols"], manifest::rows_name(s.cols).as_str());
             let effective = se["effective_factor"].as_f64().unwrap();
             assert!(
                 (effective - s.peft_scaling).abs() <= 1e-6 * s.peft_scaling,
@@ -872,10 +839,7 @@ fn manifest_shows_fused_splits_and_skipped_base_layer_copies() {
     let (out, mpath) = (dir.path().join("o.gguf"), dir.path().join("m.json"));
     // InternLM2's fused wqkv becomes three GGUF tensors: one lora_A goes to three places, lora_B is split.
     let adapter = internlm2_wqkv_adapter(dir.path());
-    lora_convert()
-        .arg(&adapter)
-        .arg("-o")
-        .arg(&out)
+    convert_cmd(&adapter, &out)
         .arg("--base-config")
         .arg(&adapter)
         .arg("--manifest")
@@ -1024,12 +988,7 @@ fn manifest_is_written_on_refusal_with_every_reason() {
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
     assert_eq!(m["status"], "refused");
     assert_eq!(m["output"], Value::Null);
-    let subjects: Vec<&str> = m["refusals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["subject"].as_str().unwrap())
-        .collect();
+    let subjects = subjects(&m["refusals"]);
     assert_eq!(
         subjects,
         [
@@ -1058,10 +1017,7 @@ fn manifest_is_written_on_refusal_with_every_reason() {
     assert_eq!(m["pairs"].as_array().unwrap().len(), 4);
 
     // Unreadable input: status `error`, the reason, exit 2.
-    let a = lora_convert()
-        .arg(dir.path().join("missing"))
-        .arg("-o")
-        .arg(&out)
+    let a = convert_cmd(dir.path().join("missing"), &out)
         .arg("--manifest")
         .arg(&mpath)
         .assert()

@@ -229,29 +229,45 @@ fn self_test_turns_each_sabotage_red_and_keeps_the_good_adapter_green() {
     assert!((1.8..2.3).contains(&ratio), "{ratio}");
 }
 
-/// The recorder, run here with torch (venv and float model cached outside the clone by the tools/ scripts),
-/// reproduces the committed pack's first prompt, and its pack passes in llama.cpp.
+/// The recorder, run here with torch on CPU (venv and float model cached outside the clone by the tools/ scripts),
+/// reproduces the committed pack's first prompt, and its pack passes in llama.cpp. Without the recorder venv
+/// (tools/setup-recorder-venv.sh) it says so and stops, unless LORA_GGUF_REQUIRE_RECORDER is set (CI sets it and
+/// the venv up): the committed packs keep every other test here running without torch.
 #[test]
 fn recorder_reproduces_the_committed_pack_and_its_pack_passes() {
-    let tool = |script: &str| -> PathBuf {
+    let tool = |script: &str, args: &[&str]| -> Option<PathBuf> {
         let out = std::process::Command::new(root().join("tools").join(script))
+            .args(args)
             .output()
             .unwrap_or_else(|e| panic!("running tools/{script}: {e}"));
-        assert!(
-            out.status.success(),
-            "tools/{script}:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim(),
-        )
+        out.status.success().then(|| {
+            PathBuf::from(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim(),
+            )
+        })
     };
-    let python = tool("setup-recorder-venv.sh");
-    let float_model = tool("fetch-float-test-model.sh");
+    let required = std::env::var_os("LORA_GGUF_REQUIRE_RECORDER").is_some();
+    let Some(python) = tool("setup-recorder-venv.sh", &["--check"]).or_else(|| {
+        required
+            .then(|| tool("setup-recorder-venv.sh", &[]))
+            .flatten()
+    }) else {
+        assert!(
+            !required,
+            "LORA_GGUF_REQUIRE_RECORDER is set but tools/setup-recorder-venv.sh failed"
+        );
+        eprintln!(
+            "SKIPPED recorder_reproduces_the_committed_pack_and_its_pack_passes: no recorder venv (torch); run \
+             tools/setup-recorder-venv.sh to record a pack here (the tests on the committed packs need no torch)."
+        );
+        return;
+    };
+    let float_model =
+        tool("fetch-float-test-model.sh", &[]).expect("tools/fetch-float-test-model.sh failed");
     let dir = tempfile::tempdir().unwrap();
     let prompts = dir.path().join("one.jsonl");
     let first = std::fs::read_to_string(pack("reference-prompts.jsonl")).unwrap();

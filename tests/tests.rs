@@ -14,8 +14,14 @@ mod convert_mlx;
 // Adapters from torchtune, Unsloth, axolotl and LLaMA-Factory: exact conversion or a refusal that says what to do.
 mod trainers_cli;
 
+// An adapter whose base_model_name_or_path names another model family than the base GGUF: refused, or overridden.
+mod base_family_cli;
+
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
+
+// The support table (per architecture and feature: verified / mapped / refused) in the README and in `inspect`.
+mod support_table;
 
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
@@ -29,3 +35,13 @@ mod validate_e2e;
 // the recorder itself (torch, in a venv cached outside the clone).
 #[cfg(feature = "validate")]
 mod reference_e2e;
+
+// An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
+#[cfg(feature = "validate")]
+mod validate_partial;
+// `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
+#[cfg(feature = "validate")]
+mod merge_logits;
+// `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
+#[cfg(feature = "validate")]
+mod merge_gemma;

@@ -7,10 +7,6 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use lora_gguf::gguf::GgufFile;
 
-fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
-    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
-}
-
 fn convert_against(case: &str, base: &Path, out: &Path) -> assert_cmd::Command {
     let mut c = lora_convert();
     c.arg(case_dir(case))
@@ -92,10 +88,7 @@ fn torchtune_export_converts_with_its_permutation_undone_as_llama_needs() {
 #[test]
 fn torchtune_without_a_base_points_at_the_config_it_copied() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lora_convert()
-        .arg(case_dir("torchtune-llama"))
-        .arg("-o")
-        .arg(dir.path().join("x.gguf"))
+    let a = convert_cmd(case_dir("torchtune-llama"), dir.path().join("x.gguf"))
         .assert()
         .code(2);
     let stderr = stderr_of(&a);
@@ -107,10 +100,7 @@ fn torchtune_without_a_base_points_at_the_config_it_copied() {
     );
     // Following the hint works, and gives the same tensors as the GGUF base.
     let via_config = dir.path().join("config.gguf");
-    lora_convert()
-        .arg(case_dir("torchtune-llama"))
-        .arg("-o")
-        .arg(&via_config)
+    convert_cmd(case_dir("torchtune-llama"), &via_config)
         .arg("--base-config")
         .arg(case_dir("torchtune-llama"))
         .assert()
@@ -184,10 +174,7 @@ fn torchtune_qwen2_is_refused_until_the_user_says_how_to_read_it() {
 #[test]
 fn unsloth_bnb_base_name_gets_a_specific_explanation() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lora_convert()
-        .arg(case_dir("unsloth-llama"))
-        .arg("-o")
-        .arg(dir.path().join("u.gguf"))
+    let a = convert_cmd(case_dir("unsloth-llama"), dir.path().join("u.gguf"))
         .assert()
         .code(2);
     let stderr = stderr_of(&a);
@@ -229,10 +216,7 @@ fn added_tokens_are_refused_with_what_to_do() {
     }
     assert!(!out.exists());
     // Without a base the vocabulary cannot be compared; modules_to_save is refused with the trainers' names.
-    let a = lora_convert()
-        .arg(case_dir("axolotl-added-tokens"))
-        .arg("-o")
-        .arg(&out)
+    let a = convert_cmd(case_dir("axolotl-added-tokens"), &out)
         .assert()
         .code(2);
     let stderr = stderr_of(&a);
@@ -314,14 +298,7 @@ fn default_adapter_names_and_base_layer_copies_convert_to_the_same_bytes() {
         )],
     );
     let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
-    lora_convert()
-        .arg(&raw)
-        .arg("-o")
-        .arg(&a)
-        .arg("--base")
-        .arg(base_gguf("llama"))
-        .assert()
-        .success();
+    convert_on(&raw, &a, "llama").assert().success();
     convert_against("llama", &base_gguf("llama"), &b)
         .assert()
         .success();
@@ -345,12 +322,7 @@ fn torchtune_dora_export_is_refused_by_its_tensors() {
             vec![64],
         )],
     );
-    let a = lora_convert()
-        .arg(&dora)
-        .arg("-o")
-        .arg(dir.path().join("d.gguf"))
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    let a = convert_on(&dora, dir.path().join("d.gguf"), "llama")
         .assert()
         .code(2);
     let stderr = stderr_of(&a);

@@ -13,10 +13,7 @@ fn converted() -> PathBuf {
     OUT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("gemma-lora.gguf");
-        lora_convert()
-            .arg(root().join("fixtures/gemma-lora/adapter"))
-            .arg("-o")
-            .arg(&out)
+        convert_cmd(root().join("fixtures/gemma-lora/adapter"), &out)
             .arg("--base")
             .arg(test_model())
             .arg("--verify")
@@ -165,12 +162,7 @@ fn adapter_with_zero_b_fails_no_effect() {
 fn adapter_for_another_model_is_refused_before_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let tiny = dir.path().join("llama.gguf");
-    lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&tiny)
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    convert_on(case_dir("llama"), &tiny, "llama")
         .assert()
         .success();
     let (code, _, stderr) = validate(tiny.to_str().unwrap(), &[]);
@@ -195,7 +187,7 @@ fn malformed_prompts_exit_2_with_the_line() {
         .arg(&bad)
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(stderr.contains("bad.jsonl:2: missing `prompt`"), "{stderr}");
 }
 
@@ -212,12 +204,7 @@ fn a_base_llama_cpp_cannot_load_exits_3() {
         |_, _| {},
     );
     let adapter = dir.path().join("a.gguf");
-    lora_convert()
-        .arg(case_dir("llama"))
-        .arg("-o")
-        .arg(&adapter)
-        .arg("--base")
-        .arg(base_gguf("llama"))
+    convert_on(case_dir("llama"), &adapter, "llama")
         .assert()
         .success();
     let a = lora_validate()
@@ -229,7 +216,7 @@ fn a_base_llama_cpp_cannot_load_exits_3() {
         .arg(root().join("golden-prompts/control.jsonl"))
         .assert()
         .code(3);
-    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let stderr = stderr_of(&a);
     assert!(
         stderr.contains("llama.cpp could not load the model"),
         "{stderr}"

@@ -4,7 +4,8 @@
 # a venv whose pins are installed is reused, so CI pays the download (several GB: torch from PyPI brings its CUDA
 # wheels) once per cache.
 #
-#   tools/setup-recorder-venv.sh     # → ${LORA_GGUF_CACHE:-~/.cache/lora-gguf}/recorder-venv/bin/python
+#   tools/setup-recorder-venv.sh          # → ${LORA_GGUF_CACHE:-~/.cache/lora-gguf}/recorder-venv/bin/python
+#   tools/setup-recorder-venv.sh --check  # the same python if it is set up already, else exit 1 (installs nothing)
 #
 # LORA_GGUF_RECORDER_PYTHON=/path/to/python skips all of this and uses that interpreter (it must have the pins).
 set -euo pipefail
@@ -34,6 +35,10 @@ for candidate in "$venv/bin/python" "$cache/fx-venv/bin/python"; do
     exit 0
   fi
 done
+if [ "${1:-}" = "--check" ]; then
+  echo "no recorder venv with the pins of python/requirements-test.txt in $cache (tools/setup-recorder-venv.sh makes it)" >&2
+  exit 1
+fi
 python="${PYTHON:-python3}"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv" >&2
 "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >&2

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::json_fields::Fields;
+
 /// The base model's shape as far as conversion needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Geometry {
@@ -33,6 +35,8 @@ pub struct Geometry {
     pub n_ff_exp: Option<u64>,
     /// `tie_word_embeddings`.
     pub tie_word_embeddings: Option<bool>,
+    /// The Gated DeltaNet heads of a hybrid model (`linear_num_key_heads` …).
+    pub delta_net: Option<crate::convert::factor::DeltaNetHeads>,
 }
 
 /// Why a config could not be read.
@@ -94,8 +98,8 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
         column,
         message,
     };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| json_err(e.line(), e.column(), e.to_string()))?;
+    let value =
+        crate::json_fields::parse(text).map_err(|e| json_err(e.line, e.column, e.message))?;
     let Value::Object(mut top) = value else {
         return Err(json_err(1, 1, "expected a JSON object".into()));
     };
@@ -129,17 +133,21 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
             hp.insert(k.clone(), v.clone());
         }
     }
-    let r = Reader { path, map: &hp };
+    let r = Fields::new(path, &hp, |path, key, message| GeometryError::Field {
+        path: path.to_path_buf(),
+        key,
+        message,
+    });
     let gguf_arch = hf_architecture
         .as_deref()
         .and_then(super::gguf_arch_for_hf)
         .map(String::from);
-    let n_head = r.u32(&["num_attention_heads", "n_head", "num_heads", "n_heads"])?;
+    let n_head = r.first_u32(&["num_attention_heads", "n_head", "num_heads", "n_heads"])?;
     let n_head_kv = if gguf_arch.as_deref() == Some("falcon") {
         // conversion/falcon.py: find_hparam(["num_kv_heads", "n_head_kv"]) or 1.
-        Some(r.u32(&["num_kv_heads", "n_head_kv"])?.unwrap_or(1))
+        Some(r.first_u32(&["num_kv_heads", "n_head_kv"])?.unwrap_or(1))
     } else {
-        r.u32(&[
+        r.first_u32(&[
             "num_key_value_heads",
             "n_kv_heads",
             "num_kv_heads",
@@ -148,70 +156,45 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
         .or(n_head)
     };
     // The tie flag may sit at the top level of a multimodal config (Gemma 3) or in its text config.
-    let tie_word_embeddings = match hp.get("tie_word_embeddings") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            return Err(r.field(
-                "tie_word_embeddings",
-                format!("expected true or false, found {other}"),
-            ));
-        }
-    };
+    let tie_word_embeddings = r.boolean("tie_word_embeddings")?;
     Ok(Geometry {
         hf_architecture,
         gguf_arch,
-        n_layer: r.u32(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"])?,
+        n_layer: r.first_u32(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"])?,
         n_embd: r
-            .u32(&["hidden_size", "n_embd", "d_model", "n_embed"])?
+            .first_u32(&["hidden_size", "n_embd", "d_model", "n_embed"])?
             .map(u64::from),
         n_head,
         n_head_kv,
-        head_dim: r.u32(&["head_dim"])?,
-        n_vocab: r.u32(&["vocab_size", "padded_vocab_size"])?.map(u64::from),
-        n_expert: r.u32(&[
+        head_dim: r.first_u32(&["head_dim"])?,
+        n_vocab: r
+            .first_u32(&["vocab_size", "padded_vocab_size"])?
+            .map(u64::from),
+        n_expert: r.first_u32(&[
             "num_local_experts",
             "num_experts",
             "n_routed_experts",
             "moe_num_experts",
         ])?,
         n_ff_exp: r
-            .u32(&["moe_intermediate_size", "intermediate_size"])?
+            .first_u32(&["moe_intermediate_size", "intermediate_size"])?
             .map(u64::from),
         tie_word_embeddings,
-    })
-}
-
-struct Reader<'a> {
-    path: &'a Path,
-    map: &'a Map<String, Value>,
-}
-
-impl Reader<'_> {
-    fn field(&self, key: &str, message: String) -> GeometryError {
-        GeometryError::Field {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        }
-    }
-
-    /// The first of `keys` present and non-null, as a u32.
-    fn u32(&self, keys: &[&str]) -> Result<Option<u32>, GeometryError> {
-        for key in keys {
-            match self.map.get(*key) {
-                None | Some(Value::Null) => continue,
-                Some(v) => {
-                    return v
-                        .as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .map(Some)
-                        .ok_or_else(|| {
-                            self.field(key, format!("expected a non-negative integer, found {v}"))
-                        });
-                }
+        delta_net: match (
+            r.first_u32(&["linear_num_key_heads"])?,
+            r.first_u32(&["linear_num_value_heads"])?,
+            r.first_u32(&["linear_key_head_dim"])?,
+            r.first_u32(&["linear_value_head_dim"])?,
+        ) {
+            (Some(k_heads), Some(v_heads), Some(k_head_dim), Some(v_head_dim)) => {
+                Some(crate::convert::factor::DeltaNetHeads {
+                    k_heads,
+                    v_heads,
+                    k_head_dim,
+                    v_head_dim,
+                })
             }
-        }
-        Ok(None)
-    }
+            _ => None,
+        },
+    })
 }

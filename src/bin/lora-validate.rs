@@ -3,14 +3,15 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, ValueEnum};
-use lora_gguf::gguf::GgufFile;
-use lora_gguf::report::{self, Format, ReportMeta};
-use lora_gguf::validate::engine::{Engine, EngineConfig, Progress};
-use lora_gguf::validate::gate::{self, Limits};
-use lora_gguf::validate::golden::{self, GoldenSet};
-use lora_gguf::validate::precheck;
+use lora_gguf::exit::ExitStatus;
+use lora_gguf::reference::verdict::ReferenceLimits;
+use lora_gguf::report::{self, Format};
+use lora_gguf::validate::gate::Limits;
+use lora_gguf::validate::{self, EngineConfig, Outcome, Progress, ReferenceRequest, Request};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -134,32 +135,17 @@ enum FormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(passed) => ExitCode::from(if passed { 0 } else { 1 }),
-        Err((code, message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(code)
+        Ok(status) => status.into(),
+        Err(err) => {
+            eprintln!("error: {err}");
+            err.exit_status().into()
         }
     }
 }
 
-fn parse_adapter(spec: &str) -> Result<(PathBuf, f32), String> {
-    // Split on the last ':' only when what follows is a number, so `C:\x.gguf` and `a:b.gguf` stay paths.
-    if let Some((path, scale)) = spec.rsplit_once(':')
-        && let Ok(s) = scale.parse::<f32>()
-    {
-        if !s.is_finite() {
-            return Err(format!(
-                "adapter `{spec}`: scale {scale} is not a finite number"
-            ));
-        }
-        return Ok((PathBuf::from(path), s));
-    }
-    Ok((PathBuf::from(spec), 1.0))
-}
-
-fn limits(cli: &Cli) -> Result<Limits, String> {
+fn limits(cli: &Cli) -> Result<Limits, validate::Error> {
     let mut l = match &cli.limits {
-        Some(p) => Limits::from_json_file(p).map_err(|e| e.to_string())?,
+        Some(p) => Limits::from_json_file(p)?,
         None => Limits::default(),
     };
     if let Some(x) = cli.max_control_kl_mean {
@@ -180,59 +166,43 @@ fn limits(cli: &Cli) -> Result<Limits, String> {
     Ok(l)
 }
 
-fn run(cli: &Cli) -> Result<bool, (u8, String)> {
-    let bad = |m: String| (2u8, m);
-    let adapters: Vec<(PathBuf, f32)> = cli
+fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
+    // First, so that a Ctrl-C at any point of the run is caught.
+    let interrupt = interrupt_flag();
+    let adapters = cli
         .adapters
         .iter()
-        .map(|s| parse_adapter(s))
-        .collect::<Result<_, _>>()
-        .map_err(bad)?;
-    if cli.scales.is_empty() || cli.scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
-        return Err(bad(format!(
-            "--scales {:?}: give non-negative numbers, e.g. 0,0.5,1",
-            cli.scales
-        )));
-    }
-    if let Some(pack) = &cli.reference {
-        return run_reference(cli, pack, &adapters);
-    }
-    let limits = limits(cli).map_err(bad)?;
-    let set: GoldenSet = if cli.prompts.is_empty() {
-        golden::builtin_control_set().map_err(|e| bad(e.to_string()))?
-    } else {
-        golden::load_golden(&cli.prompts).map_err(|e| bad(e.to_string()))?
+        .map(|s| validate::parse_adapter(s))
+        .collect::<Result<_, _>>()?;
+    validate::check_scales(&cli.scales)?;
+    let request = Request {
+        base: cli.base.clone(),
+        adapters,
+        prompts: cli.prompts.clone(),
+        scales: cli.scales.clone(),
+        limits: limits(cli)?,
+        engine: EngineConfig {
+            n_ctx: cli.ctx,
+            n_batch: cli.batch,
+            threads: cli.threads.unwrap_or(EngineConfig::default().threads),
+            max_tokens: cli.max_tokens,
+            verbose: cli.verbose,
+            sequential: cli.sequential,
+            interrupt: Some(interrupt),
+            ..EngineConfig::default()
+        },
+        reference: cli.reference.as_ref().map(|pack| ReferenceRequest {
+            pack: pack.clone(),
+            limits: ReferenceLimits {
+                base_max_kl_mean: cli.max_base_kl,
+                adapter_kl_factor: cli.adapter_kl_factor,
+                adapter_kl_margin: cli.adapter_kl_margin,
+                effect_max_ratio: cli.max_effect_ratio,
+                ..ReferenceLimits::default()
+            },
+            self_test: cli.self_test,
+        }),
     };
-
-    // Check every adapter against the base with our own reader first: llama.cpp aborts on some mismatches.
-    let base = GgufFile::open(&cli.base).map_err(|e| bad(e.to_string()))?;
-    for (path, _) in &adapters {
-        let adapter = GgufFile::open(path).map_err(|e| bad(e.to_string()))?;
-        if let Err(problems) = precheck::check_adapter(&base, &adapter) {
-            let list: Vec<String> = problems.iter().take(10).map(|p| format!("  {p}")).collect();
-            return Err(bad(format!(
-                "`{}` does not fit the base `{}` ({} problem(s)):\n{}",
-                path.display(),
-                cli.base.display(),
-                problems.len(),
-                list.join("\n")
-            )));
-        }
-    }
-
-    let cfg = EngineConfig {
-        n_ctx: cli.ctx,
-        n_batch: cli.batch,
-        threads: cli.threads.unwrap_or(EngineConfig::default().threads),
-        max_tokens: cli.max_tokens,
-        verbose: cli.verbose,
-        sequential: cli.sequential,
-        ..EngineConfig::default()
-    };
-    let engine_err = |e: lora_gguf::validate::engine::EngineError| {
-        (if e.is_input_error() { 2 } else { 3 }, e.to_string())
-    };
-    let mut engine = Engine::load(&cli.base, &adapters, cfg).map_err(engine_err)?;
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
         if tty {
@@ -256,159 +226,73 @@ fn run(cli: &Cli) -> Result<bool, (u8, String)> {
             );
         }
     };
-    let measured = engine
-        .run(&set.prompts, &cli.scales, &mut progress)
-        .map_err(engine_err)?;
+    let outcome = validate::run(&request, &mut progress)?;
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let verdict = gate::judge(&set, &measured, &limits);
-    let meta = ReportMeta {
-        base: cli.base.display().to_string(),
-        adapters: adapters
-            .iter()
-            .map(|(p, s)| (p.display().to_string(), *s))
-            .collect(),
-        tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
-    };
     let format = match cli.format {
         FormatArg::Text => Format::Text,
         FormatArg::Json => Format::Json,
         FormatArg::Junit => Format::Junit,
         FormatArg::Markdown => Format::Markdown,
     };
+    let text = |color: bool| match &outcome {
+        Outcome::Golden(g) => {
+            report::render(format, &g.set, &g.measured, &g.verdict, &g.meta, color)
+        }
+        Outcome::Reference(r) => r.render(format),
+        Outcome::SelfTest(t) => t.render(format),
+    };
+    let (passed, failures, diagnoses) = match &outcome {
+        Outcome::Golden(g) => (g.verdict.passed, g.verdict.failures.len(), &[][..]),
+        Outcome::Reference(r) => (
+            r.verdict.passed,
+            r.verdict.failures.len(),
+            &r.verdict.diagnoses[..],
+        ),
+        Outcome::SelfTest(t) => (
+            t.passed(),
+            t.cases.iter().filter(|c| !c.ok).count(),
+            &[][..],
+        ),
+    };
     match &cli.output {
         Some(path) => {
-            let text = report::render(format, &set, &measured, &verdict, &meta, false);
-            std::fs::write(path, text)
-                .map_err(|e| bad(format!("writing `{}`: {e}", path.display())))?;
+            std::fs::write(path, text(false)).map_err(|e| {
+                validate::Error::Usage(format!("writing `{}`: {e}", path.display()))
+            })?;
             println!(
-                "{}: {} failure(s); report in {}",
-                if verdict.passed { "PASS" } else { "FAIL" },
-                verdict.failures.len(),
+                "{}: {failures} failure(s); report in {}",
+                if passed { "PASS" } else { "FAIL" },
                 path.display()
             );
-        }
-        None => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!(
-                "{}",
-                report::render(format, &set, &measured, &verdict, &meta, color)
-            );
-        }
-    }
-    Ok(verdict.passed)
-}
-
-/// `--reference`: training parity against a pack (src/reference).
-fn run_reference(
-    cli: &Cli,
-    pack_dir: &std::path::Path,
-    adapters: &[(PathBuf, f32)],
-) -> Result<bool, (u8, String)> {
-    use lora_gguf::reference::{self, report as rref, verdict};
-    let bad = |m: String| (2u8, m);
-    if adapters.len() != 1 || adapters[0].1 != 1.0 {
-        return Err(bad(
-            "--reference compares one adapter at its trained scale: give one --adapter A.gguf without :SCALE".into(),
-        ));
-    }
-    let pack = reference::ReferencePack::open(pack_dir).map_err(|e| bad(e.to_string()))?;
-    let base = GgufFile::open(&cli.base).map_err(|e| bad(e.to_string()))?;
-    let adapter = GgufFile::open(&adapters[0].0).map_err(|e| bad(e.to_string()))?;
-    if let Err(problems) = precheck::check_adapter(&base, &adapter) {
-        let list: Vec<String> = problems.iter().take(10).map(|p| format!("  {p}")).collect();
-        return Err(bad(format!(
-            "`{}` does not fit the base `{}`:\n{}",
-            adapters[0].0.display(),
-            cli.base.display(),
-            list.join("\n")
-        )));
-    }
-    let limits = verdict::ReferenceLimits {
-        base_max_kl_mean: cli.max_base_kl,
-        adapter_kl_factor: cli.adapter_kl_factor,
-        adapter_kl_margin: cli.adapter_kl_margin,
-        effect_max_ratio: cli.max_effect_ratio,
-        ..verdict::ReferenceLimits::default()
-    };
-    let warnings = reference::check::pack_against_base(&pack, &base);
-    let bos = base
-        .get_u64("tokenizer.ggml.bos_token_id")
-        .and_then(|b| i32::try_from(b).ok());
-    let cfg = EngineConfig {
-        threads: cli.threads.unwrap_or(EngineConfig::default().threads),
-        n_batch: cli.batch,
-        verbose: cli.verbose,
-        ..EngineConfig::default()
-    };
-    let engine_err = |e: lora_gguf::validate::engine::EngineError| {
-        (if e.is_input_error() { 2 } else { 3 }, e.to_string())
-    };
-    if cli.self_test {
-        let tty = std::io::stderr().is_terminal();
-        let cases = reference::selftest::run(
-            &cli.base,
-            &base,
-            &adapters[0].0,
-            &pack,
-            &cfg,
-            &limits,
-            bos,
-            &mut |name| {
-                if tty {
-                    eprint!("\r\x1b[2Kself-test: {name}");
-                }
-            },
-        )
-        .map_err(|e| match e {
-            reference::selftest::SelfTestError::Engine(e) => engine_err(e),
-            e => (2, e.to_string()),
-        })?;
-        if tty {
-            eprint!("\r\x1b[2K");
-        }
-        let text = match cli.format {
-            FormatArg::Json => serde_json::to_string_pretty(&cases).unwrap_or_default() + "\n",
-            _ => reference::selftest::render(&cases),
-        };
-        match &cli.output {
-            Some(path) => std::fs::write(path, text)
-                .map_err(|e| bad(format!("writing `{}`: {e}", path.display())))?,
-            None => print!("{text}"),
-        }
-        return Ok(cases.iter().all(|c| c.ok));
-    }
-    let mut engine = Engine::load(&cli.base, adapters, cfg).map_err(engine_err)?;
-    let run = reference::run::measure(&mut engine, &pack, bos, warnings).map_err(engine_err)?;
-    let v = verdict::judge(&run, &limits, Some(pack.adapter.r));
-    let meta = rref::Meta {
-        base: cli.base.display().to_string(),
-        adapter: adapters[0].0.display().to_string(),
-        tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
-    };
-    let format = match cli.format {
-        FormatArg::Text => rref::Format::Text,
-        FormatArg::Json => rref::Format::Json,
-        FormatArg::Junit => rref::Format::Junit,
-        FormatArg::Markdown => rref::Format::Markdown,
-    };
-    let text = rref::render(format, &pack, &run, &v, &meta);
-    match &cli.output {
-        Some(path) => {
-            std::fs::write(path, text)
-                .map_err(|e| bad(format!("writing `{}`: {e}", path.display())))?;
-            println!(
-                "{}: {} failure(s); report in {}",
-                if v.passed { "PASS" } else { "FAIL" },
-                v.failures.len(),
-                path.display()
-            );
-            for d in &v.diagnoses {
+            for d in diagnoses {
                 println!("  {d}");
             }
         }
-        None => print!("{text}"),
+        None => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            print!("{}", text(color));
+        }
     }
-    Ok(v.passed)
+    Ok(outcome.exit_status())
+}
+
+/// A flag Ctrl-C sets: the engine stops after the step in progress and the report of what finished is written.
+/// A second Ctrl-C ends the process at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
+    let installed = ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(ExitStatus::Interrupted as u8));
+        }
+        eprintln!(
+            "\ninterrupted: finishing the step in progress, then writing the report of what finished"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end the run without a report ({e})");
+    }
+    flag
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::base::BaseError;
 use super::factor::RowsMismatch;
-use crate::{arch, gguf, peft};
+use crate::{adapter, arch, gguf, peft};
 
 /// Why a conversion was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -13,10 +13,7 @@ use crate::{arch, gguf, peft};
 pub enum ConvertError {
     /// The adapter directory could not be read, or uses something a GGUF LoRA cannot express.
     #[error(transparent)]
-    Adapter(#[from] peft::Error),
-    /// The mlx-lm adapter directory could not be read, or uses something a GGUF LoRA cannot express.
-    #[error(transparent)]
-    MlxAdapter(#[from] crate::mlx::Error),
+    Adapter(#[from] adapter::Error),
     /// The base model description could not be read.
     #[error(transparent)]
     Base(#[from] BaseError),
@@ -50,6 +47,17 @@ pub enum ConvertError {
         /// The other side, described.
         right: String,
     },
+    /// `base_model_name_or_path` names another model family than the base GGUF.
+    #[error(
+        "the adapter was trained on `{}` ({}) but the base is {} ({}): the shapes may fit, the weights are another \
+         model's — convert against the base it was trained on, or pass --allow-other-base-family if its \
+         base_model_name_or_path is wrong",
+        .0.adapter_base,
+        .0.adapter_families.join(", "),
+        .0.base,
+        .0.base_families.join(", ")
+    )]
+    BaseFamily(super::base_family::FamilyMismatch),
     /// A PEFT module has no GGUF counterpart.
     #[error("module `{module}`: {source}")]
     Map {
@@ -204,6 +212,55 @@ pub enum ConvertError {
         /// The ranks found.
         ranks: String,
     },
+    /// llama.cpp multiplies this target's base output by a scale from the base (`….scale`) but not its LoRA term,
+    /// and the scale cannot be read (a config-only base, or an NVFP4 weight whose scale also holds its
+    /// quantization's).
+    #[error(
+        "module `{module}` → `{target}`: llama.cpp multiplies this tensor's base output by `{scale}` but not its \
+         LoRA term, while PyTorch scales both, so the scale must be folded into lora_b — {why}"
+    )]
+    BaseScale {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The scale tensor.
+        scale: String,
+        /// Why it cannot be read, and what to do.
+        why: String,
+    },
+    /// A LoRA for one part of a split the base stores fused (gate or up experts on a `--fuse-gate-up-exps` base).
+    #[error(
+        "module `{module}` → `{target}`: the base {base} stores the gate and up experts fused as `{fused}` \
+         (convert_hf_to_gguf.py --fuse-gate-up-exps), and a LoRA for gate or up alone cannot be expressed on it \
+         without combining both into one pair of twice the rank, which lora-convert does not do yet; convert the \
+         base without --fuse-gate-up-exps, or train the experts with target_parameters on the fused gate_up_proj"
+    )]
+    FusedInBase {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target (the part).
+        target: String,
+        /// The fused tensor the base has.
+        fused: String,
+        /// The base.
+        base: String,
+    },
+    /// llama.cpp's graph multiplies the target without LoRA: the pair would load and do nothing.
+    #[error(
+        "module `{module}` → `{target}`: llama.cpp's `{arch}` graph multiplies this tensor without LoRA \
+         (ggml_mul_mat, not build_lora_mm, in src/models/), so the pair would load and change nothing — the \
+         adapter would not behave as trained; retrain without this module, or pass `--drop-ignored-pairs` to \
+         convert without such pairs knowingly (llama.cpp then computes the adapter minus them)"
+    )]
+    NoEffect {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The GGUF architecture.
+        arch: &'static str,
+    },
     /// Two PEFT modules map to the same GGUF tensor.
     #[error(
         "modules `{first}` and `{second}` both map to `{target}`; a GGUF adapter holds one pair per tensor"
@@ -244,28 +301,6 @@ pub enum ConvertError {
         module: String,
         /// Why we think torchtune wrote it.
         evidence: String,
-    },
-    /// The adapter was trained with added tokens: its embedding / output head have more rows than the base.
-    #[error(
-        "`{key}` has {rows} vocabulary rows but the base {base} has {base_vocab}: the vocabulary was grown by \
-         {added} rows for added tokens (chat or special tokens; trainers pad the new size to a multiple of 32 or \
-         64), so this adapter needs a base that has them. A GGUF LoRA \
-         cannot add tokens or replace full tensors, so the base GGUF itself must be re-made: merge the adapter with \
-         its resized embeddings into the base (`PeftModel.from_pretrained(base_with_resized_vocab, DIR)\
-         .merge_and_unload()`, saved with the trainer's tokenizer) and convert that model with \
-         convert_hf_to_gguf.py — or retrain without new tokens"
-    )]
-    ResizedVocabulary {
-        /// The full-weight key.
-        key: String,
-        /// Its vocabulary rows.
-        rows: u64,
-        /// The base description.
-        base: String,
-        /// The base's vocabulary.
-        base_vocab: u64,
-        /// rows − base_vocab.
-        added: u64,
     },
     /// The adapter has no LoRA pairs at all.
     #[error("`{dir}` holds no LoRA pairs: nothing to convert")]
@@ -344,9 +379,8 @@ impl ConvertError {
         use ConvertError as C;
         let path = |p: &std::path::Path| p.display().to_string();
         match self {
-            C::Adapter(e) => peft_subject(e),
-            C::MlxAdapter(e) => mlx_subject(e),
-            C::Base(_) | C::NoBase { .. } => "(base)".into(),
+            C::Adapter(e) => e.subject(),
+            C::Base(_) | C::NoBase { .. } | C::BaseFamily(_) => "(base)".into(),
             C::UnknownArchitecture { .. } | C::ArchMismatch { .. } => "(architecture)".into(),
             C::Map { module, .. }
             | C::Rows { module, .. }
@@ -357,49 +391,20 @@ impl ConvertError {
             | C::ExpertCount { module, .. }
             | C::KindMismatch { module, .. }
             | C::ExpertStack { module, .. }
+            | C::BaseScale { module, .. }
+            | C::FusedInBase { module, .. }
+            | C::NoEffect { module, .. }
             | C::TorchtuneQwen2 { module, .. } => module.clone(),
             C::ParameterShape { saved_as, .. } | C::ParameterAmbiguous { saved_as, .. } => {
                 peft::tensors::strip_base_layers(saved_as)
             }
             C::DuplicateTarget { second, .. } => second.clone(),
             C::ExpertRanks { target, .. } | C::Verify { target, .. } => target.clone(),
-            C::ResizedVocabulary { key, .. } => key.clone(),
             C::Empty { dir } => path(dir),
             C::OutputExists { path: p } | C::Io { path: p, .. } | C::Write { path: p, .. } => {
                 path(p)
             }
             C::Gguf(_) => "(gguf)".into(),
         }
-    }
-}
-
-fn mlx_subject(e: &crate::mlx::Error) -> String {
-    use crate::mlx::Error as M;
-    let path = |p: &std::path::Path| p.display().to_string();
-    match e {
-        M::MissingFile { dir, file, .. } => path(&dir.join(file)),
-        M::Read(e) => peft_subject(e),
-        M::UnknownTensors { path: p, .. } => path(p),
-        M::HalfPair { module, .. } | M::Shape { module, .. } | M::NotAdapted { module, .. } => {
-            module.clone()
-        }
-    }
-}
-
-fn peft_subject(e: &peft::Error) -> String {
-    use peft::Error as P;
-    let path = |p: &std::path::Path| p.display().to_string();
-    match e {
-        P::MissingFile { dir, file, .. } => path(&dir.join(file)),
-        P::Pickle { path: p }
-        | P::Io { path: p, .. }
-        | P::ConfigJson { path: p, .. }
-        | P::Safetensors { path: p, .. }
-        | P::UnknownTensors { path: p, .. } => path(p),
-        P::ConfigField { key, .. } | P::Unsupported { key, .. } => key.clone(),
-        P::UnsupportedTensor { key, .. } | P::Dtype { key, .. } | P::NonFinite { key, .. } => {
-            key.clone()
-        }
-        P::HalfPair { module, .. } | P::Shape { module, .. } => module.clone(),
     }
 }

@@ -5,6 +5,7 @@
 //! place.
 
 pub mod base;
+pub mod base_family;
 pub mod error;
 pub mod factor;
 pub mod manifest;
@@ -22,13 +23,12 @@ use std::path::{Path, PathBuf};
 pub use base::{BaseModel, BaseSource};
 pub use error::ConvertError;
 pub use plan::{OutType, Plan};
-pub use quirks::{Quirks, TorchtuneQwen2};
+pub use quirks::{IgnoredPairs, Quirks, TorchtuneQwen2};
 pub use verify::VerifyReport;
 
+use crate::adapter::{self, Adapter, Framework};
 use crate::arch;
 use crate::mlx;
-use crate::peft::{self, Adapter, Framework};
-use factor::HeadCounts;
 
 /// What to convert and how.
 #[derive(Clone, Debug)]
@@ -126,20 +126,37 @@ pub fn prepare(
     outtype: OutType,
     quirks: &Quirks,
 ) -> Result<Prepared, ConvertError> {
-    let Scanned {
-        adapter,
-        mut refusals,
+    let mut scan = adapter::scan(adapter_dir)?;
+    let base_path = base;
+    let base = resolve_base_from(base, base_config, &scan.adapter);
+    if let Ok(base) = &base
+        && let Some(n_vocab) = base.n_vocab
+    {
+        scan.check_vocabulary(n_vocab, &base.describe());
+    }
+    let adapter::Scan {
+        mut adapter,
+        refusals,
         mlx,
-    } = scan_adapter(adapter_dir)?;
-    let base = match resolve_base_from(base, base_config, &adapter) {
+    } = scan;
+    let mut refusals: Vec<ConvertError> = refusals.into_iter().map(ConvertError::from).collect();
+    let base = match base {
         Ok(b) => Some(b),
         Err(e) => {
             refusals.push(e);
             None
         }
     };
-    if let Some(base) = &base {
-        resized_vocabulary(&adapter, base, &mut refusals);
+    if let (Some(_), Some(path)) = (&base, base_path)
+        && !quirks.other_base_family
+        && let Ok(file) = crate::gguf::GgufFile::open(path)
+        && let Some(m) = base_family::check(
+            adapter.config.base_model_name_or_path.as_deref(),
+            path,
+            &file,
+        )
+    {
+        refusals.push(ConvertError::BaseFamily(m));
     }
     let family = match base.as_ref().map(|b| resolve_family(arch_override, b)) {
         Some(Ok(f)) => Some(f),
@@ -149,24 +166,12 @@ pub fn prepare(
         }
         None => None,
     };
-    let mut adapter = adapter;
     let plan = match (family, &base) {
         (Some(family), Some(base)) => {
             // target_parameters pairs are told apart by shape against the base; a pair that fits no parameter is
             // refused and left out of the plan (its tensors stay listed, as refused).
             for (pair, refusal) in params::resolve_all(&mut adapter, family, base) {
-                for (t, is_a) in [(&pair.a, true), (&pair.b, false)] {
-                    adapter.others.push(peft::OtherTensor {
-                        key: t.key.clone(),
-                        dtype: format!("{:?}", t.dtype),
-                        shape: t.shape.clone(),
-                        kind: peft::KeyKind::Factor {
-                            module: pair.module.clone(),
-                            kind: pair.kind,
-                            is_a,
-                        },
-                    });
-                }
+                adapter.unpair(&pair);
                 refusals.push(refusal);
             }
             let (plan, problems) = plan::plan_all(&adapter, family, base, outtype, quirks);
@@ -183,34 +188,6 @@ pub fn prepare(
         plan,
         refusals,
     })
-}
-
-/// Full embedding / output-head weights with more rows than the base has tokens: the adapter was trained with
-/// added tokens. That refusal says more than "a full weight", so it replaces those and goes first.
-fn resized_vocabulary(adapter: &Adapter, base: &BaseModel, refusals: &mut Vec<ConvertError>) {
-    let Some(n_vocab) = base.n_vocab else {
-        return;
-    };
-    let mut resized = Vec::new();
-    for t in &adapter.others {
-        let rows = t.shape.first().copied().unwrap_or(0) as u64;
-        if t.kind == peft::KeyKind::FullWeight
-            && peft::tensors::is_vocabulary_key(&t.key)
-            && rows > n_vocab
-        {
-            refusals.retain(|r| {
-                !matches!(r, ConvertError::Adapter(peft::Error::UnsupportedTensor { key, .. }) if *key == t.key)
-            });
-            resized.push(ConvertError::ResizedVocabulary {
-                key: t.key.clone(),
-                rows,
-                base: base.describe(),
-                base_vocab: n_vocab,
-                added: rows - n_vocab,
-            });
-        }
-    }
-    refusals.splice(0..0, resized);
 }
 
 /// Convert one adapter. On error nothing is left at `opts.output`.
@@ -283,10 +260,7 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
         });
     };
     let adapter = &prepared.adapter;
-    let heads = base.heads.unwrap_or(HeadCounts {
-        n_head: 1,
-        n_head_kv: 1,
-    });
+    let heads = base.factor_heads();
 
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;
@@ -311,46 +285,6 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
         None => run()?,
     };
     Ok(summarize(opts, adapter, base, plan, bytes, verify))
-}
-
-/// Open an adapter directory, telling the trainer from its files: mlx-lm (`adapters.safetensors`, or an
-/// mlx-lm style adapter_config.json) or PEFT.
-pub fn open_adapter(dir: &Path) -> Result<Adapter, ConvertError> {
-    if mlx::detect(dir) {
-        Ok(mlx::open(dir)?)
-    } else {
-        Ok(peft::open(dir)?)
-    }
-}
-
-/// An adapter directory as read, with every refusal.
-#[derive(Debug)]
-pub struct Scanned {
-    /// The adapter, without the pairs refused on their own (their tensors are in `adapter.others`).
-    pub adapter: Adapter,
-    /// Everything that stops conversion, in the order found.
-    pub refusals: Vec<ConvertError>,
-    /// mlx-lm's own configuration, for an mlx-lm adapter (`adapter.config` is its PEFT equivalent).
-    pub mlx: Option<mlx::MlxConfig>,
-}
-
-/// Read an adapter directory (trainer told from its files, as [`open_adapter`]) with every refusal, not the first.
-pub fn scan_adapter(dir: &Path) -> Result<Scanned, ConvertError> {
-    if mlx::detect(dir) {
-        let s = mlx::scan(dir)?;
-        Ok(Scanned {
-            adapter: s.adapter,
-            refusals: s.refusals.into_iter().map(ConvertError::from).collect(),
-            mlx: Some(s.config),
-        })
-    } else {
-        let s = peft::scan(dir)?;
-        Ok(Scanned {
-            adapter: s.adapter,
-            refusals: s.refusals.into_iter().map(ConvertError::from).collect(),
-            mlx: None,
-        })
-    }
 }
 
 /// Find the base description: `--base`, `--base-config`, or a local `base_model_name_or_path`.

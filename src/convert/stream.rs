@@ -12,8 +12,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::adapter::SourceDtype;
 use crate::gguf::{self, GgmlType, dtype};
-use crate::peft::SourceDtype;
 
 /// Values decoded per step (a multiple of every block size; 8 KiB of f32 on the stack).
 const PIECE: usize = 2048;

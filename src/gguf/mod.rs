@@ -30,6 +30,7 @@ pub mod dtype;
 pub mod keys;
 pub mod positioned;
 pub mod read;
+pub mod rewrite;
 pub mod value;
 pub mod write;
 
@@ -44,6 +45,36 @@ pub use positioned::PositionedWriter;
 pub use read::{GgufFile, TensorInfo};
 pub use value::{Array, Value, ValueType};
 pub use write::{TensorSpec, Writer};
+
+/// `general.alignment` as the reader and the writer both require it: a u32 power of two, or
+/// [`DEFAULT_ALIGNMENT`] when absent; `origin` names the file in errors.
+pub(crate) fn alignment(
+    metadata: &[(String, Value)],
+    origin: impl Fn() -> Origin,
+) -> Result<u64, Error> {
+    match metadata
+        .iter()
+        .find(|(k, _)| k == keys::GENERAL_ALIGNMENT)
+        .map(|(_, v)| v)
+    {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(&Value::U32(a)) if a.is_power_of_two() => Ok(u64::from(a)),
+        Some(&Value::U32(a)) => Err(Error::InvalidAlignment {
+            origin: origin(),
+            alignment: u64::from(a),
+        }),
+        Some(other) => Err(Error::AlignmentType {
+            origin: origin(),
+            found: other.type_name(),
+        }),
+    }
+}
+
+/// `x` rounded up to a multiple of `alignment` (a power of two); `None` on overflow.
+pub(crate) fn pad(x: u64, alignment: u64) -> Option<u64> {
+    let mask = alignment.checked_sub(1)?;
+    Some(x.checked_add(mask)? & !mask)
+}
 
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: [u8; 4] = *b"GGUF";

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::dtype::{self, GgmlType};
 use super::value::{Array, Value, ValueType};
-use super::{DEFAULT_ALIGNMENT, Error, MAGIC, MAX_DIMS, MAX_NAME_BYTES, Origin, keys};
+use super::{Error, MAGIC, MAX_DIMS, MAX_NAME_BYTES, Origin, keys, pad};
 
 /// Longest string accepted (ggml's `GGUF_MAX_STRING_LENGTH`).
 pub const MAX_STRING_LEN: u64 = 1 << 30;
@@ -143,6 +143,12 @@ impl GgufFile {
     /// `general.architecture`.
     pub fn architecture(&self) -> Option<&str> {
         self.get_str(keys::GENERAL_ARCHITECTURE)
+    }
+
+    /// Whether this model's output head is its token embedding: llama.cpp loads `token_embd.weight` as the output
+    /// projection when there is no `output.weight` (tied embeddings, as in Gemma or Llama 3.2 1B).
+    pub fn ties_output_to_embedding(&self) -> bool {
+        self.tensor("token_embd.weight").is_some() && self.tensor("output.weight").is_none()
     }
 
     /// The tensor called `name`.
@@ -507,23 +513,7 @@ impl<R: Read> Parser<'_, R> {
     }
 
     fn alignment(&self, metadata: &[(String, Value)]) -> Result<u64, Error> {
-        let origin = || Origin::File(self.path());
-        match metadata
-            .iter()
-            .find(|(k, _)| k == keys::GENERAL_ALIGNMENT)
-            .map(|(_, v)| v)
-        {
-            None => Ok(DEFAULT_ALIGNMENT),
-            Some(&Value::U32(a)) if a.is_power_of_two() => Ok(u64::from(a)),
-            Some(&Value::U32(a)) => Err(Error::InvalidAlignment {
-                origin: origin(),
-                alignment: u64::from(a),
-            }),
-            Some(other) => Err(Error::AlignmentType {
-                origin: origin(),
-                found: describe_type(other),
-            }),
-        }
+        super::alignment(metadata, || Origin::File(self.path()))
     }
 
     fn tensor_infos(&mut self, n_tensors: u64) -> Result<Vec<TensorInfo>, Error> {
@@ -668,20 +658,6 @@ impl<R: Read> Parser<'_, R> {
                 .ok_or_else(overflow)?;
         }
         Ok(())
-    }
-}
-
-/// `x` rounded up to a multiple of `alignment` (a power of two); `None` on overflow.
-pub(crate) fn pad(x: u64, alignment: u64) -> Option<u64> {
-    let mask = alignment.checked_sub(1)?;
-    Some(x.checked_add(mask)? & !mask)
-}
-
-/// A value's type for messages: `str`, or `arr[u32]`.
-fn describe_type(v: &Value) -> String {
-    match v {
-        Value::Array(a) => format!("arr[{}]", a.element_type),
-        other => other.value_type().name().to_string(),
     }
 }
 

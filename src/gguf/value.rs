@@ -176,6 +176,14 @@ impl Array {
 }
 
 impl Value {
+    /// The type as ggml names it, for messages and listings: `str`, `f32`, or `arr[u32]`.
+    pub fn type_name(&self) -> String {
+        match self {
+            Value::Array(a) => format!("arr[{}]", a.element_type),
+            other => other.value_type().name().to_string(),
+        }
+    }
+
     /// The wire type of this value.
     pub fn value_type(&self) -> ValueType {
         match self {

@@ -5,7 +5,7 @@
 //! `fixtures/gguf/`): version 3, keys in the caller's order (gguf-py writes `general.architecture` first — build
 //! the list that way to match it), tensor infos in declared order, zero padding to the alignment after the
 //! infos and after every tensor including the last. The alignment is `general.alignment` when the metadata has
-//! it (a u32 power of two), else [`DEFAULT_ALIGNMENT`]. All sizes and offsets are 64-bit.
+//! it (a u32 power of two), else [`super::DEFAULT_ALIGNMENT`]. All sizes and offsets are 64-bit.
 //!
 //! Everything the reader ([`super::read`]) and ggml would reject is rejected here first, before a byte is written.
 
@@ -13,9 +13,8 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use super::dtype::{self, GgmlType};
-use super::read::pad;
 use super::value::{Array, Value, ValueType};
-use super::{DEFAULT_ALIGNMENT, Error, MAGIC, MAX_DIMS, MAX_NAME_BYTES, Origin, VERSION, keys};
+use super::{Error, MAGIC, MAX_DIMS, MAX_NAME_BYTES, Origin, VERSION, pad};
 
 /// Zero bytes written as padding, in pieces of this size.
 const ZEROS: [u8; 4096] = [0; 4096];
@@ -258,25 +257,7 @@ fn check_metadata(metadata: &[(String, Value)]) -> Result<u64, Error> {
             check_array(key, array)?;
         }
     }
-    match metadata
-        .iter()
-        .find(|(k, _)| k == keys::GENERAL_ALIGNMENT)
-        .map(|(_, v)| v)
-    {
-        None => Ok(DEFAULT_ALIGNMENT),
-        Some(&Value::U32(a)) if a.is_power_of_two() => Ok(u64::from(a)),
-        Some(&Value::U32(a)) => Err(Error::InvalidAlignment {
-            origin: Origin::Output,
-            alignment: u64::from(a),
-        }),
-        Some(other) => Err(Error::AlignmentType {
-            origin: Origin::Output,
-            found: match other {
-                Value::Array(a) => format!("arr[{}]", a.element_type),
-                v => v.value_type().name().to_string(),
-            },
-        }),
-    }
+    super::alignment(metadata, || Origin::Output)
 }
 
 fn check_array(key: &str, array: &Array) -> Result<(), Error> {
@@ -378,12 +359,12 @@ fn check_tensors(
     Ok((offsets, sizes, end))
 }
 
-fn put_str(h: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(h: &mut Vec<u8>, s: &str) {
     h.extend_from_slice(&(s.len() as u64).to_le_bytes());
     h.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(h: &mut Vec<u8>, value: &Value) {
+pub(super) fn put_value(h: &mut Vec<u8>, value: &Value) {
     match value {
         Value::U8(v) => h.extend_from_slice(&v.to_le_bytes()),
         Value::I8(v) => h.extend_from_slice(&v.to_le_bytes()),

@@ -1,15 +1,14 @@
 //! Inspecting a GGUF LoRA adapter: every metadata key, every tensor, the pairs llama.cpp will form with their ranks
 //! and runtime factors, and with `--base` the fit check `lora-validate` runs before llama.cpp.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
 use super::SCHEMA;
-use super::fit::{self, Mismatch};
-use crate::gguf::{self, GgufFile, Value, ValueType, keys};
+use crate::gguf::{self, GgufFile, Value, keys};
+use crate::gguf_adapter::{self, GgufAdapter};
 
 /// Arrays longer than this are shown by their first elements and length (vocabularies hold 10⁵ strings).
 const ARRAY_PREVIEW: usize = 16;
@@ -116,87 +115,27 @@ pub struct Fit {
 
 /// Read `path` (and `base`).
 pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Error> {
-    let f = GgufFile::open(path)?;
-    let alpha = f.get(keys::ADAPTER_LORA_ALPHA).and_then(Value::as_f64);
-    let alpha32 = alpha.map_or(0.0, |a| a as f32);
-    let mut halves: BTreeMap<&str, (Option<&gguf::TensorInfo>, Option<&gguf::TensorInfo>)> =
-        BTreeMap::new();
-    let mut problems = Vec::new();
-    let is_adapter = f.get_str(keys::GENERAL_TYPE) == Some("adapter");
-    if !is_adapter {
-        problems.push(Problem {
-            subject: keys::GENERAL_TYPE.into(),
-            message: format!(
-                "is {:?}, not \"adapter\": this is not a LoRA adapter (a base model?), and llama.cpp does not load it \
-                 as one",
-                f.get_str(keys::GENERAL_TYPE).unwrap_or("")
-            ),
-        });
-    }
-    for t in f.tensors.iter().filter(|_| is_adapter) {
-        if let Some(target) = t.name.strip_suffix(".lora_a") {
-            halves.entry(target).or_default().0 = Some(t);
-        } else if let Some(target) = t.name.strip_suffix(".lora_b") {
-            halves.entry(target).or_default().1 = Some(t);
-        } else if t.name.ends_with("_norm.weight") {
-            problems.push(Problem {
-                subject: t.name.clone(),
-                message: "a norm vector: llama.cpp loads the adapter but ignores this tensor"
-                    .into(),
-            });
-        } else {
-            problems.push(Problem {
-                subject: t.name.clone(),
-                message: "unexpected tensor name suffix: llama.cpp refuses the adapter".into(),
-            });
-        }
-    }
-    let mut pairs = Vec::new();
-    let mut ranks = Vec::new();
-    for (target, (a, b)) in &halves {
-        let (Some(a), Some(b)) = (a, b) else {
-            problems.push(Problem {
-                subject: (*target).to_string(),
-                message: "only one of lora_a / lora_b is present: llama.cpp refuses the adapter"
-                    .into(),
-            });
-            continue;
-        };
-        let rank = b.dims.first().copied().unwrap_or(0);
-        if !ranks.contains(&rank) {
-            ranks.push(rank);
-        }
-        let runtime = if alpha32 == 0.0 || rank == 0 {
-            1.0
-        } else {
-            f64::from(alpha32 / rank as f32)
-        };
-        pairs.push(Pair {
-            target: (*target).to_string(),
-            rank,
-            lora_a: a.dims.clone(),
-            lora_b: b.dims.clone(),
-            types: [a.ggml_type.name(), b.ggml_type.name()],
-            runtime_factor: runtime,
-        });
-    }
-    ranks.sort_unstable();
-    if let Some(v) = f.get(keys::ADAPTER_LORA_ALPHA)
-        && v.value_type() != ValueType::F32
-    {
-        problems.push(Problem {
-            subject: keys::ADAPTER_LORA_ALPHA.into(),
-            message: format!(
-                "has type {}; llama.cpp aborts unless it is f32 (GGUF_TYPE_FLOAT32) — reconvert the adapter",
-                v.value_type()
-            ),
-        });
-    }
+    let adapter = GgufAdapter::open(path)?;
+    let pairs = adapter
+        .pairs
+        .iter()
+        .map(|p| {
+            let (a, b) = (adapter.lora_a(p), adapter.lora_b(p));
+            Pair {
+                target: p.target.clone(),
+                rank: p.rank,
+                lora_a: a.dims.clone(),
+                lora_b: b.dims.clone(),
+                types: [a.ggml_type.name(), b.ggml_type.name()],
+                runtime_factor: f64::from(adapter.runtime_factor(p)),
+            }
+        })
+        .collect();
     let fit = match base {
         None => None,
         Some(base_path) => {
             let b = GgufFile::open(base_path)?;
-            let mismatches = match fit::check_adapter(&b, &f) {
+            let mismatches = match adapter.fit(&b) {
                 Ok(_) => Vec::new(),
                 Err(m) => m.into_iter().map(problem).collect(),
             };
@@ -208,6 +147,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
             })
         }
     };
+    let f = &adapter.file;
     Ok(GgufReport {
         schema: SCHEMA,
         kind: "gguf_adapter",
@@ -217,13 +157,13 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
         architecture: f.architecture().map(str::to_string),
         general_type: f.get_str(keys::GENERAL_TYPE).map(str::to_string),
         adapter_type: f.get_str(keys::ADAPTER_TYPE).map(str::to_string),
-        alpha,
+        alpha: adapter.alpha(),
         metadata: f
             .metadata
             .iter()
             .map(|(k, v)| Kv {
                 key: k.clone(),
-                value_type: type_name(v),
+                value_type: v.type_name(),
                 value: json_value(v),
             })
             .collect(),
@@ -237,24 +177,17 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
                 bytes: t.n_bytes(),
             })
             .collect(),
+        ranks: adapter.ranks(),
+        problems: adapter.problems.iter().cloned().map(problem).collect(),
         pairs,
-        ranks,
-        problems,
         fit,
     })
 }
 
-fn problem(m: Mismatch) -> Problem {
+fn problem(p: gguf_adapter::Problem) -> Problem {
     Problem {
-        subject: m.subject,
-        message: m.message,
-    }
-}
-
-fn type_name(v: &Value) -> String {
-    match v {
-        Value::Array(a) => format!("arr[{}]", a.element_type),
-        other => other.value_type().to_string(),
+        subject: p.subject,
+        message: p.message,
     }
 }
 

@@ -1,10 +1,9 @@
 //! `lora-convert inspect PATH`: what an adapter is and what conversion would do with it, without writing anything.
 //! An adapter directory (PEFT or mlx-lm) is analysed by the converter's own `prepare`, so inspect lists exactly the
 //! refusals conversion would hit, all of them; a GGUF adapter is read with our GGUF reader and, with `--base`,
-//! checked by [`fit`] — the same check `lora-validate` runs before llama.cpp sees the file. Schema
+//! checked by `gguf_adapter::GgufAdapter::fit` — the same check `lora-validate` runs before llama.cpp sees the file. Schema
 //! `lora-gguf.inspect/1` (docs/inspect-and-manifest.md).
 
-pub mod fit;
 pub mod gguf_adapter;
 pub mod peft_dir;
 pub mod render;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{Error, ReadError};
+use crate::adapter::Error;
+use crate::json_fields::Fields;
 
 /// The configuration of an mlx-lm LoRA adapter (serialized as the manifest's `mlx` section: the file's own
 /// fields, without the path).
@@ -42,7 +43,7 @@ impl MlxConfig {
     /// Parse and check the text of an mlx-lm `adapter_config.json`; a fine-tune type other than `lora` is an error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
         let (config, refusals) = Self::read(text, path)?;
-        crate::peft::unless_refused(config, refusals)
+        crate::adapter::unless_refused(config, refusals)
     }
 
     /// Parse the configuration, returning a `fine_tune_type` that cannot be converted (DoRA …) as a refusal beside
@@ -50,22 +51,9 @@ impl MlxConfig {
     /// for a refused fine-tune type that has none (a full fine-tune saves `lora_parameters: null`), that refusal is
     /// the error.
     pub fn read(text: &str, path: &Path) -> Result<(Self, Vec<Error>), Error> {
-        let value: Value = serde_json::from_str(text).map_err(|e| ReadError::ConfigJson {
-            path: path.to_path_buf(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        })?;
-        let field = |key: &str, message: String| {
-            Error::Read(ReadError::ConfigField {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                message,
-            })
-        };
-        let Value::Object(map) = value else {
-            return Err(field("(top level)", "expected a JSON object".into()));
-        };
+        let map = Error::config_object(text, path)?;
+        let field =
+            |key: &str, message: String| Error::config_field(path, key.to_string(), message);
         let get = |key: &str| map.get(key).filter(|v| !v.is_null());
 
         let fine_tune_type = match get("fine_tune_type") {
@@ -78,12 +66,10 @@ impl MlxConfig {
                 ));
             }
         };
-        let refuse = |message: String| {
-            Error::Read(ReadError::Unsupported {
-                path: path.to_path_buf(),
-                key: "fine_tune_type".into(),
-                message,
-            })
+        let refuse = |message: String| Error::Unsupported {
+            path: path.to_path_buf(),
+            key: "fine_tune_type".into(),
+            message,
         };
         let refusal = match fine_tune_type {
             "lora" => None,
@@ -118,18 +104,11 @@ impl MlxConfig {
         path: &Path,
         fine_tune_type: String,
     ) -> Result<Self, Error> {
-        let field = |key: &str, message: String| {
-            Error::Read(ReadError::ConfigField {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                message,
-            })
-        };
-        let get = |key: &str| map.get(key).filter(|v| !v.is_null());
-        let params = match get("lora_parameters") {
-            Some(Value::Object(p)) => p,
+        let top = Fields::new(path, map, Error::config_field);
+        let params = match top.get("lora_parameters") {
+            Some(Value::Object(p)) => top.nested(p, "lora_parameters."),
             None => {
-                return Err(field(
+                return Err(top.error(
                     "lora_parameters",
                     "missing (mlx-lm's LoRA settings: rank, scale, dropout, keys); is this an adapter_config.json \
                      written by `mlx_lm lora`?"
@@ -137,86 +116,38 @@ impl MlxConfig {
                 ));
             }
             Some(other) => {
-                return Err(field(
+                return Err(top.error(
                     "lora_parameters",
                     format!("expected an object with rank and scale, found {other}"),
                 ));
             }
         };
-        let pget = |key: &str| params.get(key).filter(|v| !v.is_null());
-        let rank = match pget("rank") {
-            None => {
-                return Err(field(
-                    "lora_parameters.rank",
-                    "missing (the LoRA rank)".into(),
-                ));
-            }
-            Some(v) => v
-                .as_u64()
-                .and_then(|r| u32::try_from(r).ok())
-                .filter(|&r| r > 0)
-                .ok_or_else(|| {
-                    field(
-                        "lora_parameters.rank",
-                        format!("expected a positive integer, found {v}"),
-                    )
-                })?,
-        };
-        let scale = match pget("scale") {
-            None => {
-                let hint = if pget("alpha").is_some() {
-                    " — found `alpha` instead, but mlx-lm multiplies by `scale` (an absolute factor, default 20), \
-                     not alpha/rank"
-                } else {
-                    ""
-                };
-                return Err(field(
-                    "lora_parameters.scale",
-                    format!("missing (mlx-lm's absolute LoRA multiplier){hint}"),
-                ));
-            }
-            Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
-                field(
-                    "lora_parameters.scale",
-                    format!("expected a number, found {v}"),
-                )
-            })?,
-        };
-        let keys = match pget("keys") {
-            None => None,
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|k| k.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        field(
-                            "lora_parameters.keys",
-                            "expected a list of module names".into(),
-                        )
-                    })?,
-            ),
-            Some(other) => {
-                return Err(field(
-                    "lora_parameters.keys",
-                    format!("expected a list of module names, found {other}"),
-                ));
-            }
-        };
-        let num_layers = match get("num_layers") {
+        let rank = params
+            .positive_u32("rank")?
+            .ok_or_else(|| params.error("rank", "missing (the LoRA rank)".into()))?;
+        let scale = params.number("scale")?.ok_or_else(|| {
+            let hint = if params.get("alpha").is_some() {
+                " — found `alpha` instead, but mlx-lm multiplies by `scale` (an absolute factor, default 20), \
+                 not alpha/rank"
+            } else {
+                ""
+            };
+            params.error(
+                "scale",
+                format!("missing (mlx-lm's absolute LoRA multiplier){hint}"),
+            )
+        })?;
+        let keys = params.strings("keys", "a list of module names")?;
+        let num_layers = match top.get("num_layers") {
             None => None,
             Some(v) => Some(v.as_i64().ok_or_else(|| {
-                field(
+                top.error(
                     "num_layers",
                     format!("expected an integer (-1: all blocks), found {v}"),
                 )
             })?),
         };
-        let model = match get("model") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => return Err(field("model", format!("expected a string, found {other}"))),
-        };
+        let model = top.string("model")?;
         Ok(MlxConfig {
             path: path.to_path_buf(),
             fine_tune_type,

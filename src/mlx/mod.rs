@@ -1,5 +1,5 @@
 //! mlx-lm LoRA adapters, converted directly (no `mlx_lm fuse`): a directory with `adapters.safetensors` and the
-//! `adapter_config.json` that `mlx_lm lora` writes, read into the same [`peft::Adapter`] every other stage uses.
+//! `adapter_config.json` that `mlx_lm lora` writes, read into the same [`Adapter`] every other stage uses.
 //!
 //! The math (mlx-lm 0.32.2 `tuner/lora.py`): `LoRALinear` computes y = W x + scale · (x @ lora_a) @ lora_b with
 //! lora_a (in, r) and lora_b (r, out), so ΔW = scale · (lora_a @ lora_b)ᵀ = scale · lora_bᵀ · lora_aᵀ: PEFT's
@@ -22,20 +22,18 @@
 pub mod config;
 pub mod tensors;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 pub use config::MlxConfig;
 
-use crate::peft::{
-    self, Adapter, AdapterConfig, Framework, LoraPair, OtherTensor, Packing, PairKind, Scaling,
+use crate::adapter::scan::{self, Key, KeyScheme, Refused, Stored};
+use crate::adapter::{
+    Adapter, Error, Framework, KeyKind, LoraPair, Packing, PairKind, Scaling, Scan, TensorRef,
 };
-use crate::peft::{Error as ReadError, SourceDtype, TensorRef};
-use tensors::KeyKind;
+use crate::peft::{self, AdapterConfig};
 
 /// The adapter weights file `mlx_lm lora` writes when training ends.
 pub const SAFETENSORS_FILE: &str = "adapters.safetensors";
@@ -43,83 +41,6 @@ pub const SAFETENSORS_FILE: &str = "adapters.safetensors";
 pub const CONFIG_FILE: &str = "adapter_config.json";
 
 const WHERE: &str = "point lora-convert at the directory `mlx_lm lora --adapter-path` wrote";
-
-/// Why an mlx-lm adapter could not be read, or what it uses that a GGUF LoRA cannot express.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The directory lacks a file we need.
-    #[error("`{dir}` has no `{file}` (found: {found}); {hint}")]
-    MissingFile {
-        /// The adapter directory.
-        dir: PathBuf,
-        /// The missing file.
-        file: &'static str,
-        /// What is there.
-        found: String,
-        /// What to do.
-        hint: String,
-    },
-    /// What every adapter reader can meet — an unreadable file, invalid JSON, a missing or malformed field, an
-    /// unsupported setting or tensor, a corrupt safetensors file, a factor dtype — with PEFT's messages.
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    /// Keys that are not mlx-lm adapter parameters at all.
-    #[error(
-        "`{path}`: {count} tensor(s) are not mlx-lm LoRA factors, e.g. {examples}; expected keys like \
-         `model.layers.0.self_attn.q_proj.lora_a` — is this an adapter written by `mlx_lm lora`?"
-    )]
-    UnknownTensors {
-        /// The file.
-        path: PathBuf,
-        /// How many.
-        count: usize,
-        /// A few of them.
-        examples: String,
-    },
-    /// One half of a pair is missing.
-    #[error("`{path}`: module `{module}` has {present} but no {missing}; the file is incomplete")]
-    HalfPair {
-        /// The file.
-        path: PathBuf,
-        /// The module.
-        module: String,
-        /// The half present.
-        present: &'static str,
-        /// The half missing.
-        missing: &'static str,
-    },
-    /// Factor shapes that do not form an mlx-lm LoRA pair.
-    #[error(
-        "`{path}`: module `{module}`: {message} (lora_a {a_shape:?}, lora_b {b_shape:?}; mlx-lm stores lora_a \
-         (in, r) and lora_b (r, out))"
-    )]
-    Shape {
-        /// The file.
-        path: PathBuf,
-        /// The module.
-        module: String,
-        /// What is wrong.
-        message: String,
-        /// lora_a's shape as stored.
-        a_shape: Vec<usize>,
-        /// lora_b's shape as stored.
-        b_shape: Vec<usize>,
-    },
-    /// A module the configuration does not adapt: mlx-lm's own `load_adapters` refuses such a file.
-    #[error(
-        "`{path}`: module `{module}` has LoRA factors, but {why}, so mlx-lm itself would not load this adapter \
-         (\"not an adapter parameter in the model\"); the adapter_config.json does not belong to these weights"
-    )]
-    NotAdapted {
-        /// The weights file.
-        path: PathBuf,
-        /// The module.
-        module: String,
-        /// Which setting excludes it.
-        why: String,
-    },
-}
 
 /// Whether `dir` holds an mlx-lm adapter: its weights file without PEFT's, or an mlx-lm style configuration
 /// (`lora_parameters` / `fine_tune_type`, no PEFT `r`).
@@ -133,72 +54,9 @@ pub fn detect(dir: &Path) -> bool {
     matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(m)) if config::looks_like_mlx(&m))
 }
 
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-fn found(names: &[String]) -> String {
-    if names.is_empty() {
-        "nothing".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-/// One factor as the file stores it.
-struct Stored {
-    key: String,
-    dtype: SourceDtype,
-    shape: Vec<usize>,
-}
-
-impl Stored {
-    /// The factor as a tensor that is not part of a pair (its pair was refused).
-    fn other(&self, module: &str, is_a: bool) -> OtherTensor {
-        OtherTensor {
-            key: self.key.clone(),
-            dtype: format!("{:?}", self.dtype),
-            shape: self.shape.clone(),
-            kind: factor_kind(module, is_a),
-        }
-    }
-}
-
-fn factor_kind(module: &str, is_a: bool) -> peft::KeyKind {
-    peft::KeyKind::Factor {
-        module: module.to_string(),
-        kind: if tensors::is_embedding(module) {
-            PairKind::Embedding
-        } else {
-            PairKind::Linear
-        },
-        is_a,
-    }
-}
-
 /// Open and validate an mlx-lm adapter directory; anything a GGUF LoRA cannot express is an error (the first such).
 pub fn open(dir: &Path) -> Result<Adapter, Error> {
-    let scanned = scan(dir)?;
-    crate::peft::unless_refused(scanned.adapter, scanned.refusals)
-}
-
-/// An mlx-lm adapter read as far as it can be, with every refusal instead of the first (as [`peft::Scan`]).
-#[derive(Debug)]
-pub struct Scan {
-    /// The adapter, without the refused pairs (their tensors are in `adapter.others`).
-    pub adapter: Adapter,
-    /// The configuration as mlx-lm wrote it.
-    pub config: MlxConfig,
-    /// Everything that stops conversion, in the order found (configuration first, then tensors by key).
-    pub refusals: Vec<Error>,
+    scan(dir)?.into_adapter()
 }
 
 /// Read an mlx-lm adapter directory, collecting refusals. Errors only when there is nothing to read: missing files,
@@ -206,29 +64,23 @@ pub struct Scan {
 pub fn scan(dir: &Path) -> Result<Scan, Error> {
     let config_path = dir.join(CONFIG_FILE);
     let st_path = dir.join(SAFETENSORS_FILE);
-    if !dir.is_dir() {
-        return Err(ReadError::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        }
-        .into());
-    }
-    let names = listing(dir);
+    scan::require_dir(dir)?;
     if !config_path.is_file() {
         return Err(Error::MissingFile {
             dir: dir.to_path_buf(),
             file: CONFIG_FILE,
-            found: found(&names),
+            found: scan::listing(dir),
             hint: WHERE.into(),
         });
     }
-    let text = std::fs::read_to_string(&config_path).map_err(|source| ReadError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
+    let text = scan::read_text(&config_path)?;
     let (config, mut refusals) = MlxConfig::read(&text, &config_path)?;
     if !st_path.is_file() {
-        let hint = match names.iter().find(|n| n.ends_with("_adapters.safetensors")) {
+        let found = scan::listing(dir);
+        let hint = match found
+            .split(", ")
+            .find(|n| n.ends_with("_adapters.safetensors"))
+        {
             Some(checkpoint) => format!(
                 "mlx-lm writes {SAFETENSORS_FILE} when training ends; to convert the checkpoint `{checkpoint}`, \
                  copy it to {SAFETENSORS_FILE} in a directory with this adapter_config.json"
@@ -238,308 +90,235 @@ pub fn scan(dir: &Path) -> Result<Scan, Error> {
         return Err(Error::MissingFile {
             dir: dir.to_path_buf(),
             file: SAFETENSORS_FILE,
-            found: found(&names),
+            found,
             hint,
         });
     }
 
-    let file = File::open(&st_path).map_err(|source| ReadError::Io {
-        path: st_path.clone(),
-        source,
-    })?;
-    let mmap = peft::map(&file).map_err(|source| ReadError::Io {
-        path: st_path.clone(),
-        source,
-    })?;
-    let st_err = |source| ReadError::Safetensors {
-        path: st_path.clone(),
-        source,
-    };
-    // `read_metadata` checks that the header's offsets cover the data exactly (no gaps, no trailing bytes); the map
-    // is gone before any tensor is read (tensors are read with positioned reads, as for PEFT).
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(st_err)?;
-    drop(mmap);
-    let data_start = (header_len + 8) as u64;
+    // Tensors are read with positioned reads, as for PEFT.
+    let scanned = scan::scan(&st_path, &Scheme { config: &config })?;
+    let equivalent = equivalent_peft_config(&config, &config_path)?;
+    let (adapter, pair_refusals) = Adapter::new(
+        dir.to_path_buf(),
+        Framework::MlxLm,
+        equivalent,
+        st_path,
+        scanned,
+        Vec::new(),
+    );
+    refusals.extend(pair_refusals);
+    Ok(Scan {
+        adapter,
+        refusals,
+        mlx: Some(config),
+    })
+}
 
-    let mut ranges = BTreeMap::new();
-    let mut halves: BTreeMap<String, [Option<Stored>; 2]> = BTreeMap::new();
-    let mut others = Vec::new();
-    // modules with a refusal of their own: their factors are listed, not paired
-    let mut refused_modules = BTreeSet::new();
-    let mut unknown = Vec::new();
-    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> =
-        metadata.tensors().into_iter().collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    for (key, info) in tensors {
-        let unsupported = |message: String| {
-            Error::Read(ReadError::UnsupportedTensor {
-                path: st_path.clone(),
-                key: key.clone(),
-                message,
-            })
-        };
-        let other = |kind: peft::KeyKind| OtherTensor {
-            key: key.clone(),
-            dtype: format!("{:?}", info.dtype),
-            shape: info.shape.clone(),
-            kind,
-        };
-        match tensors::classify(&key) {
-            KeyKind::Factor { module, is_a } => {
-                let dtype = match info.dtype {
-                    Dtype::F32 => SourceDtype::F32,
-                    Dtype::F16 => SourceDtype::F16,
-                    Dtype::BF16 => SourceDtype::BF16,
-                    other_dtype => {
-                        refusals.push(Error::Read(ReadError::Dtype {
-                            path: st_path.clone(),
-                            key: key.clone(),
-                            dtype: format!("{other_dtype:?}"),
-                        }));
-                        others.push(other(factor_kind(&module, is_a)));
-                        refused_modules.insert(module);
-                        continue;
-                    }
-                };
-                if info.shape.len() == 3 && tensors::switch_module(&module).is_none() {
-                    refusals.push(unsupported(format!(
-                        "is a SwitchLinear (mixture-of-experts) factor of shape {:?} on a module lora-convert \
-                         does not know how mlx-lm stacked (it knows `block_sparse_moe.switch_mlp.*` and \
-                         `mlp.switch_mlp.*`) — fuse the adapter with `mlx_lm fuse` and convert the fused model",
-                        info.shape
-                    )));
-                    others.push(other(factor_kind(&module, is_a)));
-                    refused_modules.insert(module);
-                    continue;
-                }
-                if !tensors::selected(&module, config.keys.as_deref()) {
-                    let why = match &config.keys {
-                        Some(keys) => format!(
-                            "`lora_parameters.keys` ({}) does not name it",
-                            keys.iter()
-                                .map(|k| format!("`{k}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        None => {
-                            "it is outside the model's blocks and `lora_parameters.keys` is not set"
-                                .into()
-                        }
-                    };
-                    others.push(other(factor_kind(&module, is_a)));
-                    if refused_modules.insert(module.clone()) {
-                        refusals.push(Error::NotAdapted {
-                            path: st_path.clone(),
-                            module,
-                            why,
-                        });
-                    }
-                    continue;
-                }
-                let (start, end) = info.data_offsets;
-                ranges.insert(
-                    key.clone(),
-                    (data_start + start as u64, data_start + end as u64),
-                );
-                halves.entry(module).or_default()[usize::from(!is_a)] = Some(Stored {
-                    key,
-                    dtype,
-                    shape: info.shape.clone(),
-                });
-            }
-            KeyKind::DoraMagnitude => {
-                refusals.push(unsupported(
-                    "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the adapter with \
-                     `mlx_lm fuse` and convert the fused model instead"
-                        .into(),
-                ));
-                others.push(other(peft::KeyKind::DoraMagnitude));
-            }
-            KeyKind::FullWeight => {
-                refusals.push(unsupported(
-                    "is a full weight, not a LoRA factor (a full fine-tune, or trained non-LoRA parameters): \
-                     llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and convert the whole \
-                     model"
-                        .into(),
-                ));
-                others.push(other(peft::KeyKind::FullWeight));
-            }
-            KeyKind::Unknown => {
-                others.push(other(peft::KeyKind::Unknown));
-                unknown.push(key);
-            }
+/// mlx-lm's keys (`<module>.lora_a`, `.lora_b`, DoRA's `.m`), the modules its configuration adapts, and its
+/// transposed and SwitchLinear factors.
+struct Scheme<'c> {
+    config: &'c MlxConfig,
+}
+
+impl Scheme<'_> {
+    /// The scaling of every pair: mlx-lm's `scale`, absolute.
+    fn scaling(&self) -> Scaling {
+        Scaling {
+            alpha: self.config.scale * f64::from(self.config.rank),
+            rank: self.config.rank,
+            rslora: false,
+            absolute: Some(self.config.scale),
         }
     }
-    if !unknown.is_empty() {
-        let examples = unknown
-            .iter()
-            .take(3)
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        refusals.push(Error::UnknownTensors {
-            path: st_path.clone(),
-            count: unknown.len(),
-            examples,
-        });
-    }
+}
 
-    let scaling = Scaling {
-        alpha: config.scale * f64::from(config.rank),
-        rank: config.rank,
-        rslora: false,
-        absolute: Some(config.scale),
-    };
-    let mut pairs = Vec::with_capacity(halves.len());
-    let mut blocks = BTreeSet::new();
-    for (module, [a, b]) in halves {
-        let (a, b) = match (a, b) {
-            (Some(a), Some(b)) if !refused_modules.contains(&module) => (a, b),
-            (a, b) => {
-                if !refused_modules.contains(&module) {
-                    refusals.push(Error::HalfPair {
-                        path: st_path.clone(),
-                        module: module.clone(),
-                        present: if a.is_some() { "lora_a" } else { "lora_b" },
-                        missing: if a.is_some() { "lora_b" } else { "lora_a" },
-                    });
-                }
-                others.extend(a.map(|t| t.other(&module, true)));
-                others.extend(b.map(|t| t.other(&module, false)));
-                continue;
-            }
-        };
-        let shape_err = |message: String| Error::Shape {
-            path: st_path.clone(),
-            module: module.clone(),
-            message,
-            a_shape: a.shape.clone(),
-            b_shape: b.shape.clone(),
-        };
-        let checked = match (a.shape.as_slice(), b.shape.as_slice()) {
-            (&[inp, ra], &[rb, out]) => Ok((None, inp, ra, rb, out)),
-            // LoRASwitchLinear: lora_a (E, r, in), lora_b (E, out, r)
-            (&[ea, ra, inp], &[eb, out, rb]) if ea == eb => Ok((Some(ea), inp, ra, rb, out)),
-            (&[_, _, _], &[_, _, _]) => Err(shape_err(
-                "lora_a and lora_b hold different numbers of experts".into(),
-            )),
-            _ => Err(shape_err(
-                "the factors must be both 2-D (Linear) or both 3-D (SwitchLinear)".into(),
-            )),
-        }
-        .and_then(|(n_expert, inp, ra, rb, out)| {
-            if ra != rb {
-                Err(shape_err(format!(
-                    "lora_a has rank {ra} but lora_b has rank {rb}"
-                )))
-            } else if ra == 0 || inp == 0 || out == 0 || n_expert == Some(0) {
-                Err(shape_err("a factor is empty".into()))
-            } else if ra != config.rank as usize {
-                Err(shape_err(format!(
-                    "the tensors have rank {ra} but adapter_config.json gives lora_parameters.rank = {}",
-                    config.rank
-                )))
-            } else {
-                Ok((n_expert, inp, ra, out))
-            }
-        });
-        let (n_expert, inp, ra, out) = match checked {
-            Ok(dims) => dims,
-            Err(e) => {
-                refusals.push(e);
-                others.push(a.other(&module, true));
-                others.push(b.other(&module, false));
-                continue;
-            }
-        };
-        blocks.extend(tensors::block_index(&module));
-        let pair = match n_expert {
-            None => LoraPair {
-                saved_as: module.clone(),
+impl KeyScheme for Scheme<'_> {
+    const HALVES: [&'static str; 2] = ["lora_a", "lora_b"];
+    const UNKNOWN: [&'static str; 3] = [
+        "mlx-lm LoRA factors",
+        "model.layers.0.self_attn.q_proj.lora_a",
+        "an adapter written by `mlx_lm lora`",
+    ];
+
+    fn classify(&self, key: &str, _shape: &[usize]) -> Key {
+        match tensors::classify(key) {
+            tensors::KeyKind::Factor { module, is_a } => Key::Factor {
                 kind: if tensors::is_embedding(&module) {
                     PairKind::Embedding
                 } else {
                     PairKind::Linear
                 },
                 module,
+                is_a,
+            },
+            tensors::KeyKind::DoraMagnitude => Key::Other {
+                kind: KeyKind::DoraMagnitude,
+                refusal: Some(
+                    "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the adapter with \
+                     `mlx_lm fuse` and convert the fused model instead"
+                        .into(),
+                ),
+            },
+            tensors::KeyKind::FullWeight => Key::Other {
+                kind: KeyKind::FullWeight,
+                refusal: Some(
+                    "is a full weight, not a LoRA factor (a full fine-tune, or trained non-LoRA parameters): \
+                     llama.cpp cannot swap full tensors at run time — fuse with `mlx_lm fuse` and convert the whole \
+                     model"
+                        .into(),
+                ),
+            },
+            tensors::KeyKind::Unknown => Key::Unknown,
+        }
+    }
+
+    fn admit(&self, path: &Path, module: &str, factor: &Stored) -> Result<(), Refused> {
+        if factor.shape.len() == 3 && tensors::switch_module(module).is_none() {
+            return Err(Refused {
+                error: Error::UnsupportedTensor {
+                    path: path.to_path_buf(),
+                    key: factor.key.clone(),
+                    message: format!(
+                        "is a SwitchLinear (mixture-of-experts) factor of shape {:?} on a module lora-convert \
+                         does not know how mlx-lm stacked (it knows `block_sparse_moe.switch_mlp.*` and \
+                         `mlp.switch_mlp.*`) — fuse the adapter with `mlx_lm fuse` and convert the fused model",
+                        factor.shape
+                    ),
+                },
+                once_per_module: false,
+            });
+        }
+        if !tensors::selected(module, self.config.keys.as_deref()) {
+            let why = match &self.config.keys {
+                Some(keys) => format!(
+                    "`lora_parameters.keys` ({}) does not name it",
+                    keys.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => {
+                    "it is outside the model's blocks and `lora_parameters.keys` is not set".into()
+                }
+            };
+            return Err(Refused {
+                error: Error::NotAdapted {
+                    path: path.to_path_buf(),
+                    module: module.to_string(),
+                    why,
+                },
+                once_per_module: true,
+            });
+        }
+        Ok(())
+    }
+
+    fn pair(
+        &self,
+        path: &Path,
+        module: &str,
+        kind: PairKind,
+        a: &Stored,
+        b: &Stored,
+    ) -> Result<LoraPair, Error> {
+        let shape_err = |message: String| Error::Shape {
+            path: path.to_path_buf(),
+            module: module.to_string(),
+            message,
+            factors: format!(
+                "lora_a {:?}, lora_b {:?}; mlx-lm stores lora_a (in, r) and lora_b (r, out)",
+                a.shape, b.shape
+            ),
+        };
+        let rank = self.config.rank as usize;
+        let (n_expert, inp, ra, rb, out) = match (a.shape.as_slice(), b.shape.as_slice()) {
+            (&[inp, ra], &[rb, out]) => (None, inp, ra, rb, out),
+            // LoRASwitchLinear: lora_a (E, r, in), lora_b (E, out, r)
+            (&[ea, ra, inp], &[eb, out, rb]) if ea == eb => (Some(ea), inp, ra, rb, out),
+            (&[_, _, _], &[_, _, _]) => {
+                return Err(shape_err(
+                    "lora_a and lora_b hold different numbers of experts".into(),
+                ));
+            }
+            _ => {
+                return Err(shape_err(
+                    "the factors must be both 2-D (Linear) or both 3-D (SwitchLinear)".into(),
+                ));
+            }
+        };
+        if ra != rb {
+            return Err(shape_err(format!(
+                "lora_a has rank {ra} but lora_b has rank {rb}"
+            )));
+        }
+        if ra == 0 || inp == 0 || out == 0 || n_expert == Some(0) {
+            return Err(shape_err("a factor is empty".into()));
+        }
+        if ra != rank {
+            return Err(shape_err(format!(
+                "the tensors have rank {ra} but adapter_config.json gives lora_parameters.rank = {rank}"
+            )));
+        }
+        let factor = |t: &Stored, shape: Vec<usize>, transposed: bool| TensorRef {
+            key: t.key.clone(),
+            dtype: t.dtype,
+            shape,
+            transposed,
+        };
+        Ok(match n_expert {
+            None => LoraPair {
+                module: module.to_string(),
+                saved_as: module.to_string(),
                 parameter: None,
                 candidates: Vec::new(),
                 packing: Packing::Single,
+                kind,
                 // PEFT orientation: A (r, in), B (out, r); the file holds their transposes.
-                a: TensorRef {
-                    key: a.key,
-                    dtype: a.dtype,
-                    shape: vec![ra, inp],
-                    transposed: true,
-                },
-                b: TensorRef {
-                    key: b.key,
-                    dtype: b.dtype,
-                    shape: vec![out, ra],
-                    transposed: true,
-                },
+                a: factor(a, vec![ra, inp], true),
+                b: factor(b, vec![out, ra], true),
                 rank: ra,
-                scaling,
+                scaling: self.scaling(),
             },
             // Each expert's factors are already PEFT-oriented blocks; the packing says where expert e's are.
             Some(e) => LoraPair {
-                module: tensors::switch_module(&module).unwrap_or_else(|| module.clone()),
-                saved_as: module,
+                module: tensors::switch_module(module).unwrap_or_else(|| module.to_string()),
+                saved_as: module.to_string(),
                 parameter: None,
                 candidates: Vec::new(),
                 packing: Packing::MlxExperts { n_expert: e },
                 kind: PairKind::Linear,
-                a: TensorRef {
-                    key: a.key,
-                    dtype: a.dtype,
-                    shape: vec![e * ra, inp],
-                    transposed: false,
-                },
-                b: TensorRef {
-                    key: b.key,
-                    dtype: b.dtype,
-                    shape: vec![out, e * ra],
-                    transposed: false,
-                },
+                a: factor(a, vec![e * ra, inp], false),
+                b: factor(b, vec![out, e * ra], false),
                 rank: ra,
-                scaling,
+                scaling: self.scaling(),
             },
-        };
-        pairs.push(pair);
+        })
     }
-    if let Some(n) = config.last_blocks()
-        && blocks.len() as u64 > n
-    {
-        let module = pairs
+
+    /// `num_layers`: mlx-lm adapts only the last N blocks, so factors in more blocks do not belong to this config.
+    fn finish(&self, path: &Path, pairs: &[LoraPair], refusals: &mut Vec<Error>) {
+        let blocks: BTreeSet<u64> = pairs
             .iter()
-            .find(|p| tensors::block_index(&p.module) == blocks.first().copied())
-            .map(|p| p.module.clone())
-            .unwrap_or_default();
-        refusals.push(Error::NotAdapted {
-            path: st_path.clone(),
-            module,
-            why: format!(
-                "`num_layers` is {n} and the file has LoRA factors in {} blocks",
-                blocks.len()
-            ),
-        });
+            .filter_map(|p| tensors::block_index(&p.saved_as))
+            .collect();
+        if let Some(n) = self.config.last_blocks()
+            && blocks.len() as u64 > n
+        {
+            let module = pairs
+                .iter()
+                .find(|p| tensors::block_index(&p.module) == blocks.first().copied())
+                .map(|p| p.module.clone())
+                .unwrap_or_default();
+            refusals.push(Error::NotAdapted {
+                path: path.to_path_buf(),
+                module,
+                why: format!(
+                    "`num_layers` is {n} and the file has LoRA factors in {} blocks",
+                    blocks.len()
+                ),
+            });
+        }
     }
-    let equivalent = equivalent_peft_config(&config, &config_path)?;
-    let adapter = Adapter::from_parts(
-        dir.to_path_buf(),
-        Framework::MlxLm,
-        equivalent,
-        pairs,
-        others,
-        st_path,
-        file,
-        ranges,
-    );
-    Ok(Scan {
-        adapter,
-        config,
-        refusals,
-    })
 }
 
 /// The PEFT configuration this adapter is equivalent to (r, lora_alpha = scale·r, the keys as target_modules, the
@@ -553,18 +332,17 @@ fn equivalent_peft_config(config: &MlxConfig, path: &Path) -> Result<AdapterConf
         "target_modules": config.keys,
         "base_model_name_or_path": config.model,
     });
-    AdapterConfig::from_json(&json.to_string(), path).map_err(|e| {
-        Error::Read(ReadError::ConfigField {
-            path: path.to_path_buf(),
-            key: "lora_parameters".into(),
-            message: format!("has no PEFT equivalent: {e}"),
-        })
+    AdapterConfig::from_json(&json.to_string(), path).map_err(|e| Error::ConfigField {
+        path: path.to_path_buf(),
+        key: "lora_parameters".into(),
+        message: format!("has no PEFT equivalent: {e}"),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::Dtype;
     use safetensors::tensor::TensorView;
 
     /// An adapter directory with one pair of index-valued factors: lora_a (in 3, r 2), lora_b (r 2, out 4).
@@ -661,9 +439,9 @@ mod tests {
             .refusals
             .iter()
             .map(|e| match e {
-                Error::Read(ReadError::Unsupported { key, .. }) => format!("config {key}"),
-                Error::Read(ReadError::UnsupportedTensor { key, .. }) => format!("tensor {key}"),
-                Error::Read(ReadError::Dtype { key, dtype, .. }) => format!("dtype {key} {dtype}"),
+                Error::Unsupported { key, .. } => format!("config {key}"),
+                Error::UnsupportedTensor { key, .. } => format!("tensor {key}"),
+                Error::Dtype { key, dtype, .. } => format!("dtype {key} {dtype}"),
                 Error::HalfPair {
                     module, missing, ..
                 } => format!("half {module} {missing}"),
@@ -692,7 +470,7 @@ mod tests {
                 "model.layers.0.self_attn.v_proj.lora_b",
             ]
         );
-        assert_eq!(s.config.fine_tune_type, "dora");
+        assert_eq!(s.mlx.as_ref().unwrap().fine_tune_type, "dora");
         // `open` keeps its contract: the first refusal is the error.
         assert!(
             open(dir.path())

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::Error;
-use super::scaling::Scaling;
+use crate::adapter::{Error, Scaling};
+use crate::json_fields::Fields;
 
 /// `init_lora_weights` values whose adapter only works against a base model that PEFT modified at
 /// initialisation (peft 0.21.2 `tuners/lora/layer.py`: pissa/olora/corda/lora_ga subtract from the base weight,
@@ -60,28 +60,16 @@ impl AdapterConfig {
     /// Parse and check `adapter_config.json` text; the first refusal is the error.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, Error> {
         let (config, refusals) = Self::read(text, path)?;
-        super::unless_refused(config, refusals)
+        crate::adapter::unless_refused(config, refusals)
     }
 
     /// Parse `adapter_config.json` text, returning every refusal beside the configuration (`lora-convert inspect`
     /// lists them all). Errors: invalid JSON, a malformed or missing field, or a `peft_type` other than LoRA (then
     /// nothing else in the file means what a LoRA config means).
     pub fn read(text: &str, path: &Path) -> Result<(Self, Vec<Error>), Error> {
-        let value: Value = serde_json::from_str(text).map_err(|e| Error::ConfigJson {
-            path: path.to_path_buf(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        })?;
-        let Value::Object(map) = value else {
-            return Err(Error::ConfigField {
-                path: path.to_path_buf(),
-                key: "(top level)".into(),
-                message: "expected a JSON object".into(),
-            });
-        };
-        let cfg = Reader { path, map: &map };
-        let refusals = cfg.refusals()?;
+        let map = Error::config_object(text, path)?;
+        let cfg = Reader::new(path, &map, Error::config_field);
+        let refusals = refusals(&cfg, path)?;
         if let Some(wrong_type) = refusals
             .iter()
             .position(|e| matches!(e, Error::Unsupported { key, .. } if key == "peft_type"))
@@ -89,30 +77,30 @@ impl AdapterConfig {
             return Err(refusals
                 .into_iter()
                 .nth(wrong_type)
-                .unwrap_or_else(|| cfg.field("peft_type", "is not LORA".into())));
+                .unwrap_or_else(|| cfg.error("peft_type", "is not LORA".into())));
         }
 
         let peft_type = cfg.string("peft_type")?.unwrap_or_else(|| "LORA".into());
         let rank = cfg
-            .rank("r")?
-            .ok_or_else(|| cfg.missing("r", "the LoRA rank"))?;
+            .positive_u32("r")?
+            .ok_or_else(|| missing(&cfg, "r", "the LoRA rank"))?;
         let alpha = cfg
             .number("lora_alpha")?
-            .ok_or_else(|| cfg.missing("lora_alpha", "the LoRA alpha"))?;
-        let rank_pattern = cfg.pattern("rank_pattern", |key, v| {
+            .ok_or_else(|| missing(&cfg, "lora_alpha", "the LoRA alpha"))?;
+        let rank_pattern = pattern(&cfg, "rank_pattern", |key, v| {
             v.as_u64()
                 .and_then(|r| u32::try_from(r).ok())
                 .filter(|&r| r > 0)
                 .ok_or_else(|| {
-                    cfg.field(
+                    cfg.error(
                         &format!("rank_pattern.{key}"),
                         format!("expected a positive integer rank, found {v}"),
                     )
                 })
         })?;
-        let alpha_pattern = cfg.pattern("alpha_pattern", |key, v| {
+        let alpha_pattern = pattern(&cfg, "alpha_pattern", |key, v| {
             v.as_f64().ok_or_else(|| {
-                cfg.field(
+                cfg.error(
                     &format!("alpha_pattern.{key}"),
                     format!("expected a number, found {v}"),
                 )
@@ -130,14 +118,14 @@ impl AdapterConfig {
                     .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
                     .collect::<Option<Vec<u32>>>()
                     .ok_or_else(|| {
-                        cfg.field(
+                        cfg.error(
                             "alora_invocation_tokens",
                             "expected a list of token ids".into(),
                         )
                     })?,
             ),
             Some(other) => {
-                return Err(cfg.field(
+                return Err(cfg.error(
                     "alora_invocation_tokens",
                     format!("expected a list of token ids, found {other}"),
                 ));
@@ -158,7 +146,9 @@ impl AdapterConfig {
                 .get("layers_to_transform")
                 .filter(|v| !v.is_null())
                 .cloned(),
-            target_parameters: cfg.strings("target_parameters")?,
+            target_parameters: cfg
+                .strings("target_parameters", "a list of names")?
+                .unwrap_or_default(),
             alora_invocation_tokens,
             task_type: cfg.string("task_type")?,
             modules_to_save: cfg.get("modules_to_save").cloned(),
@@ -222,7 +212,7 @@ fn compile_patterns<'a>(
     keys.map(|key| {
         // `re.match` anchors at the start; the pattern adds `$`; `(.*\.)?` allows any dotted prefix.
         Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
-            cfg.field(
+            cfg.error(
                 &format!("{name}.{key}"),
                 format!(
                     "this key is not a regular expression we can evaluate like Python's `re` ({e})"
@@ -233,193 +223,124 @@ fn compile_patterns<'a>(
     .collect()
 }
 
-struct Reader<'a> {
-    path: &'a Path,
-    map: &'a Map<String, Value>,
+/// The fields of `adapter_config.json`, errors as `ConfigField`.
+type Reader<'a> = Fields<'a, Error>;
+
+fn missing(cfg: &Reader<'_>, key: &str, what: &str) -> Error {
+    cfg.error(
+        key,
+        format!("missing ({what}); is this a PEFT LoRA adapter_config.json?"),
+    )
 }
 
-impl Reader<'_> {
-    fn field(&self, key: &str, message: String) -> Error {
-        Error::ConfigField {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        }
-    }
-
-    fn missing(&self, key: &str, what: &str) -> Error {
-        self.field(
+/// An object of module pattern → value (`rank_pattern`, `alpha_pattern`), each value read by `value`.
+fn pattern<T>(
+    cfg: &Reader<'_>,
+    key: &str,
+    value: impl Fn(&str, &Value) -> Result<T, Error>,
+) -> Result<Vec<(String, T)>, Error> {
+    match cfg.get(key) {
+        None => Ok(Vec::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), value(k, v)?)))
+            .collect(),
+        Some(other) => Err(cfg.error(
             key,
-            format!("missing ({what}); is this a PEFT LoRA adapter_config.json?"),
-        )
+            format!("expected an object of module pattern → value, found {other}"),
+        )),
     }
+}
 
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, Error> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.field(key, format!("expected a string, found {other}"))),
-        }
-    }
-
-    fn strings(&self, key: &str) -> Result<Vec<String>, Error> {
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_str().map(String::from).ok_or_else(|| {
-                        self.field(key, format!("expected a list of names, found {v}"))
-                    })
-                })
-                .collect(),
-            Some(other) => Err(self.field(key, format!("expected a list of names, found {other}"))),
-        }
-    }
-
-    fn boolean(&self, key: &str) -> Result<Option<bool>, Error> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.field(key, format!("expected true or false, found {other}"))),
-        }
-    }
-
-    fn number(&self, key: &str) -> Result<Option<f64>, Error> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Some)
-                .ok_or_else(|| self.field(key, format!("expected a number, found {v}"))),
-        }
-    }
-
-    fn rank(&self, key: &str) -> Result<Option<u32>, Error> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|r| u32::try_from(r).ok())
-                .filter(|&r| r > 0)
-                .map(Some)
-                .ok_or_else(|| self.field(key, format!("expected a positive integer, found {v}"))),
-        }
-    }
-
-    fn pattern<T>(
-        &self,
-        key: &str,
-        value: impl Fn(&str, &Value) -> Result<T, Error>,
-    ) -> Result<Vec<(String, T)>, Error> {
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Object(m)) => m
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), value(k, v)?)))
-                .collect(),
-            Some(other) => Err(self.field(
-                key,
-                format!("expected an object of module pattern → value, found {other}"),
-            )),
-        }
-    }
-
-    /// Everything a GGUF LoRA adapter cannot express, all of it (a field of the wrong type is an error).
-    fn refusals(&self) -> Result<Vec<Error>, Error> {
-        let mut out = Vec::new();
-        let mut refuse = |key: &str, message: &str| {
-            out.push(Error::Unsupported {
-                path: self.path.to_path_buf(),
-                key: key.to_string(),
-                message: message.to_string(),
-            })
+/// Everything a GGUF LoRA adapter cannot express, all of it (a field of the wrong type is an error).
+fn refusals(cfg: &Reader<'_>, path: &Path) -> Result<Vec<Error>, Error> {
+    let mut out = Vec::new();
+    let mut refuse = |key: &str, message: &str| {
+        out.push(Error::Unsupported {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.to_string(),
+        })
+    };
+    if let Some(t) = cfg.string("peft_type")?
+        && t != "LORA"
+    {
+        let name = match t.as_str() {
+            "LOHA" => "LoHa",
+            "LOKR" => "LoKr",
+            "IA3" => "IA³",
+            "ADALORA" => "AdaLoRA",
+            "VERA" => "VeRA",
+            "BOFT" => "BOFT",
+            "OFT" => "OFT",
+            "FOURIERFT" => "FourierFT",
+            _ => t.as_str(),
         };
-        if let Some(t) = self.string("peft_type")?
-            && t != "LORA"
-        {
-            let name = match t.as_str() {
-                "LOHA" => "LoHa",
-                "LOKR" => "LoKr",
-                "IA3" => "IA³",
-                "ADALORA" => "AdaLoRA",
-                "VERA" => "VeRA",
-                "BOFT" => "BOFT",
-                "OFT" => "OFT",
-                "FOURIERFT" => "FourierFT",
-                _ => t.as_str(),
-            };
-            refuse(
-                "peft_type",
-                &format!(
-                    "is `{t}` ({name}); llama.cpp only runs LoRA (B·A) adapters — merge this adapter into the \
-                         base model and convert the merged model instead"
-                ),
-            );
-            return Ok(out);
-        }
-        if self.boolean("use_dora")? == Some(true) {
-            refuse(
-                "use_dora",
-                "is true: DoRA rescales each column of the merged weight by a learned magnitude, which a GGUF LoRA \
-                 cannot express — merge the adapter into the base model instead",
-            );
-        }
-        if self.boolean("lora_bias")? == Some(true) {
-            refuse(
-                "lora_bias",
-                "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
-            );
-        }
-        if let Some(bias) = self.string("bias")?
-            && bias != "none"
-        {
-            refuse(
-                "bias",
-                &format!(
-                    "is `{bias}`: the adapter trains base biases, which a GGUF LoRA cannot carry — retrain with \
-                     bias=\"none\", or merge"
-                ),
-            );
-        }
-        if let Some(m) = self.get("modules_to_save")
-            && m.as_array().is_none_or(|a| !a.is_empty())
-        {
-            refuse("modules_to_save", &modules_to_save_message(m));
-        }
-        if self.get("trainable_token_indices").is_some() {
-            refuse(
-                "trainable_token_indices",
-                "is set: trainable token deltas are not LoRA and llama.cpp cannot apply them — merge instead",
-            );
-        }
-        if let Some(Value::String(init)) = self.get("init_lora_weights") {
-            let lower = init.to_ascii_lowercase();
-            if let Some(kind) = BASE_MUTATING_INITS.iter().find(|k| lower.starts_with(*k)) {
-                refuse(
-                    "init_lora_weights",
-                    &format!(
-                        "is `{init}`: a {kind} adapter only works with the base model PEFT modified at \
-                         initialisation; save it converted with `model.save_pretrained(out, \
-                         path_initial_model_for_weight_conversion=INIT_DIR)` (a plain LoRA of twice the rank) and \
-                         convert that{}",
-                        if kind == &"pissa" {
-                            " (LLaMA-Factory does this with `pissa_convert: true` and writes it to \
-                             OUTPUT_DIR/pissa_converted)"
-                        } else {
-                            ""
-                        }
-                    ),
-                );
-            }
-        }
-        Ok(out)
+        refuse(
+            "peft_type",
+            &format!(
+                "is `{t}` ({name}); llama.cpp only runs LoRA (B·A) adapters — merge this adapter into the \
+                     base model and convert the merged model instead"
+            ),
+        );
+        return Ok(out);
     }
+    if cfg.boolean("use_dora")? == Some(true) {
+        refuse(
+            "use_dora",
+            "is true: DoRA rescales each column of the merged weight by a learned magnitude, which a GGUF LoRA \
+             cannot express — merge the adapter into the base model instead",
+        );
+    }
+    if cfg.boolean("lora_bias")? == Some(true) {
+        refuse(
+            "lora_bias",
+            "is true: llama.cpp LoRA has no bias term — retrain with lora_bias=False, or merge",
+        );
+    }
+    if let Some(bias) = cfg.string("bias")?
+        && bias != "none"
+    {
+        refuse(
+            "bias",
+            &format!(
+                "is `{bias}`: the adapter trains base biases, which a GGUF LoRA cannot carry — retrain with \
+                 bias=\"none\", or merge"
+            ),
+        );
+    }
+    if let Some(m) = cfg.get("modules_to_save")
+        && m.as_array().is_none_or(|a| !a.is_empty())
+    {
+        refuse("modules_to_save", &modules_to_save_message(m));
+    }
+    if cfg.get("trainable_token_indices").is_some() {
+        refuse(
+            "trainable_token_indices",
+            "is set: trainable token deltas are not LoRA and llama.cpp cannot apply them — merge instead",
+        );
+    }
+    if let Some(Value::String(init)) = cfg.get("init_lora_weights") {
+        let lower = init.to_ascii_lowercase();
+        if let Some(kind) = BASE_MUTATING_INITS.iter().find(|k| lower.starts_with(*k)) {
+            refuse(
+                "init_lora_weights",
+                &format!(
+                    "is `{init}`: a {kind} adapter only works with the base model PEFT modified at \
+                     initialisation; save it converted with `model.save_pretrained(out, \
+                     path_initial_model_for_weight_conversion=INIT_DIR)` (a plain LoRA of twice the rank) and \
+                     convert that{}",
+                    if kind == &"pissa" {
+                        " (LLaMA-Factory does this with `pissa_convert: true` and writes it to \
+                         OUTPUT_DIR/pissa_converted)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Why `modules_to_save` cannot be converted, with what the trainers that set it do and what to do instead.

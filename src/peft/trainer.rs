@@ -131,6 +131,47 @@ pub fn pissa_sibling(dir: &Path) -> Option<std::path::PathBuf> {
         .then_some(converted)
 }
 
+/// LLaMA-Factory's PiSSA directories, refused with a pointer to the one that converts: `pissa_init/` and
+/// `pissa_backup/` (their `init_lora_weights: true` is not the truth, so they get a refusal first), and the output
+/// directory beside a `pissa_converted/` (its own `init_lora_weights` refusal then says where to look).
+pub fn pissa_refusals(dir: &Path, config_path: &Path, refusals: &mut Vec<crate::adapter::Error>) {
+    use crate::adapter::Error;
+    if let Some(converted) = pissa_sibling(dir) {
+        refusals.insert(
+            0,
+            Error::Unsupported {
+                path: config_path.to_path_buf(),
+                key: "init_lora_weights".into(),
+                message: format!(
+                    "says `true`, but `{}` is LLaMA-Factory's {} PiSSA adapter: its factors only work on the base \
+                     that PiSSA modified at initialisation; convert `{}` (the same adapter converted to a plain \
+                     LoRA of the original base) instead",
+                    dir.display(),
+                    if dir.ends_with("pissa_init") {
+                        "initial"
+                    } else {
+                        "trained (backup)"
+                    },
+                    converted.display()
+                ),
+            },
+        );
+    }
+    let converted_here = dir.join("pissa_converted");
+    if converted_here.join(super::CONFIG_FILE).is_file() {
+        for r in refusals.iter_mut() {
+            if let Error::Unsupported { key, message, .. } = r
+                && key == "init_lora_weights"
+            {
+                *message = format!(
+                    "{message}; LLaMA-Factory already did: convert `{}`",
+                    converted_here.display()
+                );
+            }
+        }
+    }
+}
+
 /// Whether the hints say torchtune wrote this file.
 pub fn is_torchtune(hints: &[Hint]) -> bool {
     hints.iter().any(|h| h.trainer == Trainer::Torchtune)

@@ -408,14 +408,13 @@ fn read_base(j: &Json, o: &Map<String, Value>) -> Result<BaseFingerprint, PackEr
     let dims = j
         .object(j.get(o, pre, "dims")?, "base.dims")?
         .iter()
-        .filter_map(|(k, v)| match v {
+        .map(|(k, v)| match v {
             // `tie_word_embeddings` is a bool; the sizes are integers.
-            Value::Bool(b) => Some(Ok((k.clone(), i64::from(*b)))),
-            _ => Some(
-                v.as_i64()
-                    .map(|n| (k.clone(), n))
-                    .ok_or_else(|| j.bad(&format!("base.dims.{k}"), "expected an integer".into())),
-            ),
+            Value::Bool(b) => Ok((k.clone(), i64::from(*b))),
+            _ => v
+                .as_i64()
+                .map(|n| (k.clone(), n))
+                .ok_or_else(|| j.bad(&format!("base.dims.{k}"), "expected an integer".into())),
         })
         .collect::<Result<_, PackError>>()?;
     let derived_from = match o.get("derived_from") {

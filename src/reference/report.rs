@@ -9,32 +9,18 @@ use serde_json::json;
 use super::pack::ReferencePack;
 use super::results::{PromptRun, ReferenceRun};
 use super::verdict::{Check, ReferenceLimits, ReferenceVerdict};
+pub use crate::report::{Format, ReportMeta};
 
 /// Version of the reference JSON report.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
-/// Output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// For people.
-    Text,
-    /// For programs.
-    Json,
-    /// For CI test views.
-    Junit,
-    /// For CI step summaries.
-    Markdown,
-}
-
-/// What the run was about.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Meta {
-    /// The base GGUF.
-    pub base: String,
-    /// The adapter GGUF.
-    pub adapter: String,
-    /// Tool name and version.
-    pub tool_version: String,
+/// The adapter(s) of the run, as the reports name them.
+fn adapter_name(meta: &ReportMeta) -> String {
+    meta.adapters
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// Render a report.
@@ -43,7 +29,7 @@ pub fn render(
     pack: &ReferencePack,
     run: &ReferenceRun,
     verdict: &ReferenceVerdict,
-    meta: &Meta,
+    meta: &ReportMeta,
 ) -> String {
     match format {
         Format::Text => text(pack, run, verdict, meta),
@@ -107,12 +93,17 @@ const HEADER: [&str; 10] = [
     "greedy",
 ];
 
-fn text(pack: &ReferencePack, run: &ReferenceRun, v: &ReferenceVerdict, meta: &Meta) -> String {
+fn text(
+    pack: &ReferencePack,
+    run: &ReferenceRun,
+    v: &ReferenceVerdict,
+    meta: &ReportMeta,
+) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
         "lora-validate --reference: {} on {} against {}",
-        meta.adapter,
+        adapter_name(meta),
         meta.base,
         pack.dir.display()
     );
@@ -229,7 +220,7 @@ pub fn json_value(
     pack: &ReferencePack,
     run: &ReferenceRun,
     v: &ReferenceVerdict,
-    meta: &Meta,
+    meta: &ReportMeta,
 ) -> serde_json::Value {
     let checks: serde_json::Map<String, serde_json::Value> = v
         .checks
@@ -241,7 +232,7 @@ pub fn json_value(
         "mode": "reference",
         "tool": meta.tool_version,
         "base": meta.base,
-        "adapter": meta.adapter,
+        "adapter": adapter_name(meta),
         "pack": {
             "dir": pack.dir.display().to_string(),
             "version": pack.version,
@@ -268,12 +259,12 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn junit(run: &ReferenceRun, v: &ReferenceVerdict, meta: &Meta) -> String {
+fn junit(run: &ReferenceRun, v: &ReferenceVerdict, meta: &ReportMeta) -> String {
     let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         o,
         "<testsuites name=\"lora-validate --reference {}\" tests=\"{}\" failures=\"{}\">",
-        xml(&meta.adapter),
+        xml(&adapter_name(meta)),
         run.prompts.len() * Check::ALL.len(),
         v.failures.len()
     );
@@ -326,12 +317,12 @@ fn junit(run: &ReferenceRun, v: &ReferenceVerdict, meta: &Meta) -> String {
     o
 }
 
-fn markdown(run: &ReferenceRun, v: &ReferenceVerdict, meta: &Meta) -> String {
+fn markdown(run: &ReferenceRun, v: &ReferenceVerdict, meta: &ReportMeta) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
         "### lora-validate --reference: {} — {}\n",
-        xml(&meta.adapter),
+        xml(&adapter_name(meta)),
         if v.passed { "PASS" } else { "FAIL" }
     );
     let _ = writeln!(o, "| check | result |\n|---|---|");
@@ -354,7 +345,7 @@ fn markdown(run: &ReferenceRun, v: &ReferenceVerdict, meta: &Meta) -> String {
         let _ = writeln!(
             o,
             "| {} |",
-            row(p).map(|c| c.replace('|', "\\|")).join(" | ")
+            row(p, &v.limits).map(|c| c.replace('|', "\\|")).join(" | ")
         );
     }
     if !v.diagnoses.is_empty() {
@@ -448,9 +439,9 @@ mod tests {
             "{:#?}",
             v.failures
         );
-        let meta = Meta {
+        let meta = ReportMeta {
             base: "b.gguf".into(),
-            adapter: "a.gguf".into(),
+            adapters: vec![("a.gguf".into(), 1.0)],
             tool_version: "t".into(),
         };
         let text = render(Format::Text, &pack, &run, &v, &meta);

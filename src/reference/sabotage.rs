@@ -205,6 +205,8 @@ fn qk_permuted(adapter: &GgufFile, base: &GgufFile, out: &Path) -> Result<Made, 
     let heads = HeadCounts {
         n_head: n_head as u32,
         n_head_kv: n_kv.unwrap_or(n_head) as u32,
+        // The sabotage permutes q/k rows only, which Gated DeltaNet layers do not have.
+        delta_net: None,
     };
     let mut count = 0;
     let mut failed = None;

@@ -2,15 +2,19 @@
 //! ([`super::sabotage`]); the checks prove themselves when the good adapter is green and every sabotage turns its
 //! own check red.
 
-use std::path::Path;
-
 use serde::Serialize;
 
-use super::pack::ReferencePack;
-use super::sabotage::{self, Made, Sabotage};
-use super::verdict::{self, Check, ReferenceLimits};
-use crate::gguf::GgufFile;
-use crate::validate::engine::{Engine, EngineConfig, EngineError};
+use super::verdict::Check;
+#[cfg(feature = "validate")]
+use {
+    super::pack::ReferencePack,
+    super::sabotage::{self, Made, Sabotage},
+    super::verdict::{self, ReferenceLimits},
+    crate::gguf::GgufFile,
+    crate::validate::engine::Engine,
+    crate::validate::{EngineConfig, Error},
+    std::path::Path,
+};
 
 /// One row of the self-test.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,21 +37,8 @@ pub struct Case {
     pub ok: bool,
 }
 
-/// Why the self-test could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum SelfTestError {
-    /// A sabotaged copy could not be made.
-    #[error(transparent)]
-    Sabotage(#[from] sabotage::SabotageError),
-    /// llama.cpp failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// A temporary directory.
-    #[error("self-test: temporary directory: {0}")]
-    Io(#[from] std::io::Error),
-}
-
 /// Run the good adapter and every sabotage; `progress` is told each case's name before it runs.
+#[cfg(feature = "validate")]
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     base_path: &Path,
@@ -58,17 +49,17 @@ pub fn run(
     limits: &ReferenceLimits,
     bos: Option<i32>,
     progress: &mut dyn FnMut(&str),
-) -> Result<Vec<Case>, SelfTestError> {
-    let adapter =
-        GgufFile::open(adapter_path).map_err(|e| sabotage::SabotageError(e.to_string()))?;
-    let dir = tempfile::tempdir()?;
+) -> Result<Vec<Case>, Error> {
+    let adapter = GgufFile::open(adapter_path)?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| sabotage::SabotageError(format!("self-test: temporary directory: {e}")))?;
     let mut cases = Vec::new();
     let mut judge = |name: &str,
                      what: String,
                      expected: Option<Check>,
                      adapter: &Path,
                      pack: &ReferencePack|
-     -> Result<Case, SelfTestError> {
+     -> Result<Case, Error> {
         progress(name);
         let mut engine = Engine::load(base_path, &[(adapter.to_path_buf(), 1.0)], cfg.clone())?;
         let run = super::run::measure(&mut engine, pack, bos, Vec::new())?;

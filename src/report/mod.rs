@@ -134,6 +134,13 @@ fn text(
         adapters.join(" + "),
         meta.base
     );
+    if let Some(p) = &run.partial {
+        let _ = writeln!(
+            o,
+            "PARTIAL RUN: {}; {} of {} prompts measured at every scale",
+            p.reason, p.prompts_done, p.prompts_total
+        );
+    }
     let _ = writeln!(
         o,
         "{} prompts ({} control, {} target); engine self-check max |Δlogit| at scale 0 = {}; noise floor KL = {:.1e}",
@@ -216,7 +223,7 @@ pub fn json_value(
     verdict: &Verdict,
     meta: &ReportMeta,
 ) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": meta.tool_version,
         "base": meta.base,
@@ -234,7 +241,11 @@ pub fn json_value(
             "noise_floor_kl_max": run.noise_floor_kl_max,
         },
         "timings": run.timings,
-    })
+    });
+    if let Some(partial) = &run.partial {
+        value["partial"] = json!(partial);
+    }
+    value
 }
 
 fn xml_escape(s: &str) -> String {
@@ -452,6 +463,7 @@ mod tests {
                 scales: vec![0.0, 1.0],
             },
             timings: Timings::default(),
+            partial: None,
         };
         let verdict = judge(&set, &run, &Limits::default());
         let meta = ReportMeta {

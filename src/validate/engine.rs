@@ -15,6 +15,7 @@
 //! composition. `--sequential` runs the same steps one prompt at a time (the baseline for benchmarks).
 
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -31,80 +32,11 @@ use rayon::prelude::*;
 
 use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::golden::{GoldenPrompt, PromptText};
+pub use super::request::{EngineConfig, EngineError, Progress};
 use super::results::{
-    BaseContinuation, EngineSettings, PassTiming, PhaseTimings, PromptMeasurement, RunMeasurements,
-    Timings,
+    BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings, PromptMeasurement,
+    RunMeasurements, Timings,
 };
-
-/// Why the engine failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// llama.cpp's backend could not start.
-    #[error("llama.cpp backend: {0}")]
-    Backend(String),
-    /// The model could not be loaded.
-    #[error(
-        "llama.cpp could not load the model `{path}`: {message} (run with -v to see llama.cpp's log)"
-    )]
-    ModelLoad {
-        /// The model file.
-        path: PathBuf,
-        /// llama.cpp's error.
-        message: String,
-    },
-    /// An adapter could not be loaded.
-    #[error(
-        "llama.cpp could not load the adapter `{path}`: {message} (run with -v to see llama.cpp's log)"
-    )]
-    AdapterLoad {
-        /// The adapter file.
-        path: PathBuf,
-        /// llama.cpp's error.
-        message: String,
-    },
-    /// A context could not be created.
-    #[error("llama.cpp could not create a context of {n_ctx} tokens: {message}")]
-    Context {
-        /// Requested context size.
-        n_ctx: u32,
-        /// llama.cpp's error.
-        message: String,
-    },
-    /// Decoding failed.
-    #[error("llama.cpp decode failed: {0}")]
-    Decode(String),
-    /// A prompt (with its continuation) does not fit the context.
-    #[error(
-        "prompt `{id}` needs {tokens} tokens but the context holds {n_ctx}; raise --ctx or shorten it"
-    )]
-    PromptTooLong {
-        /// Prompt id.
-        id: String,
-        /// Tokens needed.
-        tokens: usize,
-        /// Context size.
-        n_ctx: u32,
-    },
-    /// The chat template could not be applied.
-    #[error("prompt `{id}`: {message}")]
-    Template {
-        /// Prompt id.
-        id: String,
-        /// What went wrong.
-        message: String,
-    },
-}
-
-impl EngineError {
-    /// Problems with the user's input (exit 2) as opposed to llama.cpp failing (exit 3).
-    pub fn is_input_error(&self) -> bool {
-        matches!(
-            self,
-            EngineError::PromptTooLong { .. } | EngineError::Template { .. }
-        )
-    }
-}
 
 /// The process-wide llama.cpp backend (llama.cpp allows one initialisation per process).
 pub fn backend(verbose: bool) -> Result<&'static LlamaBackend, EngineError> {
@@ -238,61 +170,6 @@ pub fn logits_for_tokens(
     Ok(out)
 }
 
-/// How the engine runs.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Context size in tokens (0: sized from the prompts).
-    pub n_ctx: u32,
-    /// Logical and physical batch size.
-    pub n_batch: u32,
-    /// Worker threads.
-    pub threads: i32,
-    /// Default new tokens per prompt.
-    pub max_tokens: u32,
-    /// Most sequences decoded together.
-    pub max_parallel: usize,
-    /// Show llama.cpp's own log.
-    pub verbose: bool,
-    /// One prompt at a time (the baseline the batched engine is measured against).
-    pub sequential: bool,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            n_ctx: 0,
-            n_batch: 512,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
-            max_tokens: 32,
-            max_parallel: 64,
-            verbose: false,
-            sequential: false,
-        }
-    }
-}
-
-/// What the engine is doing, for a progress bar. Steps are numbered through the run: the base continuations, then
-/// one step per teacher-forced chunk (every scale, with the adapted continuations).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Progress {
-    /// A generating pass started: `None` is the base model, else a scale.
-    Pass {
-        /// The scale, or None for the base pass.
-        scale: Option<f32>,
-        /// Steps done before this one.
-        done: usize,
-        /// Steps in all.
-        total: usize,
-    },
-    /// A teacher-forced chunk started: compared at every scale, then continued greedily.
-    Compare {
-        /// Steps done before this one.
-        done: usize,
-        /// Steps in all.
-        total: usize,
-    },
-}
-
 /// The base model and adapters, loaded once for a whole run.
 pub struct Engine {
     model: LlamaModel,
@@ -346,9 +223,11 @@ impl Engine {
                 message: format!("creating a temporary directory for the stack: {e}"),
             })?;
             let path = dir.path().join("stack.gguf");
-            super::stack::combine(adapters, &path).map_err(|e| EngineError::AdapterLoad {
-                path: adapters[0].0.clone(),
-                message: format!("combining the stack: {e}"),
+            crate::gguf_adapter::stack::combine(adapters, &path).map_err(|e| {
+                EngineError::AdapterLoad {
+                    path: adapters[0].0.clone(),
+                    message: format!("combining the stack: {e}"),
+                }
             })?;
             stack_dir = Some(dir);
             combined = [(path, 1.0)];
@@ -425,6 +304,130 @@ impl Engine {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunMeasurements, EngineError> {
         let started = Instant::now();
+        let layout = self.layout(prompts)?;
+        let Engine {
+            model,
+            adapters,
+            cfg,
+            model_load_ms,
+            adapter_load_ms,
+            ..
+        } = self;
+        let mut run = Run::new(model, &layout, cfg)?;
+        // The engine self-check runs at scale 0 even when the sweep does not include it.
+        let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
+        if !scales.contains(&0.0) {
+            sweep.insert(0, (0.0, false));
+        }
+        let total_steps = 1 + layout.chunks.iter().map(Vec::len).sum::<usize>();
+
+        progress(Progress::Pass {
+            scale: None,
+            done: 0,
+            total: total_steps,
+        });
+        // From here on a failure or an interruption ends the run with what finished (a partial report), not an error.
+        let (base_tokens, mut base_counts, mut stopped) = match run.base_continuations(&layout, cfg)
+        {
+            Ok((tokens, counts)) => (tokens, counts, None),
+            Err(stop) => (Vec::new(), (0, 0), Some(stop)),
+        };
+        let base: Vec<BaseContinuation> = prompts
+            .iter()
+            .zip(&layout.prepared)
+            .zip(&base_tokens)
+            .map(|((p, prep), toks)| BaseContinuation {
+                prompt_id: p.id.clone(),
+                prompt_tokens: prep.tokens.clone(),
+                text: detokenize(run.model, toks),
+                tokens: toks.clone(),
+            })
+            .collect();
+        let mut swept = Swept::new(sweep.len(), layout.prepared.len());
+        if stopped.is_none() {
+            stopped = run.teacher_forced(
+                &layout,
+                &base_tokens,
+                adapters,
+                &sweep,
+                &mut base_counts,
+                &mut swept,
+                cfg,
+                &mut |done| {
+                    progress(Progress::Compare {
+                        done,
+                        total: total_steps,
+                    })
+                },
+            );
+        }
+        let done = swept.done;
+        let zero = sweep.iter().position(|s| s.0 == 0.0).unwrap_or(0);
+        let scale_zero_delta = swept.compares[zero][..done]
+            .iter()
+            .map(|c| c.max_abs)
+            .fold(0.0, f32::max);
+        let noise_floor = swept.compares[zero][..done]
+            .iter()
+            .map(|c| c.kl_max)
+            .fold(0.0, f64::max);
+        let mut timings = Timings {
+            model_load_ms: *model_load_ms,
+            adapter_load_ms: *adapter_load_ms,
+            ..Timings::default()
+        };
+        timings.passes.push(PassTiming {
+            scale: None,
+            ..pass_timing(
+                run.phases.base_generate_ms + run.phases.base_teacher_forced_ms,
+                base_counts,
+            )
+        });
+        let measurements = run.measurements(
+            &prompts[..done],
+            &sweep,
+            &swept,
+            &base_tokens,
+            &mut timings.passes,
+        );
+        let reset = set_scale(adapters, &mut run.ctx_adapted, 0.0);
+        if stopped.is_none() {
+            reset?;
+        }
+        timings.adapter_switch_ms = run.switch.mean_ms();
+        timings.adapter_switch_max_ms = run.switch.max_ms;
+        timings.adapter_switches = run.switch.count;
+        timings.phases = run.phases;
+        timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
+        Ok(RunMeasurements {
+            base,
+            measurements,
+            scale_zero_max_abs_logit_delta: scale_zero_delta,
+            noise_floor_kl_max: noise_floor,
+            settings: EngineSettings {
+                n_ctx: layout.n_ctx,
+                n_batch: layout.n_batch,
+                n_ubatch: cfg.n_batch,
+                threads: cfg.threads,
+                max_tokens: cfg.max_tokens,
+                scales: scales.to_vec(),
+            },
+            timings,
+            partial: stopped.map(|stop| Partial {
+                interrupted: matches!(stop, Stopped::Interrupted),
+                reason: match stop {
+                    Stopped::Interrupted => "interrupted (Ctrl-C)".into(),
+                    Stopped::Failed(e) => e.to_string(),
+                },
+                prompts_done: done,
+                prompts_total: prompts.len(),
+            }),
+        })
+    }
+
+    /// Tokenize the prompts, group them (one group in sequential mode is one prompt), size the context for the
+    /// largest group and cut each group into teacher-forced chunks; a prompt that cannot fit is an error.
+    fn layout(&self, prompts: &[GoldenPrompt]) -> Result<Layout, EngineError> {
         let prepared: Vec<Prepared> = prompts
             .iter()
             .map(|p| {
@@ -439,11 +442,11 @@ impl Engine {
         } else {
             self.cfg.max_parallel.max(1)
         };
-        let groups: Vec<std::ops::Range<usize>> = (0..prepared.len())
+        let groups: Vec<Range<usize>> = (0..prepared.len())
             .step_by(group_size)
             .map(|s| s..(s + group_size).min(prepared.len()))
             .collect();
-        let need = |g: &std::ops::Range<usize>| -> usize {
+        let need = |g: &Range<usize>| -> usize {
             prepared[g.clone()]
                 .iter()
                 .map(|p| p.tokens.len() + p.max_tokens + 1)
@@ -481,206 +484,331 @@ impl Engine {
             .map(|p| p.tokens.len() + p.max_tokens)
             .max()
             .unwrap_or(1);
-        let Engine {
-            model,
-            adapters,
-            cfg,
-            model_load_ms,
-            adapter_load_ms,
-            ..
-        } = self;
-        let model: &LlamaModel = model;
+        let n_batch = self.cfg.n_batch.max(longest_feed as u32);
+        let chunks = groups
+            .iter()
+            .map(|g| tf_chunks(&prepared[g.clone()], self.cfg.n_batch as usize))
+            .collect();
+        Ok(Layout {
+            prepared,
+            groups,
+            chunks,
+            n_ctx,
+            n_batch,
+            n_seq,
+        })
+    }
+}
+
+/// The prompts of a run, tokenized, grouped and chunked, and the context sizes they need.
+struct Layout {
+    prepared: Vec<Prepared>,
+    /// Prompts decoded together (sequences of one context).
+    groups: Vec<Range<usize>>,
+    /// Per group: its teacher-forced chunks (ranges within the group).
+    chunks: Vec<Vec<Range<usize>>>,
+    n_ctx: u32,
+    /// Logical batch size (the longest teacher-forced feed, at least `--batch`).
+    n_batch: u32,
+    n_seq: u32,
+}
+
+/// One run's working state: the base and adapted contexts on the one model, the worker pool, and the clocks.
+struct Run<'m> {
+    model: &'m LlamaModel,
+    ctx_base: LlamaContext<'m>,
+    ctx_adapted: LlamaContext<'m>,
+    pool: rayon::ThreadPool,
+    n_vocab: usize,
+    n_ubatch: u32,
+    phases: PhaseTimings,
+    switch: SwitchTimes,
+}
+
+/// Why a run ended before its last step.
+enum Stopped {
+    /// The interrupt flag was set (Ctrl-C).
+    Interrupted,
+    /// llama.cpp failed part-way.
+    Failed(EngineError),
+}
+
+/// Whether the run has been asked to stop.
+fn interrupted(cfg: &EngineConfig) -> bool {
+    cfg.interrupt
+        .as_ref()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// What teacher forcing found at each scale of the sweep (indexed like the sweep).
+struct Swept {
+    /// Prompts (the first ones) measured at every scale.
+    done: usize,
+    /// Per scale, per prompt.
+    compares: Vec<Vec<Compare>>,
+    /// Per scale, per prompt: the adapted greedy continuation.
+    adapted_tokens: Vec<Vec<Vec<i32>>>,
+    /// Per scale: (wall ms, tokens decoded, tokens generated).
+    per_scale: Vec<(f64, usize, usize)>,
+}
+
+impl Swept {
+    fn new(scales: usize, prompts: usize) -> Self {
+        Swept {
+            done: 0,
+            compares: vec![vec![Compare::default(); prompts]; scales],
+            adapted_tokens: vec![Vec::new(); scales],
+            per_scale: vec![(0.0f64, 0usize, 0usize); scales],
+        }
+    }
+}
+
+impl<'m> Run<'m> {
+    fn new(
+        model: &'m LlamaModel,
+        layout: &Layout,
+        cfg: &EngineConfig,
+    ) -> Result<Self, EngineError> {
         let (n_ubatch, threads) = (cfg.n_batch, cfg.threads);
-        let n_batch = n_ubatch.max(longest_feed as u32);
-        let mut ctx_base = new_context(model, n_ctx, n_batch, n_ubatch, n_seq, threads)?;
-        let mut ctx_adapted = new_context(model, n_ctx, n_batch, n_ubatch, n_seq, threads)?;
+        let context = || {
+            new_context(
+                model,
+                layout.n_ctx,
+                layout.n_batch,
+                n_ubatch,
+                layout.n_seq,
+                threads,
+            )
+        };
+        let ctx_base = context()?;
+        let ctx_adapted = context()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1) as usize)
             .build()
             .map_err(|e| EngineError::Backend(format!("starting worker threads: {e}")))?;
-        let n_vocab = model.n_vocab() as usize;
-        let mut timings = Timings {
-            model_load_ms: *model_load_ms,
-            adapter_load_ms: *adapter_load_ms,
-            ..Timings::default()
-        };
-        let mut phases = PhaseTimings::default();
-        // The engine self-check runs at scale 0 even when the sweep does not include it.
-        let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
-        if !scales.contains(&0.0) {
-            sweep.insert(0, (0.0, false));
-        }
-        let chunks: Vec<Vec<std::ops::Range<usize>>> = groups
-            .iter()
-            .map(|g| tf_chunks(&prepared[g.clone()], n_ubatch as usize))
-            .collect();
-        let total_steps = 1 + chunks.iter().map(Vec::len).sum::<usize>();
+        Ok(Run {
+            model,
+            ctx_base,
+            ctx_adapted,
+            pool,
+            n_vocab: model.n_vocab() as usize,
+            n_ubatch,
+            phases: PhaseTimings::default(),
+            switch: SwitchTimes::default(),
+        })
+    }
 
-        // 1. The base model's greedy continuations, once.
-        progress(Progress::Pass {
-            scale: None,
-            done: 0,
-            total: total_steps,
-        });
+    /// Step 1: the base model's greedy continuations, once; and (prompt tokens, generated tokens) decoded.
+    fn base_continuations(
+        &mut self,
+        layout: &Layout,
+        cfg: &EngineConfig,
+    ) -> Result<Generated, Stopped> {
         let t = Instant::now();
-        let mut base_tokens: Vec<Vec<i32>> = Vec::with_capacity(prepared.len());
-        let mut base_counts = (0usize, 0usize);
-        for g in &groups {
-            let (out, c) = generate(model, &mut ctx_base, &prepared[g.clone()], n_ubatch, &pool)?;
+        let mut base_tokens: Vec<Vec<i32>> = Vec::with_capacity(layout.prepared.len());
+        let mut counts = (0usize, 0usize);
+        for g in &layout.groups {
+            if interrupted(cfg) {
+                return Err(Stopped::Interrupted);
+            }
+            let (out, c) = generate(
+                self.model,
+                &mut self.ctx_base,
+                &layout.prepared[g.clone()],
+                self.n_ubatch,
+                &self.pool,
+            )
+            .map_err(Stopped::Failed)?;
             base_tokens.extend(out);
-            base_counts = (base_counts.0 + c.0, base_counts.1 + c.1);
+            counts = (counts.0 + c.0, counts.1 + c.1);
         }
-        phases.base_generate_ms = ms(t);
-        let base: Vec<BaseContinuation> = prompts
-            .iter()
-            .zip(&prepared)
-            .zip(&base_tokens)
-            .map(|((p, prep), toks)| BaseContinuation {
-                prompt_id: p.id.clone(),
-                prompt_tokens: prep.tokens.clone(),
-                text: detokenize(model, toks),
-                tokens: toks.clone(),
-            })
-            .collect();
+        self.phases.base_generate_ms = ms(t);
+        Ok((base_tokens, counts))
+    }
 
-        // 2. Teacher forcing on the base continuations, chunk by chunk: the base context decodes a chunk once; the
-        // adapted context decodes the identical batch at every scale, is compared row by row with the base rows still
-        // held by the base context, and then continues greedily from the first position where its argmax differs from
-        // the base row's (up to there the adapted greedy continuation *is* the base's, and its KV cache is already
-        // filled). At scale 0 the adapter is removed, the graph is the base's — checked here bit for bit — and its
-        // continuations are the base's.
-        let mut compares = vec![vec![Compare::default(); prepared.len()]; sweep.len()];
-        let mut adapted_tokens: Vec<Vec<Vec<i32>>> = vec![Vec::new(); sweep.len()];
-        let mut per_scale = vec![(0.0f64, 0usize, 0usize); sweep.len()]; // (ms, tokens decoded, tokens generated)
-        let mut switch = SwitchTimes::default();
+    /// Step 2: teacher forcing on the base continuations, chunk by chunk: the base context decodes a chunk once; the
+    /// adapted context decodes the identical batch at every scale, is compared row by row with the base rows still
+    /// held by the base context, and then continues greedily from the first position where its argmax differs from
+    /// the base row's (up to there the adapted greedy continuation *is* the base's, and its KV cache is already
+    /// filled). At scale 0 the adapter is removed, the graph is the base's — checked here bit for bit — and its
+    /// continuations are the base's. `step(done)` is called as each chunk starts. Stops before a chunk when the run
+    /// is interrupted, and at a chunk llama.cpp fails on; `swept.done` counts the prompts finished.
+    #[allow(clippy::too_many_arguments)] // the run's inputs, the accumulators it fills, the stop flag, progress
+    fn teacher_forced(
+        &mut self,
+        layout: &Layout,
+        base_tokens: &[Vec<i32>],
+        adapters: &mut [(PathBuf, f32, LlamaLoraAdapter)],
+        sweep: &[(f32, bool)],
+        base_counts: &mut (usize, usize),
+        swept: &mut Swept,
+        cfg: &EngineConfig,
+        step: &mut dyn FnMut(usize),
+    ) -> Option<Stopped> {
         let mut done = 1;
-        for (g, g_chunks) in groups.iter().zip(chunks) {
+        for (g, g_chunks) in layout.groups.iter().zip(&layout.chunks) {
             for chunk in g_chunks {
-                progress(Progress::Compare {
-                    done,
-                    total: total_steps,
-                });
+                if interrupted(cfg) {
+                    return Some(Stopped::Interrupted);
+                }
+                step(done);
                 done += 1;
                 let range = (g.start + chunk.start)..(g.start + chunk.end);
-                let (chunk_prompts, chunk_base) =
-                    (&prepared[range.clone()], &base_tokens[range.clone()]);
-                let mut tf = TeacherForced::new(chunk_prompts, chunk_base)?;
-                let t = Instant::now();
-                decode_fresh(&mut ctx_base, &mut tf.batch)?;
-                phases.base_teacher_forced_ms += ms(t);
-                base_counts.0 += tf.tokens;
-                let t = Instant::now();
-                let base_rows: Vec<&[f32]> = tf
-                    .rows
-                    .iter()
-                    .map(|&(k, _)| row(&ctx_base, k, n_vocab))
-                    .collect();
-                let summaries: Vec<BaseRow> =
-                    pool.install(|| base_rows.par_iter().map(|r| BaseRow::new(r)).collect());
-                phases.compare_ms += ms(t);
-                for (si, &(scale, _)) in sweep.iter().enumerate() {
-                    let t = Instant::now();
-                    set_scale(adapters, &mut ctx_adapted, scale)?;
-                    clear(&mut ctx_adapted)?;
-                    switch.push(t);
-                    let t = Instant::now();
-                    ctx_adapted
-                        .decode(&mut tf.batch)
-                        .map_err(|e| EngineError::Decode(e.to_string()))?;
-                    let decoded_ms = ms(t);
-                    phases.adapted_teacher_forced_ms += decoded_ms;
-                    let t = Instant::now();
-                    let adapted_rows: Vec<&[f32]> = tf
-                        .rows
-                        .iter()
-                        .map(|&(k, _)| row(&ctx_adapted, k, n_vocab))
-                        .collect();
-                    let rows: Vec<RowComparison> = pool.install(|| {
-                        (0..adapted_rows.len())
-                            .into_par_iter()
-                            .map(|i| compare(base_rows[i], &summaries[i], adapted_rows[i]))
-                            .collect()
-                    });
-                    drop(adapted_rows);
-                    // The adapted greedy continuation is the base's up to the first position where the adapter
-                    // changes the argmax — adapted vs base row of this same batch, so that logit noise from the
-                    // batch layout (which flips near-ties between layouts) is never counted as the adapter's doing.
-                    let mut outs: Vec<Vec<i32>> = vec![Vec::new(); chunk_prompts.len()];
-                    let mut departed = vec![false; chunk_prompts.len()];
-                    for (&(_, seq), c) in tf.rows.iter().zip(&rows) {
-                        compares[si][range.start + seq].add(*c);
-                        if !departed[seq] {
-                            departed[seq] = !c.same_top1;
-                            let next = if departed[seq] {
-                                c.adapted_argmax as i32
-                            } else {
-                                chunk_base[seq][outs[seq].len()]
-                            };
-                            outs[seq].push(next);
-                        }
-                    }
-                    let compared_ms = ms(t);
-                    phases.compare_ms += compared_ms;
-                    let t = Instant::now();
-                    let mut generated = 0;
-                    if scale == 0.0 {
-                        outs = chunk_base.to_vec();
-                    } else {
-                        // Keep each departed sequence's cache up to its shared prefix; continue from there.
-                        for (seq, out) in outs.iter().enumerate() {
-                            if departed[seq] {
-                                let keep = chunk_prompts[seq].tokens.len() + out.len() - 1;
-                                ctx_adapted
-                                    .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
-                                    .map_err(|e| EngineError::Decode(e.to_string()))?;
-                            }
-                        }
-                        generated = continue_greedy(
-                            model,
-                            &mut ctx_adapted,
-                            chunk_prompts,
-                            &mut outs,
-                            &departed,
-                            &pool,
-                        )?;
-                    }
-                    let continued_ms = ms(t);
-                    phases.adapted_generate_ms += continued_ms;
-                    adapted_tokens[si].extend(outs);
-                    let p = &mut per_scale[si];
-                    *p = (
-                        p.0 + decoded_ms + compared_ms + continued_ms,
-                        p.1 + tf.tokens + generated,
-                        p.2 + generated,
-                    );
+                if let Err(e) = self.chunk(
+                    &layout.prepared[range.clone()],
+                    &base_tokens[range.clone()],
+                    range.start,
+                    adapters,
+                    sweep,
+                    base_counts,
+                    swept,
+                ) {
+                    return Some(Stopped::Failed(e));
                 }
+                swept.done = range.end;
             }
         }
-        let zero = sweep.iter().position(|s| s.0 == 0.0).unwrap_or(0);
-        let scale_zero_delta = compares[zero].iter().map(|c| c.max_abs).fold(0.0, f32::max);
-        let noise_floor = compares[zero].iter().map(|c| c.kl_max).fold(0.0, f64::max);
-        timings.passes.push(PassTiming {
-            scale: None,
-            ..pass_timing(
-                phases.base_generate_ms + phases.base_teacher_forced_ms,
-                base_counts,
-            )
-        });
+        None
+    }
 
-        // 3. Per reported scale: the measurements.
+    /// One teacher-forced chunk (prompts `first..` of the run) at every scale of the sweep.
+    #[allow(clippy::too_many_arguments)] // the run's inputs and the three accumulators it fills
+    fn chunk(
+        &mut self,
+        chunk_prompts: &[Prepared],
+        chunk_base: &[Vec<i32>],
+        first: usize,
+        adapters: &mut [(PathBuf, f32, LlamaLoraAdapter)],
+        sweep: &[(f32, bool)],
+        base_counts: &mut (usize, usize),
+        swept: &mut Swept,
+    ) -> Result<(), EngineError> {
+        let Run {
+            model,
+            ctx_base,
+            ctx_adapted,
+            pool,
+            n_vocab,
+            phases,
+            switch,
+            ..
+        } = self;
+        let n_vocab = *n_vocab;
+        let mut tf = TeacherForced::new(chunk_prompts, chunk_base)?;
+        let t = Instant::now();
+        decode_fresh(ctx_base, &mut tf.batch)?;
+        phases.base_teacher_forced_ms += ms(t);
+        base_counts.0 += tf.tokens;
+        let t = Instant::now();
+        let base_rows: Vec<&[f32]> = tf
+            .rows
+            .iter()
+            .map(|&(k, _)| row(ctx_base, k, n_vocab))
+            .collect();
+        let summaries: Vec<BaseRow> =
+            pool.install(|| base_rows.par_iter().map(|r| BaseRow::new(r)).collect());
+        phases.compare_ms += ms(t);
+        for (si, &(scale, _)) in sweep.iter().enumerate() {
+            let t = Instant::now();
+            set_scale(adapters, ctx_adapted, scale)?;
+            clear(ctx_adapted)?;
+            switch.push(t);
+            let t = Instant::now();
+            ctx_adapted
+                .decode(&mut tf.batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            let decoded_ms = ms(t);
+            phases.adapted_teacher_forced_ms += decoded_ms;
+            let t = Instant::now();
+            let adapted_rows: Vec<&[f32]> = tf
+                .rows
+                .iter()
+                .map(|&(k, _)| row(ctx_adapted, k, n_vocab))
+                .collect();
+            let rows: Vec<RowComparison> = pool.install(|| {
+                (0..adapted_rows.len())
+                    .into_par_iter()
+                    .map(|i| compare(base_rows[i], &summaries[i], adapted_rows[i]))
+                    .collect()
+            });
+            drop(adapted_rows);
+            // The adapted greedy continuation is the base's up to the first position where the adapter changes the
+            // argmax — adapted vs base row of this same batch, so that logit noise from the batch layout (which
+            // flips near-ties between layouts) is never counted as the adapter's doing.
+            let mut outs: Vec<Vec<i32>> = vec![Vec::new(); chunk_prompts.len()];
+            let mut departed = vec![false; chunk_prompts.len()];
+            for (&(_, seq), c) in tf.rows.iter().zip(&rows) {
+                swept.compares[si][first + seq].add(*c);
+                if !departed[seq] {
+                    departed[seq] = !c.same_top1;
+                    let next = if departed[seq] {
+                        c.adapted_argmax as i32
+                    } else {
+                        chunk_base[seq][outs[seq].len()]
+                    };
+                    outs[seq].push(next);
+                }
+            }
+            let compared_ms = ms(t);
+            phases.compare_ms += compared_ms;
+            let t = Instant::now();
+            let mut generated = 0;
+            if scale == 0.0 {
+                outs = chunk_base.to_vec();
+            } else {
+                // Keep each departed sequence's cache up to its shared prefix; continue from there.
+                for (seq, out) in outs.iter().enumerate() {
+                    if departed[seq] {
+                        let keep = chunk_prompts[seq].tokens.len() + out.len() - 1;
+                        ctx_adapted
+                            .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+                            .map_err(|e| EngineError::Decode(e.to_string()))?;
+                    }
+                }
+                generated = continue_greedy(
+                    model,
+                    ctx_adapted,
+                    chunk_prompts,
+                    &mut outs,
+                    &departed,
+                    pool,
+                )?;
+            }
+            let continued_ms = ms(t);
+            phases.adapted_generate_ms += continued_ms;
+            swept.adapted_tokens[si].extend(outs);
+            let p = &mut swept.per_scale[si];
+            *p = (
+                p.0 + decoded_ms + compared_ms + continued_ms,
+                p.1 + tf.tokens + generated,
+                p.2 + generated,
+            );
+        }
+        Ok(())
+    }
+
+    /// Step 3: per reported scale, each prompt's measurement, and the scale's pass timing (into `passes`).
+    fn measurements(
+        &self,
+        prompts: &[GoldenPrompt],
+        sweep: &[(f32, bool)],
+        swept: &Swept,
+        base_tokens: &[Vec<i32>],
+        passes: &mut Vec<PassTiming>,
+    ) -> Vec<PromptMeasurement> {
         let mut measurements = Vec::new();
         for (si, &(scale, is_reported)) in sweep.iter().enumerate() {
             if !is_reported {
                 continue;
             }
-            let (wall, decoded, generated) = per_scale[si];
-            timings.passes.push(PassTiming {
+            let (wall, decoded, generated) = swept.per_scale[si];
+            passes.push(PassTiming {
                 scale: Some(scale),
                 ..pass_timing(wall, (decoded - generated, generated))
             });
             for (i, p) in prompts.iter().enumerate() {
-                let c = compares[si][i];
-                let adapted = &adapted_tokens[si][i];
+                let c = swept.compares[si][i];
+                let adapted = &swept.adapted_tokens[si][i];
                 let first_divergence = adapted
                     .iter()
                     .zip(&base_tokens[i])
@@ -692,7 +820,7 @@ impl Engine {
                 measurements.push(PromptMeasurement {
                     prompt_id: p.id.clone(),
                     scale,
-                    adapted_text: detokenize(model, adapted),
+                    adapted_text: detokenize(self.model, adapted),
                     adapted_tokens: adapted.clone(),
                     first_divergence,
                     kl_mean: if c.positions > 0 {
@@ -711,27 +839,7 @@ impl Engine {
                 });
             }
         }
-        set_scale(adapters, &mut ctx_adapted, 0.0)?;
-        timings.adapter_switch_ms = switch.mean_ms();
-        timings.adapter_switch_max_ms = switch.max_ms;
-        timings.adapter_switches = switch.count;
-        timings.phases = phases;
-        timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
-        Ok(RunMeasurements {
-            base,
-            measurements,
-            scale_zero_max_abs_logit_delta: scale_zero_delta,
-            noise_floor_kl_max: noise_floor,
-            settings: EngineSettings {
-                n_ctx,
-                n_batch,
-                n_ubatch,
-                threads,
-                max_tokens: cfg.max_tokens,
-                scales: scales.to_vec(),
-            },
-            timings,
-        })
+        measurements
     }
 }
 
@@ -947,7 +1055,7 @@ fn argmax_rows(
 
 /// Consecutive runs of whole sequences whose teacher-forced feeds (prompt + continuation) fit `n_ubatch` tokens
 /// together; a longer feed is a run of its own. Sequences are never split, so each run is one logical batch.
-fn tf_chunks(prompts: &[Prepared], n_ubatch: usize) -> Vec<std::ops::Range<usize>> {
+fn tf_chunks(prompts: &[Prepared], n_ubatch: usize) -> Vec<Range<usize>> {
     let mut chunks = Vec::new();
     let (mut start, mut tokens) = (0, 0);
     for (i, p) in prompts.iter().enumerate() {
@@ -1032,6 +1140,9 @@ pub fn ggml_gguf_tensor_count(path: &Path) -> Option<i64> {
 
 // Reference packs (`lora-validate --reference`): the pack's own token ids, teacher-forced at the base and at adapter
 // scales, rows handed to the caller (src/reference compares them with the pack); greedy continuations at a scale.
+
+/// Hears each teacher-forced row: (scale index, feed index, row within the feed, logits).
+pub type RowVisitor<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
 impl Engine {
     /// The model's vocabulary size (logit row length).
     pub fn vocab_size(&self) -> usize {
@@ -1063,7 +1174,7 @@ impl Engine {
         &mut self,
         feeds: &[(Vec<i32>, usize)],
         scales: &[f32],
-        visit: &mut dyn FnMut(usize, usize, usize, &[f32]),
+        visit: &mut RowVisitor<'_>,
     ) -> Result<(), EngineError> {
         let longest = feeds.iter().map(|f| f.0.len()).max().unwrap_or(1).max(1);
         if longest > self.model.n_ctx_train() as usize {

@@ -50,6 +50,7 @@ fn run(ms: Vec<PromptMeasurement>, scales: &[f32]) -> RunMeasurements {
             scales: scales.to_vec(),
         },
         timings: Timings::default(),
+        partial: None,
     }
 }
 

@@ -1,5 +1,9 @@
-//! The golden-prompt set: what the gate runs. (Types are the contract with the engine; parsing is filled in by the
-//! golden-set work.)
+//! The golden-prompt set: what the gate runs. JSONL files (one prompt per line: `id`, `kind`, `prompt` or
+//! `messages`, optional expectations, limits and `max_tokens`; golden-prompts/README.md), read strictly: a malformed
+//! line is an error naming the file and line. The shipped general control set is `golden-prompts/control.jsonl`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,9 +69,6 @@ pub struct GoldenPrompt {
     /// Where it came from, for error messages: `file:line`.
     pub source: String,
 }
-
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
 /// Why a golden-prompt file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -120,6 +120,23 @@ pub struct RunMeasurements {
     pub settings: EngineSettings,
     /// How long things took.
     pub timings: Timings,
+    /// Set when the run did not finish (interrupted, or llama.cpp failed part-way): the measurements then cover
+    /// the finished prompts only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+}
+
+/// How far an unfinished run got, and what stopped it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// What stopped the run: an interruption (Ctrl-C) or llama.cpp's error.
+    pub reason: String,
+    /// Stopped by the user rather than by an error.
+    pub interrupted: bool,
+    /// Prompts measured at every scale (the first ones of the set).
+    pub prompts_done: usize,
+    /// Prompts in the set.
+    pub prompts_total: usize,
 }
 
 /// Engine settings recorded with every report (ggml's results depend on batch layout and threads).

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -51,6 +52,56 @@ pub fn cases(want: &str) -> Vec<String> {
 /// The `lora-convert` binary.
 pub fn lora_convert() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("lora-convert").expect("binary")
+}
+
+/// `lora-convert ADAPTER -o OUT` (more flags with `.arg`).
+pub fn convert_cmd(adapter: impl AsRef<OsStr>, out: impl AsRef<OsStr>) -> assert_cmd::Command {
+    let mut c = lora_convert();
+    c.arg(adapter).arg("-o").arg(out);
+    c
+}
+
+/// `lora-convert ADAPTER -o OUT --base <the fixture base `base`>`.
+pub fn convert_on(
+    adapter: impl AsRef<OsStr>,
+    out: impl AsRef<OsStr>,
+    base: &str,
+) -> assert_cmd::Command {
+    let mut c = convert_cmd(adapter, out);
+    c.arg("--base").arg(base_gguf(base));
+    c
+}
+
+/// What a finished command printed on stdout.
+pub fn stdout_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).into_owned()
+}
+
+/// What a finished command printed on stderr.
+pub fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+}
+
+/// A finished command's stdout as JSON.
+pub fn json_of(a: &assert_cmd::assert::Assert) -> Value {
+    serde_json::from_str(&stdout_of(a)).expect("the command prints JSON")
+}
+
+/// The `subject` of every entry of a JSON list of refusals or problems (inspect, manifest).
+pub fn subjects(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| r["subject"].as_str().expect("a subject"))
+        .collect()
+}
+
+/// Little-endian f32 values.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Read a safetensors file's F32/I32 tensor as f32 values.

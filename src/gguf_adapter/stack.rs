@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::gguf::{self, GgmlType, GgufFile, TensorSpec, Value, Writer, keys};
+use super::GgufAdapter;
+use crate::gguf::{self, GgmlType, TensorSpec, Value, Writer, keys};
 
 /// Why a stack could not be combined.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +68,8 @@ pub fn combine(adapters: &[(PathBuf, f32)], out: &Path) -> Result<(), StackError
     let mut arch = None::<String>;
     let mut targets: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for (path, own) in adapters {
-        let f = GgufFile::open(path)?;
+        let adapter = GgufAdapter::open(path)?;
+        let f = &adapter.file;
         let a_arch = f.architecture().unwrap_or_default().to_string();
         match &arch {
             None => arch = Some(a_arch),
@@ -80,25 +82,20 @@ pub fn combine(adapters: &[(PathBuf, f32)], out: &Path) -> Result<(), StackError
             }
             _ => {}
         }
-        let alpha = f.get_f64(keys::ADAPTER_LORA_ALPHA).unwrap_or(0.0) as f32;
-        for t in &f.tensors {
-            let Some(base) = t.name.strip_suffix(".lora_a") else {
-                continue;
-            };
-            let Some(b_info) = f.tensor(&format!("{base}.lora_b")) else {
-                continue;
-            };
-            let rank = b_info.dims.first().copied().unwrap_or(1) as f32;
+        let alpha = adapter.alpha().unwrap_or(0.0) as f32;
+        for pair in &adapter.pairs {
+            let (a_info, b_info) = (adapter.lora_a(pair), adapter.lora_b(pair));
+            let rank = pair.rank as f32;
             let factor = if alpha != 0.0 {
                 own * alpha / rank
             } else {
                 *own
             };
-            targets.entry(base.to_string()).or_default().push(Part {
+            targets.entry(pair.target.clone()).or_default().push(Part {
                 path: path.clone(),
-                a: f.read_tensor_f32(&t.name)?,
+                a: f.read_tensor_f32(&a_info.name)?,
                 b: f.read_tensor_f32(&b_info.name)?,
-                a_dims: t.dims.clone(),
+                a_dims: a_info.dims.clone(),
                 b_dims: b_info.dims.clone(),
                 factor,
             });
