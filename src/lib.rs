@@ -22,6 +22,7 @@ mod json_fields;
 pub mod merge;
 pub mod mlx;
 pub mod peft;
+mod read_at;
 pub mod reference;
 pub mod report;
 pub mod validate;
