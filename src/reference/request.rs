@@ -52,10 +52,10 @@ impl SelfTestOutcome {
         self.cases.iter().all(|c| c.ok)
     }
 
-    /// The self-test as JSON (`format` Json) or as text (every other format).
+    /// The self-test as JSON (`format` Json: the list of cases) or as text (every other format).
     pub fn render(&self, format: Format) -> String {
         match format {
-            Format::Json => serde_json::to_string_pretty(self).unwrap_or_default() + "\n",
+            Format::Json => serde_json::to_string_pretty(&self.cases).unwrap_or_default() + "\n",
             _ => selftest::render(&self.cases),
         }
     }
