@@ -6,12 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::exit::ExitStatus;
 use lora_gguf::reference::verdict::ReferenceLimits;
 use lora_gguf::report::{self, Format};
 use lora_gguf::validate::gate::Limits;
-use lora_gguf::validate::{self, EngineConfig, Outcome, Progress, ReferenceRequest, Request};
+use lora_gguf::validate::shard::Shard;
+use lora_gguf::validate::{
+    self, EngineConfig, Outcome, Progress, ReferenceRequest, Request, merge_reports,
+};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -23,10 +26,14 @@ use lora_gguf::validate::{self, EngineConfig, Outcome, Progress, ReferenceReques
                   malformed prompts); 3 llama.cpp could not load or decode.\n\nExample:\n  lora-validate --base \
                   model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --format junit -o report.xml"
 )]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The base model GGUF.
-    #[arg(long, value_name = "BASE.gguf")]
-    base: PathBuf,
+    #[arg(long, value_name = "BASE.gguf", required = true)]
+    base: Option<PathBuf>,
 
     /// A GGUF LoRA adapter, optionally with its own scale (`a.gguf:0.8`).
     #[arg(long = "adapter", value_name = "A.gguf[:SCALE]", required = true)]
@@ -88,13 +95,28 @@ struct Cli {
     #[arg(long)]
     allow_non_monotone: bool,
 
+    /// A model with the adapters merged in (`lora-convert merge`): the golden set also runs through it, compared
+    /// with base + runtime adapter at scale 1 (KL, top-1 and greedy agreement; limits merged_* in --limits).
+    #[arg(long, value_name = "MERGED.gguf")]
+    merged: Option<PathBuf>,
+    /// Layers on the GPU [default: all when a GPU backend (feature cuda, vulkan, metal, rocm) finds a device, else
+    /// 0]. Base and adapted contexts share the model, so both run on the same devices.
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
+
     /// Run prompts one at a time (the baseline for benchmarks; numbers differ slightly from the batched layout).
     #[arg(long)]
     sequential: bool,
 
+    /// Run only shard I of N of the golden set (every N-th prompt from the I-th; a CI matrix job). Its report
+    /// records the split; `lora-validate merge-reports` combines the shards' JSON reports into the run's verdict. A
+    /// shard exits 0 once measured: its own verdict covers only its prompts.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+
     /// Training parity: compare with a reference pack recorded where the adapter was trained
     /// (`python -m lora_gguf.record`, docs/reference-pack.md) instead of running golden prompts.
-    #[arg(long, value_name = "PACK_DIR", conflicts_with_all = ["prompts", "scales"])]
+    #[arg(long, value_name = "PACK_DIR", conflicts_with_all = ["prompts", "scales", "merged", "shard"])]
     reference: Option<PathBuf>,
 
     /// With --reference: run the parity checks on the adapter and on deliberately broken copies of it (α doubled,
@@ -124,6 +146,25 @@ struct Cli {
     verbose: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Combine the JSON reports of every shard of a run (`--shard I/N`, any order) into one report and verdict, judged
+    /// as one run; one whole report is rendered again (e.g. as JUnit). Exit status as for a run.
+    MergeReports {
+        /// JSON reports (`--format json`).
+        #[arg(required = true, value_name = "REPORT.json")]
+        reports: Vec<PathBuf>,
+
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+        format: FormatArg,
+
+        /// Write the report here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum FormatArg {
     Text,
@@ -132,9 +173,28 @@ enum FormatArg {
     Markdown,
 }
 
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+            FormatArg::Junit => Format::Junit,
+            FormatArg::Markdown => Format::Markdown,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = match &cli.command {
+        Some(Command::MergeReports {
+            reports,
+            format,
+            output,
+        }) => merge_reports(reports, *format, output.as_deref()),
+        None => run(&cli),
+    };
+    match result {
         Ok(status) => status.into(),
         Err(err) => {
             eprintln!("error: {err}");
@@ -175,8 +235,11 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         .map(|s| validate::parse_adapter(s))
         .collect::<Result<_, _>>()?;
     validate::check_scales(&cli.scales)?;
+    let Some(base) = cli.base.clone() else {
+        return Err(validate::Error::Usage("give --base BASE.gguf".into()));
+    };
     let request = Request {
-        base: cli.base.clone(),
+        base,
         adapters,
         prompts: cli.prompts.clone(),
         scales: cli.scales.clone(),
@@ -188,9 +251,12 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             max_tokens: cli.max_tokens,
             verbose: cli.verbose,
             sequential: cli.sequential,
+            gpu_layers: cli.gpu_layers,
             interrupt: Some(interrupt),
             ..EngineConfig::default()
         },
+        merged: cli.merged.clone(),
+        shard: cli.shard,
         reference: cli.reference.as_ref().map(|pack| ReferenceRequest {
             pack: pack.clone(),
             limits: ReferenceLimits {
@@ -230,20 +296,113 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let format = match cli.format {
-        FormatArg::Text => Format::Text,
-        FormatArg::Json => Format::Json,
-        FormatArg::Junit => Format::Junit,
-        FormatArg::Markdown => Format::Markdown,
+    let outcome = match outcome {
+        Outcome::Golden(g) => g,
+        parity => return write_parity_report(cli.format, cli.output.as_deref(), &parity),
     };
-    let text = |color: bool| match &outcome {
+    let status = write_report(
+        cli.format,
+        cli.output.as_deref(),
+        &outcome.set,
+        &outcome.measured,
+        &outcome.verdict,
+        &outcome.meta,
+    )?;
+    let Some(shard) = &outcome.meta.shard else {
+        return Ok(status);
+    };
+    if outcome.measured.partial.is_some() {
+        return Ok(status); // interrupted (130) or llama.cpp failed (3): not a shard merge-reports takes
+    }
+    // A shard's verdict covers only its prompts (and effect and monotonicity are judged over the whole set): the
+    // run's verdict comes from merge-reports.
+    eprintln!(
+        "shard {}/{}: measured {} of the set's {} prompts; `lora-validate merge-reports` on every shard's JSON \
+         report gives the run's verdict",
+        shard.index,
+        shard.count,
+        outcome.set.prompts.len(),
+        shard.set_prompts
+    );
+    Ok(ExitStatus::Success)
+}
+
+/// `merge-reports`: read the reports, merge the shards, judge the whole set, report.
+fn merge_reports(
+    paths: &[PathBuf],
+    format: FormatArg,
+    output: Option<&std::path::Path>,
+) -> Result<ExitStatus, validate::Error> {
+    let reports = paths
+        .iter()
+        .map(|p| merge_reports::read_report(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = merge_reports::merge(reports)?;
+    let verdict = validate::gate::judge(&merged.set, &merged.run, &merged.meta.limits);
+    write_report(
+        format,
+        output,
+        &merged.set,
+        &merged.run,
+        &verdict,
+        &merged.meta,
+    )
+}
+
+/// Print or write the report; the exit status is the verdict's.
+fn write_report(
+    format: FormatArg,
+    output: Option<&std::path::Path>,
+    set: &lora_gguf::validate::golden::GoldenSet,
+    measured: &lora_gguf::validate::results::RunMeasurements,
+    verdict: &lora_gguf::validate::gate::Verdict,
+    meta: &report::ReportMeta,
+) -> Result<ExitStatus, validate::Error> {
+    let format = Format::from(format);
+    match output {
+        Some(path) => {
+            let text = report::render(format, set, measured, verdict, meta, false);
+            std::fs::write(path, text).map_err(|e| {
+                validate::Error::Usage(format!("writing `{}`: {e}", path.display()))
+            })?;
+            println!(
+                "{}: {} failure(s); report in {}",
+                if verdict.passed { "PASS" } else { "FAIL" },
+                verdict.failures.len(),
+                path.display()
+            );
+        }
+        None => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            print!(
+                "{}",
+                report::render(format, set, measured, verdict, meta, color)
+            );
+        }
+    }
+    Ok(match &measured.partial {
+        Some(p) if p.interrupted => ExitStatus::Interrupted,
+        Some(_) => ExitStatus::Runtime,
+        None if verdict.passed => ExitStatus::Success,
+        None => ExitStatus::GateFailed,
+    })
+}
+
+/// Print or write a training-parity (`--reference`) or self-test report; the exit status is its verdict's.
+fn write_parity_report(
+    format: FormatArg,
+    output: Option<&std::path::Path>,
+    outcome: &Outcome,
+) -> Result<ExitStatus, validate::Error> {
+    let format = Format::from(format);
+    let text = |color: bool| match outcome {
         Outcome::Golden(g) => {
             report::render(format, &g.set, &g.measured, &g.verdict, &g.meta, color)
         }
         Outcome::Reference(r) => r.render(format),
         Outcome::SelfTest(t) => t.render(format),
     };
-    let (passed, failures, diagnoses) = match &outcome {
+    let (passed, failures, diagnoses) = match outcome {
         Outcome::Golden(g) => (g.verdict.passed, g.verdict.failures.len(), &[][..]),
         Outcome::Reference(r) => (
             r.verdict.passed,
@@ -256,7 +415,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             &[][..],
         ),
     };
-    match &cli.output {
+    match output {
         Some(path) => {
             std::fs::write(path, text(false)).map_err(|e| {
                 validate::Error::Usage(format!("writing `{}`: {e}", path.display()))

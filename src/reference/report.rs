@@ -443,6 +443,9 @@ mod tests {
             base: "b.gguf".into(),
             adapters: vec![("a.gguf".into(), 1.0)],
             tool_version: "t".into(),
+            merged: None,
+            limits: Default::default(),
+            shard: None,
         };
         let text = render(Format::Text, &pack, &run, &v, &meta);
         for c in Check::ALL {

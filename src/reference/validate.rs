@@ -55,6 +55,6 @@ pub fn run(req: &Request, r: &ReferenceRequest) -> Result<Outcome, Error> {
         pack,
         run,
         verdict,
-        meta: req.report_meta(),
+        meta: req.report_meta(None),
     })))
 }

@@ -31,11 +31,15 @@ pub struct Request {
     /// Training parity against a reference pack instead of the golden sweep (`--reference`; prompts and scales
     /// then come from the pack).
     pub reference: Option<ReferenceRequest>,
+    /// `--merged`: a model with the adapters merged in (`lora-convert merge`), run next to base + runtime adapter.
+    pub merged: Option<PathBuf>,
+    /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
+    pub shard: Option<super::shard::Shard>,
 }
 
 impl Request {
-    /// Base, adapters and tool, for the reports.
-    pub fn report_meta(&self) -> ReportMeta {
+    /// Base, adapters, tool, merged model, limits and shard, for the reports.
+    pub fn report_meta(&self, shard: Option<super::shard::ShardInfo>) -> ReportMeta {
         ReportMeta {
             base: self.base.display().to_string(),
             adapters: self
@@ -44,6 +48,9 @@ impl Request {
                 .map(|(p, s)| (p.display().to_string(), *s))
                 .collect(),
             tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+            merged: self.merged.as_ref().map(|p| p.display().to_string()),
+            limits: self.limits.clone(),
+            shard,
         }
     }
 }
@@ -157,6 +164,9 @@ pub enum Error {
     /// llama.cpp failed, or a prompt cannot run.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Reports that cannot be merged into one run.
+    #[error(transparent)]
+    Merge(#[from] super::merge_reports::MergeError),
 }
 
 impl Error {
@@ -186,6 +196,9 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
+    /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
+    pub gpu_layers: Option<u32>,
     /// Set (by a Ctrl-C handler) to stop the run after the step in progress; the run then reports what finished.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -200,6 +213,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            gpu_layers: None,
             interrupt: None,
         }
     }
