@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use lora_gguf::exit::ExitStatus;
-use lora_gguf::report::{self, Format};
+use lora_gguf::report::{self, Format, Style};
 use lora_gguf::validate::gate::Limits;
-use lora_gguf::validate::{self, EngineConfig, Progress, Request};
+use lora_gguf::validate::{self, EngineConfig, Progress, Refine, Request};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -18,7 +18,8 @@ use lora_gguf::validate::{self, EngineConfig, Progress, Request};
     version,
     after_help = "Exit status: 0 pass; 1 the gate failed; 2 bad input or usage (unreadable or incompatible files, \
                   malformed prompts); 3 llama.cpp could not load or decode.\n\nExample:\n  lora-validate --base \
-                  model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --format junit -o report.xml"
+                  model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --scales auto -o report.xml -o \
+                  summary.md -o report.json -o report.html"
 )]
 struct Cli {
     /// The base model GGUF.
@@ -33,9 +34,14 @@ struct Cli {
     #[arg(long = "prompts", value_name = "FILE_OR_DIR")]
     prompts: Vec<PathBuf>,
 
-    /// Scales swept (multiplying every adapter's own scale).
-    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1.0")]
-    scales: Vec<f32>,
+    /// Scales swept (multiplying every adapter's own scale), or `auto`: 0,0.25,0.5,0.75,1 and then bisection
+    /// where the control limits break, to report the recommended scale to a stated precision.
+    #[arg(long, default_value = "0,0.25,0.5,0.75,1.0", value_name = "S,S,…|auto")]
+    scales: String,
+
+    /// With `--scales auto`: most extra passes (each reuses the base pass).
+    #[arg(long, default_value_t = Refine::default().max_passes, value_name = "N")]
+    refine_passes: usize,
 
     /// New tokens per prompt (prompts may set their own `max_tokens`).
     #[arg(long, default_value_t = 32)]
@@ -53,13 +59,14 @@ struct Cli {
     #[arg(long, default_value_t = 512)]
     batch: u32,
 
-    /// Report format.
-    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
-    format: FormatArg,
+    /// Report format [default: text on stdout; with -o, each file's extension].
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
 
-    /// Write the report here instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    output: Option<PathBuf>,
+    /// Write a report here (repeatable; format from the extension: .json, .xml (JUnit), .md, .html, .txt, unless
+    /// --format forces one); the text summary still goes to stdout.
+    #[arg(short, long = "output", value_name = "FILE")]
+    outputs: Vec<PathBuf>,
 
     /// Gate limits from a JSON file (keys as in `--help` of the flags below; omitted keys keep defaults).
     #[arg(long, value_name = "FILE")]
@@ -89,7 +96,7 @@ struct Cli {
     #[arg(long)]
     sequential: bool,
 
-    /// Show llama.cpp's log.
+    /// List every failure (not grouped) and show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
 }
@@ -100,6 +107,78 @@ enum FormatArg {
     Json,
     Junit,
     Markdown,
+    Html,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+            FormatArg::Junit => Format::Junit,
+            FormatArg::Markdown => Format::Markdown,
+            FormatArg::Html => Format::Html,
+        }
+    }
+}
+
+/// `--scales`: the sweep, and bisection after it for `auto`.
+fn scales(cli: &Cli) -> Result<(Vec<f32>, Option<Refine>), validate::Error> {
+    if cli.scales.trim() == "auto" {
+        let refine = Refine {
+            max_passes: cli.refine_passes,
+            ..Refine::default()
+        };
+        return Ok((Refine::GRID.to_vec(), Some(refine)));
+    }
+    let scales = cli
+        .scales
+        .split(',')
+        .map(|s| s.trim().parse::<f32>())
+        .collect::<Result<Vec<f32>, _>>()
+        .map_err(|e| {
+            validate::Error::Usage(format!(
+                "--scales {}: {e}; give non-negative numbers, e.g. 0,0.5,1, or `auto`",
+                cli.scales
+            ))
+        })?;
+    validate::check_scales(&scales)?;
+    Ok((scales, None))
+}
+
+/// Every `-o FILE` with the format it gets, decided before the run so a wrong extension fails at once.
+fn outputs(cli: &Cli) -> Result<Vec<(PathBuf, Format)>, validate::Error> {
+    cli.outputs
+        .iter()
+        .map(|p| {
+            let format = match cli.format {
+                Some(f) => Format::from(f),
+                None => Format::from_extension(p).ok_or_else(|| {
+                    validate::Error::Usage(format!(
+                        "-o `{}`: cannot tell the report format from the extension; use .json, .xml (JUnit), .md, \
+                         .html or .txt, or --format",
+                        p.display()
+                    ))
+                })?,
+            };
+            Ok((p.clone(), format))
+        })
+        .collect()
+}
+
+/// Write `text` to `path` whole or not at all (a temporary file beside it, renamed when complete).
+fn write_report(path: &std::path::Path, text: &str) -> Result<(), validate::Error> {
+    use std::io::Write as _;
+    let err =
+        |e: std::io::Error| validate::Error::Usage(format!("writing `{}`: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    tmp.write_all(text.as_bytes()).map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -142,12 +221,14 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         .iter()
         .map(|s| validate::parse_adapter(s))
         .collect::<Result<_, _>>()?;
-    validate::check_scales(&cli.scales)?;
+    let (scales, refine) = scales(cli)?;
+    let outputs = outputs(cli)?;
     let request = Request {
         base: cli.base.clone(),
         adapters,
         prompts: cli.prompts.clone(),
-        scales: cli.scales.clone(),
+        scales,
+        refine,
         limits: limits(cli)?,
         engine: EngineConfig {
             n_ctx: cli.ctx,
@@ -186,38 +267,38 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let format = match cli.format {
-        FormatArg::Text => Format::Text,
-        FormatArg::Json => Format::Json,
-        FormatArg::Junit => Format::Junit,
-        FormatArg::Markdown => Format::Markdown,
-    };
     let (set, measured, verdict, meta) = (
         &outcome.set,
         &outcome.measured,
         &outcome.verdict,
         &outcome.meta,
     );
-    match &cli.output {
-        Some(path) => {
-            let text = report::render(format, set, measured, verdict, meta, false);
-            std::fs::write(path, text).map_err(|e| {
-                validate::Error::Usage(format!("writing `{}`: {e}", path.display()))
-            })?;
-            println!(
-                "{}: {} failure(s); report in {}",
-                if verdict.passed { "PASS" } else { "FAIL" },
-                verdict.failures.len(),
-                path.display()
-            );
-        }
-        None => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!(
-                "{}",
-                report::render(format, set, measured, verdict, meta, color)
-            );
-        }
+    for (path, format) in &outputs {
+        let style = Style {
+            color: false,
+            verbose: cli.verbose,
+        };
+        let text = report::render_styled(*format, set, measured, verdict, meta, style);
+        write_report(path, &text)?;
+    }
+    let style = Style {
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        verbose: cli.verbose,
+    };
+    let stdout_format = match (cli.format, outputs.is_empty()) {
+        (Some(f), true) => Format::from(f),
+        _ => Format::Text,
+    };
+    print!(
+        "{}",
+        report::render_styled(stdout_format, set, measured, verdict, meta, style)
+    );
+    if !outputs.is_empty() {
+        let written: Vec<String> = outputs
+            .iter()
+            .map(|(p, f)| format!("{} ({})", p.display(), f.name()))
+            .collect();
+        println!("reports: {}", written.join(", "));
     }
     Ok(if verdict.passed {
         ExitStatus::Success

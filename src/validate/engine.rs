@@ -298,6 +298,20 @@ impl Engine {
         scales: &[f32],
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunMeasurements, EngineError> {
+        self.run_refined(prompts, scales, &mut |_| None, progress)
+    }
+
+    /// Run the sweep, then as long as `refine` asks for another scale (seeing everything measured so far), one more
+    /// pass at that scale reusing the base pass: the base continuations are not generated again, and only the
+    /// teacher-forced base rows are decoded again (one batch per chunk) to compare against. Refined scales join the
+    /// sweep, which is then sorted by scale.
+    pub fn run_refined(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        scales: &[f32],
+        refine: &mut dyn FnMut(&RunMeasurements) -> Option<f32>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
         let started = Instant::now();
         let layout = self.layout(prompts)?;
         let Engine {
@@ -369,13 +383,7 @@ impl Engine {
         });
         let measurements =
             run.measurements(prompts, &sweep, &swept, &base_tokens, &mut timings.passes);
-        set_scale(adapters, &mut run.ctx_adapted, 0.0)?;
-        timings.adapter_switch_ms = run.switch.mean_ms();
-        timings.adapter_switch_max_ms = run.switch.max_ms;
-        timings.adapter_switches = run.switch.count;
-        timings.phases = run.phases;
-        timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
-        Ok(RunMeasurements {
+        let mut measured = RunMeasurements {
             base,
             measurements,
             scale_zero_max_abs_logit_delta: scale_zero_delta,
@@ -388,8 +396,48 @@ impl Engine {
                 max_tokens: cfg.max_tokens,
                 scales: scales.to_vec(),
             },
-            timings,
-        })
+            timings: Timings::default(),
+        };
+        let mut refined = false;
+        while let Some(scale) = refine(&measured) {
+            progress(Progress::Pass {
+                scale: Some(scale),
+                done: total_steps,
+                total: total_steps,
+            });
+            let one = [(scale, true)];
+            let swept = run.teacher_forced(
+                &layout,
+                &base_tokens,
+                adapters,
+                &one,
+                &mut (0, 0),
+                &mut |_| {},
+            )?;
+            measured.measurements.extend(run.measurements(
+                prompts,
+                &one,
+                &swept,
+                &base_tokens,
+                &mut timings.passes,
+            ));
+            measured.settings.scales.push(scale);
+            refined = true;
+        }
+        if refined {
+            measured.settings.scales.sort_by(f32::total_cmp);
+            measured
+                .measurements
+                .sort_by(|a, b| a.scale.total_cmp(&b.scale));
+        }
+        set_scale(adapters, &mut run.ctx_adapted, 0.0)?;
+        timings.adapter_switch_ms = run.switch.mean_ms();
+        timings.adapter_switch_max_ms = run.switch.max_ms;
+        timings.adapter_switches = run.switch.count;
+        timings.phases = run.phases;
+        timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
+        measured.timings = timings;
+        Ok(measured)
     }
 
     /// Tokenize the prompts, group them (one group in sequential mode is one prompt), size the context for the

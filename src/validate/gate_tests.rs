@@ -16,6 +16,7 @@ fn prompt(id: &str, kind: PromptKind, contains: &[&str]) -> GoldenPrompt {
             ..Expectations::default()
         },
         limits: PromptLimits::default(),
+        tags: vec![],
         source: "t.jsonl:1".into(),
     }
 }

@@ -7,10 +7,14 @@ pub mod divergence;
 pub mod engine;
 pub mod gate;
 pub mod golden;
+pub mod recommend;
 mod request;
 pub mod results;
+pub mod tags;
 
-pub use request::{EngineConfig, EngineError, Error, Outcome, Progress, Request, parse_adapter};
+pub use request::{
+    EngineConfig, EngineError, Error, Outcome, Progress, Refine, Request, parse_adapter,
+};
 
 /// Fail unless every scale is a finite, non-negative number and there is at least one.
 pub fn check_scales(scales: &[f32]) -> Result<(), Error> {
@@ -47,8 +51,24 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         }
     }
     let mut engine = engine::Engine::load(&req.base, &req.adapters, req.engine.clone())?;
-    let measured = engine.run(&set.prompts, &req.scales, progress)?;
-    let verdict = gate::judge(&set, &measured, &req.limits);
+    let mut probes = Vec::new();
+    let mut refine = |so_far: &results::RunMeasurements| {
+        let r = req.refine?;
+        if probes.len() >= r.max_passes {
+            return None;
+        }
+        let probe = recommend::next_probe(
+            &recommend::recommend(&set, so_far, &req.limits),
+            r.precision,
+        )?;
+        probes.push(probe);
+        Some(probe)
+    };
+    let measured = engine.run_refined(&set.prompts, &req.scales, &mut refine, progress)?;
+    let mut verdict = gate::judge(&set, &measured, &req.limits);
+    if let Some(r) = verdict.recommendation.as_mut() {
+        r.refined_scales = probes;
+    }
     let meta = crate::report::ReportMeta {
         base: req.base.display().to_string(),
         adapters: req

@@ -27,6 +27,32 @@ pub struct Request {
     pub limits: Limits,
     /// How the engine runs.
     pub engine: EngineConfig,
+    /// `--scales auto`: refine the recommended scale by bisection after the sweep.
+    pub refine: Option<Refine>,
+}
+
+/// `--scales auto`: after the sweep, bisect the bracket where the control limits break, one extra pass (reusing the
+/// base pass) per step, until the bracket is no wider than `precision` or `max_passes` passes ran.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Refine {
+    /// Most extra passes.
+    pub max_passes: usize,
+    /// Stop when the boundary is known to within this many scale units.
+    pub precision: f32,
+}
+
+impl Refine {
+    /// The sweep `--scales auto` starts from.
+    pub const GRID: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+}
+
+impl Default for Refine {
+    fn default() -> Self {
+        Refine {
+            max_passes: 4,
+            precision: 0.01,
+        }
+    }
 }
 
 /// What a finished run found: the prompts, the measurements, the verdict and what the run was about.
