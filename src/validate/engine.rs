@@ -31,6 +31,7 @@ use llama_cpp_2::token::LlamaToken;
 use rayon::prelude::*;
 
 use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
+use super::alora::{self, Activation};
 use super::golden::{GoldenPrompt, PromptText};
 pub use super::request::{EngineConfig, EngineError, Progress};
 use super::results::{
@@ -170,6 +171,65 @@ pub fn logits_for_tokens(
     Ok(out)
 }
 
+/// Decode `tokens` as one sequence with `adapter` at `scale` acting only from position `first_adapted` on (the
+/// positions before it decoded first, without the adapter, as llama-server runs an aLoRA); returns the logits of
+/// every position (T × V, row-major). The probe the aLoRA fixture's logits are checked with.
+pub fn logits_activated_from(
+    base: &Path,
+    adapter: &Path,
+    scale: f32,
+    tokens: &[i32],
+    first_adapted: usize,
+    threads: i32,
+) -> Result<Vec<f32>, EngineError> {
+    let (model, mut lora) = {
+        let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut model = load_model(base, false)?;
+        let lora = load_adapter(&mut model, adapter)?;
+        (model, lora)
+    };
+    let n = tokens.len();
+    let n_ctx = (n as u32).next_power_of_two().max(64);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(n_ctx)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(KvCacheType::F32)
+        .with_type_v(KvCacheType::F32)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    let mut ctx = model
+        .new_context(backend(false)?, params)
+        .map_err(|e| EngineError::Context {
+            n_ctx,
+            message: e.to_string(),
+        })?;
+    let n_vocab = model.n_vocab() as usize;
+    let dec = |e: String| EngineError::Decode(e);
+    let mut logits = Vec::with_capacity(n * n_vocab);
+    for (range, on) in [(0..first_adapted.min(n), false), (first_adapted.min(n)..n, true)] {
+        if range.is_empty() {
+            continue;
+        }
+        if on {
+            ctx.lora_adapter_set(&mut lora, scale)
+                .map_err(|e| dec(e.to_string()))?;
+        }
+        let mut batch = LlamaBatch::new(range.len(), 1);
+        for i in range.clone() {
+            batch
+                .add(LlamaToken::new(tokens[i]), i as i32, &[0], true)
+                .map_err(|e| dec(e.to_string()))?;
+        }
+        ctx.decode(&mut batch).map_err(|e| dec(e.to_string()))?;
+        for k in 0..range.len() {
+            logits.extend_from_slice(&ctx.get_logits_ith(k as i32)[..n_vocab]);
+        }
+    }
+    Ok(logits)
+}
+
 /// The base model and adapters, loaded once for a whole run.
 pub struct Engine {
     model: LlamaModel,
@@ -185,6 +245,8 @@ pub struct Engine {
 struct Prepared {
     tokens: Vec<i32>,
     max_tokens: usize,
+    /// Where the adapter acts (an aLoRA: from its invocation, as llama-server runs it).
+    activation: Activation,
 }
 
 /// Per-prompt teacher-forced comparison.
@@ -446,8 +508,10 @@ impl Engine {
         let prepared: Vec<Prepared> = prompts
             .iter()
             .map(|p| {
+                let tokens = self.tokenize_prompt(p)?;
                 Ok(Prepared {
-                    tokens: self.tokenize_prompt(p)?,
+                    activation: alora::activation(&tokens, self.cfg.alora_invocation.as_deref()),
+                    tokens,
                     max_tokens: p.max_tokens.unwrap_or(self.cfg.max_tokens) as usize,
                 })
             })
@@ -671,7 +735,8 @@ impl<'m> Run<'m> {
         let n_vocab = *n_vocab;
         let mut tf = TeacherForced::new(chunk_prompts, chunk_base)?;
         let t = Instant::now();
-        decode_fresh(ctx_base, &mut tf.batch)?;
+        clear(ctx_base)?;
+        tf.decode(ctx_base, &mut |_| Ok(()))?;
         phases.base_teacher_forced_ms += ms(t);
         base_counts.0 += tf.tokens;
         let t = Instant::now();
@@ -685,13 +750,12 @@ impl<'m> Run<'m> {
         phases.compare_ms += ms(t);
         for (si, &(scale, _)) in sweep.iter().enumerate() {
             let t = Instant::now();
-            set_scale(adapters, ctx_adapted, scale)?;
+            // An aLoRA's positions before its activation are decoded without it (llama-server's semantics).
+            set_scale(adapters, ctx_adapted, if tf.pre.is_some() { 0.0 } else { scale })?;
             clear(ctx_adapted)?;
             switch.push(t);
             let t = Instant::now();
-            ctx_adapted
-                .decode(&mut tf.batch)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            tf.decode(ctx_adapted, &mut |ctx| set_scale(adapters, ctx, scale))?;
             let decoded_ms = ms(t);
             phases.adapted_teacher_forced_ms += decoded_ms;
             let t = Instant::now();
@@ -712,6 +776,16 @@ impl<'m> Run<'m> {
             // flips near-ties between layouts) is never counted as the adapter's doing.
             let mut outs: Vec<Vec<i32>> = vec![Vec::new(); chunk_prompts.len()];
             let mut departed = vec![false; chunk_prompts.len()];
+            // An aLoRA not invoked in the prompt runs at scale 0 (the base graph, checked bit for bit at scale 0):
+            // its prompts are the base's, exactly.
+            for &(seq, positions) in &tf.never {
+                swept.compares[si][first + seq] = Compare {
+                    agree: positions,
+                    positions,
+                    ..Compare::default()
+                };
+                outs[seq] = chunk_base[seq].clone();
+            }
             for (&(_, seq), c) in tf.rows.iter().zip(&rows) {
                 swept.compares[si][first + seq].add(*c);
                 if !departed[seq] {
@@ -898,13 +972,6 @@ fn clear(ctx: &mut LlamaContext) -> Result<(), EngineError> {
         .map_err(|e| EngineError::Decode(e.to_string()))
 }
 
-/// One decode of `batch` on an emptied KV cache.
-fn decode_fresh(ctx: &mut LlamaContext, batch: &mut LlamaBatch) -> Result<(), EngineError> {
-    clear(ctx)?;
-    ctx.decode(batch)
-        .map_err(|e| EngineError::Decode(e.to_string()))
-}
-
 /// The logits of batch position `k`, cut to the vocabulary.
 fn row<'c>(ctx: &'c LlamaContext, k: i32, n_vocab: usize) -> &'c [f32] {
     let r = ctx.get_logits_ith(k);
@@ -1049,10 +1116,16 @@ fn tf_chunks(prompts: &[Prepared], n_ubatch: usize) -> Vec<Range<usize>> {
 
 /// One teacher-forced chunk: prompt + base continuation (minus its last token) of each sequence, in one batch; the
 /// positions from each prompt's last token on predict the continuation, one distribution per generated token.
+/// With an aLoRA, the positions before each sequence's activation go into a batch of their own (`pre`), decoded
+/// first and without the adapter, and sequences that do not invoke it are left out (they run as the base).
 struct TeacherForced<'a> {
+    /// Positions before the aLoRA activation, when there are any.
+    pre: Option<LlamaBatch<'a>>,
     batch: LlamaBatch<'a>,
-    /// (batch position, sequence in the chunk) of every predicting position.
+    /// (batch position, sequence in the chunk) of every predicting position (all in `batch`).
     rows: Vec<(i32, usize)>,
+    /// Sequences an aLoRA does not act on, with their predicting positions.
+    never: Vec<(usize, usize)>,
     tokens: usize,
 }
 
@@ -1069,25 +1142,70 @@ impl TeacherForced<'_> {
                     .collect()
             })
             .collect();
-        let tokens: usize = feeds.iter().map(Vec::len).sum();
-        let mut batch = LlamaBatch::new(tokens.max(1), prompts.len() as i32);
+        let first_adapted = |p: &Prepared| match p.activation {
+            Activation::Always => Some(0),
+            Activation::From(a) => Some(a),
+            Activation::Never => None,
+        };
+        let (mut pre_tokens, mut tokens) = (0, 0);
+        for (p, feed) in prompts.iter().zip(&feeds) {
+            if let Some(a) = first_adapted(p) {
+                pre_tokens += a.min(feed.len());
+                tokens += feed.len();
+            }
+        }
+        let add = |batch: &mut LlamaBatch, t: i32, i: usize, s: usize, logits: bool| {
+            batch
+                .add(LlamaToken::new(t), i as i32, &[s as i32], logits)
+                .map_err(|e| EngineError::Decode(e.to_string()))
+        };
+        let mut pre = (pre_tokens > 0).then(|| LlamaBatch::new(pre_tokens, prompts.len() as i32));
+        let mut batch = LlamaBatch::new((tokens - pre_tokens).max(1), prompts.len() as i32);
         let mut rows = Vec::new();
+        let mut never = Vec::new();
         for (s, (p, feed)) in prompts.iter().zip(&feeds).enumerate() {
+            let Some(a) = first_adapted(p) else {
+                never.push((s, feed.len() + 1 - p.tokens.len()));
+                continue;
+            };
             for (i, &t) in feed.iter().enumerate() {
                 let predicts = i + 1 >= p.tokens.len();
-                if predicts {
-                    rows.push((batch.n_tokens(), s));
+                match pre.as_mut() {
+                    Some(pre) if i < a => add(pre, t, i, s, false)?,
+                    _ => {
+                        if predicts {
+                            rows.push((batch.n_tokens(), s));
+                        }
+                        add(&mut batch, t, i, s, predicts)?;
+                    }
                 }
-                batch
-                    .add(LlamaToken::new(t), i as i32, &[s as i32], predicts)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
             }
         }
         Ok(TeacherForced {
+            pre,
             batch,
             rows,
+            never,
             tokens,
         })
+    }
+
+    /// Decode the chunk in `ctx` (its KV cache emptied before): the pre-activation batch, then `between(ctx)` (an
+    /// aLoRA: switch the adapter on), then the main batch.
+    fn decode(
+        &mut self,
+        ctx: &mut LlamaContext,
+        between: &mut dyn FnMut(&mut LlamaContext) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let dec = |e: llama_cpp_2::DecodeError| EngineError::Decode(e.to_string());
+        if let Some(pre) = self.pre.as_mut() {
+            ctx.decode(pre).map_err(dec)?;
+            between(ctx)?;
+        }
+        if self.batch.n_tokens() > 0 {
+            ctx.decode(&mut self.batch).map_err(dec)?;
+        }
+        Ok(())
     }
 }
 

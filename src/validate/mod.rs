@@ -2,6 +2,7 @@
 //! of `lora-validate`. Only [`engine`] touches llama.cpp (feature `validate`); the golden sets, the gate, the
 //! divergence metrics and the results compile and are tested without a C++ toolchain.
 
+pub mod alora;
 pub mod divergence;
 #[cfg(feature = "validate")]
 pub mod engine;
@@ -41,16 +42,29 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         golden::load_golden(&req.prompts)?
     };
     let base = GgufFile::open(&req.base)?;
+    let mut engine_cfg = req.engine.clone();
     for (path, _) in &req.adapters {
-        if let Err(problems) = GgufAdapter::open(path)?.fit(&base) {
+        let adapter = GgufAdapter::open(path)?;
+        if let Err(problems) = adapter.fit(&base) {
             return Err(Error::Misfit {
                 adapter: path.clone(),
                 base: req.base.clone(),
                 problems,
             });
         }
+        if let Some(tokens) = alora::invocation_tokens(&adapter) {
+            if req.adapters.len() > 1 {
+                return Err(Error::Usage(format!(
+                    "`{}` is an activated LoRA (adapter.alora.invocation_tokens): llama-server runs it alone, from \
+                     its invocation sequence on, and applies a plain LoRA beside it to every token instead; validate \
+                     it on its own",
+                    path.display()
+                )));
+            }
+            engine_cfg.alora_invocation = Some(tokens);
+        }
     }
-    let mut engine = engine::Engine::load(&req.base, &req.adapters, req.engine.clone())?;
+    let mut engine = engine::Engine::load(&req.base, &req.adapters, engine_cfg)?;
     let mut probes = Vec::new();
     let mut refine = |so_far: &results::RunMeasurements| {
         let r = req.refine?;

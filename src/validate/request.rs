@@ -148,6 +148,9 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// An aLoRA's invocation tokens: the adapter acts from its invocation in each prompt, as llama-server runs it
+    /// (see [`super::alora`]).
+    pub alora_invocation: Option<Vec<i32>>,
 }
 
 impl Default for EngineConfig {
@@ -160,6 +163,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            alora_invocation: None,
         }
     }
 }
