@@ -1,5 +1,6 @@
 //! The exit statuses both command lines use (design: `lora-convert` 0 written / 2 refused or bad input;
-//! `lora-validate` 0 pass / 1 gate failed / 2 bad input / 3 llama.cpp could not load or decode).
+//! `lora-validate` 0 pass / 1 gate failed / 2 bad input / 3 llama.cpp could not load or decode, or failed part-way /
+//! 130 interrupted; both of the last two write the report of what finished, marked partial).
 
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,8 +12,10 @@ pub enum ExitStatus {
     GateFailed = 1,
     /// Bad input or usage, or a refusal: nothing was written.
     BadInput = 2,
-    /// llama.cpp could not load or decode.
+    /// llama.cpp could not load or decode (a run it stopped part-way reports what finished).
     Runtime = 3,
+    /// Interrupted by Ctrl-C (SIGINT) after the report of what finished was written: 128 + SIGINT.
+    Interrupted = 130,
 }
 
 impl From<ExitStatus> for std::process::ExitCode {

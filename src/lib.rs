@@ -18,6 +18,8 @@ pub mod gguf;
 pub mod gguf_adapter;
 pub mod inspect;
 mod json_fields;
+#[cfg(feature = "merge")]
+pub mod merge;
 pub mod mlx;
 pub mod peft;
 pub mod report;

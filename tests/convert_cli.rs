@@ -5,11 +5,21 @@ use crate::common::*;
 use lora_gguf::gguf::GgufFile;
 
 fn convert(case: &str, outtype: &str, out: &std::path::Path) -> assert_cmd::assert::Assert {
+    convert_with(case, outtype, out, &[])
+}
+
+fn convert_with(
+    case: &str,
+    outtype: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> assert_cmd::assert::Assert {
     let base = base_of(case);
     convert_on(case_dir(case), out, &base)
         .arg("--outtype")
         .arg(outtype)
         .arg("--verify")
+        .args(extra)
         .assert()
 }
 
@@ -366,11 +376,12 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
     ] {
         let a = dir.path().join(format!("{case}-gguf.gguf"));
         let b = dir.path().join(format!("{case}-config.gguf"));
-        convert(case, "f32", &a).success();
+        convert_with(case, "f32", &a, &["--drop-ignored-pairs"]).success();
         convert_cmd(case_dir(case), &b)
             .arg("--base-config")
             .arg(base_config(&base_of(case)))
             .arg("--verify")
+            .arg("--drop-ignored-pairs")
             .assert()
             .success();
         assert!(
@@ -400,31 +411,55 @@ fn expert_count_mismatch_is_refused_from_base_config_too() {
 }
 
 /// DeepSeek-V2's MLA attention multiplies attn_q_a, attn_q_b and attn_kv_a_mqa with plain `ggml_mul_mat`
-/// (llama.cpp `src/models/deepseek2.cpp`): a LoRA on them loads but does nothing. `lora-convert` names each such
-/// tensor in a warning, and — the pairs being exact — still writes them next to those llama.cpp applies (o_proj,
-/// the experts' down_proj), exit 0. That the warned tensors really have no effect in llama.cpp, and the others
-/// do, is checked on the logits (convert_logits.rs).
+/// (llama.cpp `src/models/deepseek2.cpp`): a LoRA on them loads but does nothing. By default `lora-convert` refuses
+/// the adapter, naming every such tensor and why (exit 2, nothing written); `--drop-ignored-pairs` writes the pairs
+/// llama.cpp applies (o_proj, the experts' down_proj) with a warning per dropped tensor. That the dropped tensors
+/// really have no effect in llama.cpp, and the others do, is checked on the logits (convert_logits.rs).
 #[test]
-fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
+fn deepseek2_mla_projections_are_refused_by_name_unless_dropped_knowingly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let a = convert("deepseek2-mla", "f32", &out).success();
+    let ignored = |bid: u32| {
+        [
+            ("attn_kv_a_mqa", "kv_a_proj_with_mqa"),
+            ("attn_q_a", "q_a_proj"),
+            ("attn_q_b", "q_b_proj"),
+        ]
+        .map(|(gguf, hf)| {
+            (
+                format!("blk.{bid}.{gguf}.weight"),
+                format!("model.layers.{bid}.self_attn.{hf}"),
+            )
+        })
+    };
+    let refused = convert("deepseek2-mla", "f32", &out).code(2);
+    assert!(!out.exists());
+    let stderr = stderr_of(&refused);
+    let mut named: Vec<String> = stderr.lines().map(String::from).collect();
+    named.sort();
+    let mut expected: Vec<String> = (0..2)
+        .flat_map(ignored)
+        .map(|(gguf, hf)| {
+            format!(
+                "error: module `{hf}` → `{gguf}`: llama.cpp's `deepseek2` graph multiplies this tensor without LoRA \
+                 (ggml_mul_mat, not build_lora_mm, in src/models/), so the pair would load and change nothing — the \
+                 adapter would not behave as trained; retrain without this module, or pass `--drop-ignored-pairs` \
+                 to convert without such pairs knowingly (llama.cpp then computes the adapter minus them)"
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(named, expected);
+
+    let a = convert_with("deepseek2-mla", "f32", &out, &["--drop-ignored-pairs"]).success();
     let stderr = stderr_of(&a);
-    let expected: String = [0, 1]
-        .iter()
-        .flat_map(|bid| {
-            [
-                ("attn_kv_a_mqa", "kv_a_proj_with_mqa"),
-                ("attn_q_a", "q_a_proj"),
-                ("attn_q_b", "q_b_proj"),
-            ]
-            .map(|(gguf, hf)| {
-                format!(
-                    "warning: `blk.{bid}.{gguf}.weight` (from `model.layers.{bid}.self_attn.{hf}`): llama.cpp's \
-                     deepseek2 graph does not apply LoRA to this tensor; the pair is written but has no effect at \
-                     run time\n"
-                )
-            })
+    let expected: String = (0..2)
+        .flat_map(ignored)
+        .map(|(gguf, hf)| {
+            format!(
+                "warning: `{gguf}` (from `{hf}`): llama.cpp's deepseek2 graph does not apply LoRA to this tensor; \
+                 the pair is left out (--drop-ignored-pairs)\n"
+            )
         })
         .collect();
     assert_eq!(stderr, expected);
@@ -446,15 +481,8 @@ fn deepseek2_mla_projections_warn_by_name_and_are_still_written() {
                 vec![4, 32, 4],
             ));
         }
-        for (name, n_in, n_out) in [
-            ("attn_kv_a_mqa", 32, 24),
-            ("attn_output", 32, 32),
-            ("attn_q_a", 32, 16),
-            ("attn_q_b", 16, 64),
-        ] {
-            want.push((format!("blk.{bid}.{name}.weight.lora_a"), vec![n_in, 4]));
-            want.push((format!("blk.{bid}.{name}.weight.lora_b"), vec![4, n_out]));
-        }
+        want.push((format!("blk.{bid}.attn_output.weight.lora_a"), vec![32, 4]));
+        want.push((format!("blk.{bid}.attn_output.weight.lora_b"), vec![4, 32]));
     }
     assert_eq!(tensors, want);
 }

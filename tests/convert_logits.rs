@@ -127,6 +127,12 @@ mlx_tests! {
     mlx_phi3_fused_projections => "mlx-phi3",
     mlx_mixtral_switch_linear_experts_and_router => "mlx-mixtral",
     mlx_qwen3moe_switch_linear_keys => "mlx-qwen3moe",
+    mlx_qwen35_gated_delta_net => "mlx-qwen35",
+    mlx_qwen35moe_switch_glu => "mlx-qwen35moe",
+    mlx_gemma4 => "mlx-gemma4",
+    mlx_gemma4moe_switch_glu_on_the_fused_base => "mlx-gemma4moe",
+    mlx_smollm3 => "mlx-smollm3",
+    mlx_lfm2 => "mlx-lfm2",
 }
 
 macro_rules! family_tests {
@@ -155,6 +161,10 @@ family_tests! {
     granite => "granite",
     stablelm => "stablelm",
     olmo2 => "olmo2",
+    qwen35_gated_delta_net_and_full_attention => "qwen35",
+    gemma4_sliding_and_global_attention => "gemma4",
+    smollm3_nope_layers => "smollm3",
+    lfm2_short_convolution_and_attention => "lfm2",
     llama_rslora => "llama-rslora",
     llama_rank_and_alpha_patterns => "llama-patterns",
     llama_embed_tokens_and_lm_head => "llama-embed-lmhead",
@@ -168,68 +178,188 @@ family_tests! {
     olmoe_down_proj_only_rslora => "olmoe-partial",
     mixtral_legacy_per_expert_linear => "mixtral-legacy",
     deepseek2_mla_base_dense_shared_and_routed_experts => "deepseek2",
+    qwen35moe_delta_net_experts_router_shared_expert => "qwen35moe",
+    gptoss_interleaved_gate_up_experts_and_router => "gptoss",
+    glm4moe_peft_rewrite_with_rank_and_alpha_patterns => "glm4moe",
+    llama4_experts_stored_in_out_and_shared_expert => "llama4",
+    qwen35moe_fused_gate_up_exps_base => "qwen35moe-fused",
     // Other trainers (fixtures/generate_trainers.py): torchtune's reference is torchtune's own forward pass.
     torchtune_llama_peft_export => "torchtune-llama",
     unsloth_llama => "unsloth-llama",
     llamafactory_pissa_converted => "llamafactory-pissa/pissa_converted",
 }
 
-/// The deepseek2-mla adapter adapts attn_q_a, attn_q_b and attn_kv_a_mqa, which llama.cpp's MLA graph multiplies
-/// without LoRA (lora-convert warns about them), plus attn_output and the experts' down_proj, which it applies.
-/// llama.cpp must give PyTorch's logits with the warned pairs switched off (`logits_applied_*`), within the usual
-/// tolerance, and must miss PyTorch's logits with every pair applied: the warned pairs matter in PyTorch and do
-/// nothing in llama.cpp, while the others take effect.
+/// mlx-lm's Qwen3.5-MoE adapter has separate gate_proj and up_proj LoRAs on the experts; on the base converted with
+/// --fuse-gate-up-exps (the same model) they become one block-diagonal ffn_gate_up_exps pair of twice the rank,
+/// whose logits equal mlx-lm's as on the split base.
 #[test]
-fn deepseek2_mla_warned_pairs_have_no_effect_in_llama_cpp() {
-    let case = "deepseek2-mla";
+fn mlx_qwen35moe_gate_and_up_become_one_block_diagonal_pair_on_a_fused_base() {
+    let case = "mlx-qwen35moe";
     let dir = tempfile::tempdir().unwrap();
-    let o = run_with(case, OutType::F32, dir.path(), Default::default());
+    let out = dir.path().join("fused.gguf");
+    let base = base_gguf("qwen35moe-fused");
+    convert::convert(&Options {
+        adapter_dir: case_dir(case),
+        output: out.clone(),
+        base: Some(base.clone()),
+        base_config: None,
+        outtype: OutType::F32,
+        arch: None,
+        force: true,
+        verify: true,
+        threads: Some(1),
+        quirks: Default::default(),
+    })
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let written = lora_gguf::gguf::GgufFile::open(&out).unwrap();
+    let gate_up = written
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.1.ffn_gate_up_exps.weight.lora_b")
+        .expect("a fused pair");
+    assert_eq!(
+        gate_up.dims,
+        [8, 48, 4],
+        "rank 4 + 4, rows 24 + 24, 4 experts"
+    );
+    let reference = case_dir(case).join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, mlx_base) = read_tensor(&reference, "logits_base");
+    let got = logits_for_tokens(&base, Some(&out), &[1.0, 0.5], &tokens, 2).unwrap();
+    let limit = 2.0 * max_abs_diff(&got[0], &mlx_base).max(1e-4);
+    for (i, key) in ["logits_scale_1", "logits_scale_0_5"].iter().enumerate() {
+        let err = max_abs_diff(&got[i + 1], &read_tensor(&reference, key).1);
+        eprintln!("{case} on the fused base, {key}: |Δ| {err:.2e}, limit {limit:.2e}");
+        assert!(
+            err <= limit,
+            "{case} on the fused base, {key}: |Δlogit| {err} > {limit}"
+        );
+    }
+}
+
+/// Pairs whose tensor llama.cpp's graph multiplies without LoRA (`no_effect` in case.json: DeepSeek-V2's MLA
+/// projections attn_q_a, attn_q_b, attn_kv_a_mqa; Gemma 4's per_layer_model_proj) are refused by default (the
+/// refusal itself is checked with every refused case in convert_cli). Written anyway (`IgnoredPairs::Keep`),
+/// llama.cpp gives PyTorch's logits with exactly those pairs off (`logits_applied_*`) — so its graph ignores them —
+/// and misses PyTorch's logits with every pair on by far; `--drop-ignored-pairs` gives the same logits without them.
+fn ignored_pairs_have_no_effect(case: &str) {
+    use lora_gguf::convert::{IgnoredPairs, Quirks};
     let reference = case_dir(case).join("reference.safetensors");
     let (_, tokens) = read_tensor(&reference, "tokens");
     let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     let (_, torch_base) = read_tensor(&reference, "logits_base");
     let (_, applied_1) = read_tensor(&reference, "logits_applied_scale_1");
     let (_, applied_05) = read_tensor(&reference, "logits_applied_scale_0_5");
-    let out = dir.path().join(format!("{case}-F32.gguf"));
-    let got = logits_for_tokens(
-        &base_gguf(&base_of(case)),
-        Some(&out),
-        &[1.0, 0.5],
-        &tokens,
-        2,
-    )
-    .unwrap_or_else(|e| panic!("{case}: {e}"));
-    let (err_1, err_05) = (
-        max_abs_diff(&got[1], &applied_1),
-        max_abs_diff(&got[2], &applied_05),
-    );
-    let limit = 2.0 * o.base_err.max(1e-4);
     let applied_effect = max_abs_diff(&applied_1, &torch_base);
     let ignored_effect = max_abs_diff(&applied_1, &read_tensor(&reference, "logits_scale_1").1);
-    eprintln!(
-        "{case}: base |Δ| {:.2e}; vs applied-only PyTorch: scale 1 |Δ| {err_1:.2e}, scale 0.5 |Δ| {err_05:.2e}, \
-         limit {limit:.2e}; vs every pair applied: scale 1 |Δ| {:.2}, scale 0.5 |Δ| {:.2}; effect of the applied \
-         pairs {applied_effect:.2}, of the warned ones {ignored_effect:.2}",
-        o.base_err, o.err_1, o.err_05
-    );
     assert!(
         applied_effect > 0.1 && ignored_effect > 0.1,
-        "{case}: the fixture must move the logits both with and without the warned pairs \
+        "{case}: the fixture must move the logits both with and without the ignored pairs \
          ({applied_effect}, {ignored_effect})"
     );
-    assert!(
-        err_1 <= limit,
-        "{case} scale 1.0: |Δlogit| {err_1} > {limit}"
+    for how in [IgnoredPairs::Keep, IgnoredPairs::Drop] {
+        let dir = tempfile::tempdir().unwrap();
+        let quirks = Quirks {
+            ignored_pairs: how,
+            ..Default::default()
+        };
+        let o = run_with(case, OutType::F32, dir.path(), quirks);
+        let out = dir.path().join(format!("{case}-F32.gguf"));
+        let got = logits_for_tokens(
+            &base_gguf(&base_of(case)),
+            Some(&out),
+            &[1.0, 0.5],
+            &tokens,
+            2,
+        )
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let (err_1, err_05) = (
+            max_abs_diff(&got[1], &applied_1),
+            max_abs_diff(&got[2], &applied_05),
+        );
+        let limit = 2.0 * o.base_err.max(1e-4);
+        eprintln!(
+            "{case} {how:?}: base |Δ| {:.2e}; vs applied-only PyTorch: scale 1 |Δ| {err_1:.2e}, scale 0.5 |Δ| \
+             {err_05:.2e}, limit {limit:.2e}; vs every pair applied: scale 1 |Δ| {:.2}, scale 0.5 |Δ| {:.2}; \
+             effect of the applied pairs {applied_effect:.2}, of the ignored ones {ignored_effect:.2}",
+            o.base_err, o.err_1, o.err_05
+        );
+        assert!(
+            err_1 <= limit,
+            "{case} {how:?} scale 1.0: |Δlogit| {err_1} > {limit}"
+        );
+        assert!(
+            err_05 <= limit,
+            "{case} {how:?} scale 0.5: |Δlogit| {err_05} > {limit}"
+        );
+        assert!(
+            o.err_1 > 10.0 * limit && o.err_05 > 10.0 * limit,
+            "{case}: llama.cpp came close to PyTorch with the ignored pairs applied ({}, {}): does its graph apply \
+             them now?",
+            o.err_1,
+            o.err_05
+        );
+    }
+}
+
+#[test]
+fn deepseek2_mla_ignored_pairs_have_no_effect_in_llama_cpp() {
+    ignored_pairs_have_no_effect("deepseek2-mla");
+}
+
+#[test]
+fn gemma4_e2b_per_layer_model_projection_has_no_effect_in_llama_cpp() {
+    ignored_pairs_have_no_effect("gemma4-e2b");
+}
+
+/// Gemma 4's router scales each expert's output by per_expert_scale, which llama.cpp applies to the experts' base
+/// matmul only (`ffn_down_exps.scale`): lora-convert folds it into ffn_down_exps.lora_b. The same file with the
+/// fold taken out again misses PyTorch's logits by far more than the limit.
+#[test]
+fn gemma4moe_per_expert_scale_must_reach_lora_b() {
+    let case = "gemma4moe";
+    let o = check(case, OutType::F32, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    convert_case(case, OutType::F32, &good, false);
+    let base = lora_gguf::gguf::GgufFile::open(&base_gguf(&base_of(case))).unwrap();
+    let bad = dir.path().join("unfolded.gguf");
+    let mut unfolded = 0;
+    rewrite_gguf(
+        &good,
+        &bad,
+        |_, _| true,
+        |name, bytes| {
+            let Some(stem) = name
+                .strip_suffix(".weight.lora_b")
+                .filter(|s| s.ends_with("ffn_down_exps"))
+            else {
+                return;
+            };
+            let Ok(scale) = base.read_tensor_f32(&format!("{stem}.scale")) else {
+                return;
+            };
+            let per_expert = bytes.len() / 4 / scale.len();
+            for (i, c) in bytes.chunks_exact_mut(4).enumerate() {
+                let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) / scale[i / per_expert];
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            unfolded += 1;
+        },
     );
+    assert_eq!(unfolded, 2, "one ffn_down_exps pair per layer");
+    let reference = case_dir(case).join("reference.safetensors");
+    let (_, tokens) = read_tensor(&reference, "tokens");
+    let tokens: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let (_, torch_1) = read_tensor(&reference, "logits_scale_1");
+    let got =
+        logits_for_tokens(&base_gguf(&base_of(case)), Some(&bad), &[1.0], &tokens, 2).unwrap();
+    let err = max_abs_diff(&got[1], &torch_1);
+    let limit = 2.0 * o.base_err.max(1e-4);
     assert!(
-        err_05 <= limit,
-        "{case} scale 0.5: |Δlogit| {err_05} > {limit}"
-    );
-    assert!(
-        o.err_1 > 10.0 * limit && o.err_05 > 10.0 * limit,
-        "{case}: llama.cpp came close to PyTorch with the warned pairs applied ({}, {}): does its graph apply them now?",
-        o.err_1,
-        o.err_05
+        err > 10.0 * limit,
+        "an adapter without the per-expert scale was not detected (|Δlogit| {err}, limit {limit})"
     );
 }
 
@@ -240,6 +370,7 @@ fn torchtune_qwen2_undo_matches_torchtune_and_as_saved_does_not() {
     use lora_gguf::convert::{Quirks, TorchtuneQwen2};
     let undo = Quirks {
         torchtune_qwen2: Some(TorchtuneQwen2::Undo),
+        ..Default::default()
     };
     check_with("torchtune-qwen2", OutType::F32, 0.0, undo);
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +380,7 @@ fn torchtune_qwen2_undo_matches_torchtune_and_as_saved_does_not() {
         dir.path(),
         Quirks {
             torchtune_qwen2: Some(TorchtuneQwen2::AsSaved),
+            ..Default::default()
         },
     );
     assert!(
@@ -282,6 +414,13 @@ fn every_ok_fixture_has_a_logits_test() {
         "granite",
         "stablelm",
         "olmo2",
+        "qwen35",
+        "gemma4",
+        "gemma4moe",
+        "smollm3",
+        "lfm2",
+        "glm4moe",
+        "llama4",
         "llama-rslora",
         "llama-patterns",
         "llama-embed-lmhead",
@@ -296,6 +435,9 @@ fn every_ok_fixture_has_a_logits_test() {
         "mixtral-legacy",
         "deepseek2",
         "deepseek2-mla",
+        "qwen35moe",
+        "qwen35moe-fused",
+        "gptoss",
         "mlx-llama",
         "mlx-llama-keys",
         "mlx-qwen2",
@@ -303,6 +445,12 @@ fn every_ok_fixture_has_a_logits_test() {
         "mlx-phi3",
         "mlx-mixtral",
         "mlx-qwen3moe",
+        "mlx-qwen35",
+        "mlx-qwen35moe",
+        "mlx-gemma4",
+        "mlx-gemma4moe",
+        "mlx-smollm3",
+        "mlx-lfm2",
         "torchtune-llama",
         "torchtune-qwen2",
         "unsloth-llama",

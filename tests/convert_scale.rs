@@ -138,10 +138,7 @@ fn adapter_tensors_beyond_4_gib_are_read_at_their_offsets() {
     let rows = row_sources(
         RowTransform::LlamaRope(Heads::Query),
         h,
-        HeadCounts {
-            n_head: g.n_head as u32,
-            n_head_kv: g.n_head_kv as u32,
-        },
+        HeadCounts::new(g.n_head as u32, g.n_head_kv as u32),
     )
     .unwrap();
     let permuted: Vec<u8> = rows

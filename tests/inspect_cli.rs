@@ -798,6 +798,7 @@ fn manifest_matches_the_plan_field_by_field() {
             assert_eq!(se["peft_scaling"].as_f64(), Some(s.peft_scaling));
             assert_eq!(se["fold"].as_f64(), Some(f64::from(s.fold as f32)));
             assert_eq!(se["rows"], manifest::rows_name(s.rows).as_str());
+            assert_eq!(se["cols"], manifest::rows_name(s.cols).as_str());
             let effective = se["effective_factor"].as_f64().unwrap();
             assert!(
                 (effective - s.peft_scaling).abs() <= 1e-6 * s.peft_scaling,

@@ -17,6 +17,9 @@ mod trainers_cli;
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
 
+// The support table (per architecture and feature: verified / mapped / refused) in the README and in `inspect`.
+mod support_table;
+
 // Converted adapters loaded in real llama.cpp: logits vs PyTorch+PEFT at scales 1.0 and 0.5.
 #[cfg(feature = "validate")]
 mod convert_logits;
@@ -24,3 +27,21 @@ mod convert_logits;
 // lora-validate on the real Gemma 3 270M Q4_K_M with a real trained adapter.
 #[cfg(feature = "validate")]
 mod validate_e2e;
+
+// Activated LoRA: a real peft aLoRA, applied from its invocation on (llama-server's semantics), vs PyTorch+PEFT.
+#[cfg(feature = "validate")]
+mod validate_alora;
+
+// `--format html` rendered in Debian's headless Chromium: no console errors, the plots' series, a screenshot.
+#[cfg(feature = "validate")]
+mod report_chromium;
+
+// An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
+#[cfg(feature = "validate")]
+mod validate_partial;
+// `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
+#[cfg(feature = "validate")]
+mod merge_logits;
+// `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
+#[cfg(feature = "validate")]
+mod merge_gemma;

@@ -35,6 +35,8 @@ pub struct Geometry {
     pub n_ff_exp: Option<u64>,
     /// `tie_word_embeddings`.
     pub tie_word_embeddings: Option<bool>,
+    /// The Gated DeltaNet heads of a hybrid model (`linear_num_key_heads` …).
+    pub delta_net: Option<crate::convert::factor::DeltaNetHeads>,
 }
 
 /// Why a config could not be read.
@@ -178,5 +180,21 @@ pub fn from_json(text: &str, path: &Path) -> Result<Geometry, GeometryError> {
             .first_u32(&["moe_intermediate_size", "intermediate_size"])?
             .map(u64::from),
         tie_word_embeddings,
+        delta_net: match (
+            r.first_u32(&["linear_num_key_heads"])?,
+            r.first_u32(&["linear_num_value_heads"])?,
+            r.first_u32(&["linear_key_head_dim"])?,
+            r.first_u32(&["linear_value_head_dim"])?,
+        ) {
+            (Some(k_heads), Some(v_heads), Some(k_head_dim), Some(v_head_dim)) => {
+                Some(crate::convert::factor::DeltaNetHeads {
+                    k_heads,
+                    v_heads,
+                    k_head_dim,
+                    v_head_dim,
+                })
+            }
+            _ => None,
+        },
     })
 }

@@ -5,12 +5,13 @@
 pub mod families;
 pub mod generated;
 pub mod geometry;
+pub mod support;
 pub mod target;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub use target::{Heads, Layout, QkvPart, RowTransform, Target};
+pub use target::{DeltaNetPart, Heads, Layout, QkvPart, RowTransform, Target};
 
 use families::{REVIEWED, Review};
 use generated::{ARCHES, Arch, HF_ARCHITECTURES, ROLES};
@@ -232,6 +233,8 @@ impl Family {
                     name: tensor_name(gguf, block),
                     block,
                     rows,
+                    cols: RowTransform::Identity,
+                    transposed: gguf.ends_with("_exps") && review.expert_params_in_out,
                     layout: if gguf.ends_with("_exps") {
                         Layout::Experts
                     } else {
@@ -275,6 +278,11 @@ impl Family {
             .iter()
             .find(|(g, _)| *g == gguf)
             .map_or(RowTransform::Identity, |&(_, r)| r);
+        let cols = review
+            .cols
+            .iter()
+            .find(|(g, _)| *g == gguf)
+            .map_or(RowTransform::Identity, |&(_, c)| c);
         let layout = match expert {
             Some(index) => Layout::Expert { index },
             None if gguf == "token_embd" => Layout::Embedding,
@@ -293,6 +301,8 @@ impl Family {
             name: tensor_name(gguf, block),
             block,
             rows,
+            cols,
+            transposed: layout == Layout::Experts && review.expert_params_in_out,
             layout,
         }])
     }
@@ -319,6 +329,19 @@ impl Family {
             .no_effect
             .iter()
             .any(|t| *t == template || *t == stem)
+    }
+
+    /// The base tensor whose values llama.cpp multiplies into this target's base matmul only (`….scale`), when the
+    /// family has one for it: its values must be folded into B.
+    pub fn base_only_scale(&self, gguf_tensor: &str) -> Option<String> {
+        let review = self.review?;
+        let stem = gguf_tensor.strip_suffix(".weight").unwrap_or(gguf_tensor);
+        let (template, _, _) = templated(stem);
+        review
+            .base_only_scales
+            .iter()
+            .any(|t| *t == template || *t == stem)
+            .then(|| format!("{stem}.scale"))
     }
 
     /// Whether the family always ties its output head to the token embedding.
@@ -361,6 +384,66 @@ impl Family {
                 .join(", "),
         }
     }
+}
+
+/// The targets as the base has them: when the base stores the parts of a split as one fused tensor
+/// ([`families::FUSED_IN_BASE`], checked against the base's own tensors, never assumed), the parts become that
+/// tensor, B's rows in the fused order (a gate|up chunk split: as stored; gpt-oss's interleave: de-interleaved).
+/// `has` answers whether the base has a tensor (None: unknown, e.g. a config-only base — nothing is fused).
+pub fn fused_for_base(targets: Vec<Target>, has: impl Fn(&str) -> Option<bool>) -> Vec<Target> {
+    let [first, second] = targets.as_slice() else {
+        return targets;
+    };
+    let Some(block) = first.block else {
+        return targets;
+    };
+    for (parts, fused) in families::FUSED_IN_BASE {
+        let [p0, p1] = parts else { continue };
+        let (n0, n1, nf) = (
+            tensor_name(p0, Some(block)),
+            tensor_name(p1, Some(block)),
+            tensor_name(fused, Some(block)),
+        );
+        if first.name != n0 || second.name != n1 || first.layout != second.layout {
+            continue;
+        }
+        if has(&nf) != Some(true) || has(&n0) == Some(true) {
+            continue;
+        }
+        let rows = match (first.rows, second.rows) {
+            (
+                RowTransform::Chunk { index: 0, count: 2 },
+                RowTransform::Chunk { index: 1, count: 2 },
+            ) => RowTransform::Identity,
+            (
+                RowTransform::Interleaved { index: 0, count: 2 },
+                RowTransform::Interleaved { index: 1, count: 2 },
+            ) => RowTransform::Deinterleaved { count: 2 },
+            _ => continue,
+        };
+        return vec![Target {
+            name: nf,
+            block: Some(block),
+            rows,
+            cols: first.cols,
+            transposed: first.transposed,
+            layout: first.layout,
+        }];
+    }
+    targets
+}
+
+/// When `target` is one part of a split the base stores fused (`blk.3.ffn_gate_exps.weight` on a base made with
+/// `--fuse-gate-up-exps`), the fused tensor's name, the part's index and the number of parts (rows of the fused
+/// tensor: part 0's, then part 1's).
+pub fn fused_part_of(target: &str, has: impl Fn(&str) -> bool) -> Option<(String, u8, u8)> {
+    let stem = target.strip_suffix(".weight")?;
+    let (template, block, _) = templated(stem);
+    families::FUSED_IN_BASE.iter().find_map(|(parts, fused)| {
+        let fused = tensor_name(fused, block);
+        let index = parts.iter().position(|p| *p == template.as_str())?;
+        has(&fused).then_some((fused, index as u8, parts.len() as u8))
+    })
 }
 
 /// `model.layers.3.mlp.experts.7.w1` → (`model.layers.{bid}.mlp.experts.7.w1`, Some(3),

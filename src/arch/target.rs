@@ -24,7 +24,19 @@ pub enum QkvPart {
     V,
 }
 
-/// What llama.cpp's converter does to the rows (output dimension) of the base weight; applied to B's rows.
+/// Which projection of a Gated DeltaNet (linear attention) layer a value-head reorder applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeltaNetPart {
+    /// `in_proj_qkv`: the query and key rows stay, the value rows (after them) are reordered.
+    Qkv,
+    /// `in_proj_z` rows, `out_proj` columns: one block of `head_v_dim` per value head.
+    ValueHeads,
+    /// `in_proj_a` / `in_proj_b`: one row per value head.
+    PerHead,
+}
+
+/// What llama.cpp's converter does to the rows (output dimension) of the base weight; applied to B's rows. The
+/// same gathers describe a transform of the input dimension, applied to A's columns ([`Target::cols`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RowTransform {
     /// Rows kept as they are.
@@ -49,6 +61,23 @@ pub enum RowTransform {
         /// Number of equal blocks the rows are split into.
         count: u8,
     },
+    /// Keep every `count`-th row starting at `index` (gpt-oss `gate_up_proj`: gate rows even, up rows odd).
+    Interleaved {
+        /// Zero-based offset.
+        index: u8,
+        /// Stride.
+        count: u8,
+    },
+    /// All rows, de-interleaved: rows `index, index + count, …` for each index in turn (gpt-oss `gate_up_proj` on
+    /// a base whose gate and up experts are fused back into one `ffn_gate_up_exps`, gate rows first).
+    Deinterleaved {
+        /// Stride.
+        count: u8,
+    },
+    /// Qwen3.5 / Qwen3-Next linear attention (`_LinearAttentionVReorderBase._reorder_v_heads`): with fewer key
+    /// heads than value heads, the value heads grouped by key head [k0: v0..v(g-1), k1: …] are reordered to the
+    /// tiled order ggml broadcasts [v0 of k0, v0 of k1, …, v1 of k0, …].
+    DeltaNetValueHeads(DeltaNetPart),
 }
 
 /// How the pair is laid out in the GGUF file.
@@ -84,6 +113,12 @@ pub struct Target {
     pub block: Option<u32>,
     /// What happens to B's rows on the way.
     pub rows: RowTransform,
+    /// What happens to A's columns on the way (the converter reorders the base weight's input dimension).
+    pub cols: RowTransform,
+    /// PEFT's factors hold ΔWᵀ: a fused expert parameter stored (E, in, out) without transformers'
+    /// `is_transposed` (Llama 4), for which peft's ParamWrapper swaps in and out (lora_A (E·r, out), lora_B
+    /// (in, E·r)); expert e's GGUF pair is then lora_a = B_eᵀ, lora_b = A_eᵀ.
+    pub transposed: bool,
     /// Plain, embedding, or one expert of a stack.
     pub layout: Layout,
 }

@@ -276,3 +276,95 @@ fn geometry_reads_nested_text_config_and_falcon_kv_default() {
 }
 
 use std::path::Path;
+
+/// Qwen3.5's converter reorders the Gated DeltaNet value heads: rows of in_proj_qkv (value part), in_proj_z,
+/// in_proj_a/b, columns of out_proj; full attention and MLP are plain.
+#[test]
+fn qwen35_delta_net_projections_reorder_value_heads() {
+    let f = by_gguf_arch("qwen35").unwrap();
+    let one = |m: &str| {
+        let mut t = f.map_module(m).unwrap();
+        assert_eq!(t.len(), 1, "{m}");
+        let t = t.remove(0);
+        (t.name, t.rows, t.cols)
+    };
+    let v = |p| RowTransform::DeltaNetValueHeads(p);
+    let id = RowTransform::Identity;
+    let cases = [
+        (
+            "linear_attn.in_proj_qkv",
+            "attn_qkv",
+            v(DeltaNetPart::Qkv),
+            id,
+        ),
+        (
+            "linear_attn.in_proj_z",
+            "attn_gate",
+            v(DeltaNetPart::ValueHeads),
+            id,
+        ),
+        (
+            "linear_attn.in_proj_a",
+            "ssm_alpha",
+            v(DeltaNetPart::PerHead),
+            id,
+        ),
+        (
+            "linear_attn.in_proj_b",
+            "ssm_beta",
+            v(DeltaNetPart::PerHead),
+            id,
+        ),
+        (
+            "linear_attn.out_proj",
+            "ssm_out",
+            id,
+            v(DeltaNetPart::ValueHeads),
+        ),
+        ("self_attn.q_proj", "attn_q", id, id),
+        ("mlp.down_proj", "ffn_down", id, id),
+    ];
+    for (module, gguf, rows, cols) in cases {
+        assert_eq!(
+            one(&format!("model.layers.0.{module}")),
+            (format!("blk.0.{gguf}.weight"), rows, cols),
+            "{module}"
+        );
+    }
+}
+
+/// A base converted with --fuse-gate-up-exps has one `ffn_gate_up_exps` per layer: the gate|up split of a fused
+/// expert parameter becomes that one target (rows as stored), only when the base has it and not the split parts.
+#[test]
+fn gate_up_parts_fuse_only_when_the_base_has_the_fused_tensor() {
+    let f = by_gguf_arch("qwen35moe").unwrap();
+    let split = f
+        .map_parameter("model.layers.1.mlp.experts", "gate_up_proj")
+        .unwrap();
+    assert_eq!(split.len(), 2);
+    let fused_base = |n: &str| Some(n == "blk.1.ffn_gate_up_exps.weight");
+    let fused = fused_for_base(split.clone(), fused_base);
+    assert_eq!(fused.len(), 1);
+    assert_eq!(fused[0].name, "blk.1.ffn_gate_up_exps.weight");
+    assert_eq!(fused[0].rows, RowTransform::Identity);
+    assert_eq!(fused[0].layout, Layout::Experts);
+    // a split base, or one whose tensors are unknown, keeps the split
+    assert_eq!(fused_for_base(split.clone(), |_| Some(false)), split);
+    assert_eq!(fused_for_base(split.clone(), |_| None), split);
+    // gpt-oss's interleaved gate/up: the fused tensor has the gate rows (even) first, then the up rows (odd)
+    let interleaved: Vec<Target> = split
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Target {
+            rows: RowTransform::Interleaved {
+                index: i as u8,
+                count: 2,
+            },
+            ..t.clone()
+        })
+        .collect();
+    assert_eq!(
+        fused_for_base(interleaved, fused_base)[0].rows,
+        RowTransform::Deinterleaved { count: 2 }
+    );
+}

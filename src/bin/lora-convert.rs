@@ -6,9 +6,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::adapter::Framework;
 use lora_gguf::convert::error::chain;
-use lora_gguf::convert::{self, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest};
+use lora_gguf::convert::{
+    self, ConvertError, IgnoredPairs, Options, OutType, Quirks, Summary, TorchtuneQwen2, manifest,
+};
 use lora_gguf::exit::ExitStatus;
 use lora_gguf::inspect;
+
+#[path = "lora-convert/merge_cli.rs"]
+mod merge_cli;
 
 /// Convert a PEFT or mlx-lm LoRA adapter into a GGUF LoRA adapter for llama.cpp — exactly, and checked against the
 /// base.
@@ -18,7 +23,7 @@ use lora_gguf::inspect;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    override_usage = "lora-convert ADAPTER_DIR -o OUT.gguf [OPTIONS]\n       lora-convert inspect PATH [--base BASE.gguf | --base-config HF_DIR] [--json]",
+    override_usage = "lora-convert ADAPTER_DIR -o OUT.gguf [OPTIONS]\n       lora-convert inspect PATH [--base BASE.gguf | --base-config HF_DIR] [--json]\n       lora-convert merge --base BASE.gguf --adapter ADAPTER[:SCALE]... -o MERGED.gguf [OPTIONS]",
     after_help = "Exit status: 0 the adapter was written; 2 it was refused or the input is bad (nothing is written).\n\n\
                   Examples:\n  lora-convert ./my-peft-adapter -o adapter.gguf --base model-Q4_K_M.gguf --verify\n  \
                   lora-convert inspect ./my-peft-adapter --base model-Q4_K_M.gguf\n\n\
@@ -37,6 +42,10 @@ enum Command {
     /// Show what an adapter is and what conversion would do with it (PEFT/mlx-lm directory or GGUF adapter); nothing is
     /// written. Exit status: 0 inspected (and, with --base/--base-config, it fits); 2 unreadable, or it does not fit.
     Inspect(InspectArgs),
+    /// Bake LoRA adapters into the base model: one GGUF for runtimes that cannot load adapters. Merged tensors are
+    /// quantized by ggml (needs the default `merge` feature: the llama.cpp build). Exit status: 0 written; 2 refused
+    /// or bad input (nothing is written).
+    Merge(merge_cli::MergeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +65,10 @@ struct InspectArgs {
     /// How to treat torchtune's Qwen2 q/k export (as for conversion).
     #[arg(long, value_enum, value_name = "HOW")]
     torchtune_qwen2: Option<TorchtuneArg>,
+
+    /// Plan as conversion with `--drop-ignored-pairs` would.
+    #[arg(long)]
+    drop_ignored_pairs: bool,
 
     /// Print the report as JSON (schema `lora-gguf.inspect/1`, docs/inspect-and-manifest.md).
     #[arg(long)]
@@ -108,6 +121,12 @@ struct ConvertArgs {
     /// torchtune trained, `as-saved` the file as PEFT reads it. Without this option such an adapter is refused.
     #[arg(long, value_enum, value_name = "HOW")]
     torchtune_qwen2: Option<TorchtuneArg>,
+
+    /// Leave out the pairs whose tensor llama.cpp's graph multiplies without LoRA (DeepSeek-V2's MLA projections,
+    /// Gemma 4's per_layer_model_projection, …), with a warning for each. Without it such an adapter is refused:
+    /// those pairs would load and change nothing.
+    #[arg(long)]
+    drop_ignored_pairs: bool,
 
     /// Worker threads, each reading, converting and writing whole LoRA pairs (default: all cores; the output is
     /// the same at any count).
@@ -164,7 +183,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Inspect(args)) => inspect(args),
+        Some(Command::Merge(args)) => merge_cli::run(args),
         None => convert_main(cli.convert),
+    }
+}
+
+fn ignored_pairs(drop: bool) -> IgnoredPairs {
+    if drop {
+        IgnoredPairs::Drop
+    } else {
+        IgnoredPairs::Refuse
     }
 }
 
@@ -175,6 +203,8 @@ fn inspect(args: InspectArgs) -> ExitCode {
         base_config: args.base_config,
         quirks: Quirks {
             torchtune_qwen2: args.torchtune_qwen2.map(Into::into),
+            ignored_pairs: ignored_pairs(args.drop_ignored_pairs),
+            ..Default::default()
         },
     };
     match inspect::inspect(&request) {
@@ -215,6 +245,8 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         threads: cli.threads,
         quirks: Quirks {
             torchtune_qwen2: cli.torchtune_qwen2.map(Into::into),
+            ignored_pairs: ignored_pairs(cli.drop_ignored_pairs),
+            ..Default::default()
         },
     };
     let outcome = convert::run(&opts);
@@ -227,7 +259,20 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {}", chain(err));
-            let more = outcome.prepared.as_ref().map_or(0, |p| p.refusals.len());
+            // the pairs llama.cpp ignores are named together: one decision (--drop-ignored-pairs) covers them all
+            let ignored = |e: &&ConvertError| matches!(e, ConvertError::NoEffect { .. });
+            let rest: &[ConvertError] = outcome.prepared.as_ref().map_or(&[], |p| &p.refusals);
+            if ignored(&err) {
+                for e in rest.iter().filter(ignored) {
+                    eprintln!("error: {}", chain(e));
+                }
+            }
+            let named = if ignored(&err) {
+                rest.iter().filter(ignored).count()
+            } else {
+                0
+            };
+            let more = rest.len() - named;
             if more > 0 {
                 let listed = if cli.manifest.is_some() {
                     "the manifest lists them"

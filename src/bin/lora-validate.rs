@@ -3,6 +3,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, ValueEnum};
 use lora_gguf::exit::ExitStatus;
@@ -216,6 +218,8 @@ fn limits(cli: &Cli) -> Result<Limits, validate::Error> {
 }
 
 fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
+    // First, so that a Ctrl-C at any point of the run is caught.
+    let interrupt = interrupt_flag();
     let adapters = cli
         .adapters
         .iter()
@@ -237,6 +241,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             max_tokens: cli.max_tokens,
             verbose: cli.verbose,
             sequential: cli.sequential,
+            interrupt: Some(interrupt),
             ..EngineConfig::default()
         },
     };
@@ -300,9 +305,29 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             .collect();
         println!("reports: {}", written.join(", "));
     }
-    Ok(if verdict.passed {
-        ExitStatus::Success
-    } else {
-        ExitStatus::GateFailed
+    Ok(match &measured.partial {
+        Some(p) if p.interrupted => ExitStatus::Interrupted,
+        Some(_) => ExitStatus::Runtime,
+        None if verdict.passed => ExitStatus::Success,
+        None => ExitStatus::GateFailed,
     })
+}
+
+/// A flag Ctrl-C sets: the engine stops after the step in progress and the report of what finished is written.
+/// A second Ctrl-C ends the process at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
+    let installed = ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(ExitStatus::Interrupted as u8));
+        }
+        eprintln!(
+            "\ninterrupted: finishing the step in progress, then writing the report of what finished"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end the run without a report ({e})");
+    }
+    flag
 }

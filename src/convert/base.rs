@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::factor::HeadCounts;
+use super::factor::{DeltaNetHeads, HeadCounts};
 use crate::arch::geometry::{self, Geometry};
 use crate::gguf::{self, GgufFile, keys};
 
@@ -41,6 +41,9 @@ pub struct BaseModel {
     pub tied_embeddings: Option<bool>,
     /// GGUF tensor name → ggml dims (`ne`), only for a GGUF base.
     pub tensors: Option<BTreeMap<String, Vec<u64>>>,
+    /// The values of the base's small `….scale` tensors (per-expert output scales), only for a GGUF base. A scale
+    /// whose weight is NVFP4 is left out: there it also holds the quantization's own scale.
+    pub scales: BTreeMap<String, Vec<f32>>,
 }
 
 /// Why the base description could not be read.
@@ -94,6 +97,7 @@ impl BaseModel {
             (Some(q), Some(kv)) => Some(HeadCounts {
                 n_head: to_u32(q),
                 n_head_kv: to_u32(kv),
+                delta_net: delta_net_heads(&file, &arch),
             }),
             _ => None,
         };
@@ -105,6 +109,18 @@ impl BaseModel {
             .filter(|&e| e > 0);
         let tied = file.ties_output_to_embedding();
         let n_embd = file.get_u64(&keys::arch_key(&arch, "embedding_length"));
+        let mut scales = BTreeMap::new();
+        for t in &file.tensors {
+            let Some(stem) = t.name.strip_suffix(".scale") else {
+                continue;
+            };
+            let nvfp4 = file
+                .tensor(&format!("{stem}.weight"))
+                .is_some_and(|w| w.ggml_type == gguf::GgmlType::NVFP4);
+            if t.n_elements() <= 1 << 16 && !nvfp4 {
+                scales.insert(t.name.clone(), file.read_tensor_f32(&t.name)?);
+            }
+        }
         Ok(BaseModel {
             source: BaseSource::Gguf(path.to_path_buf()),
             gguf_arch: Some(arch),
@@ -116,7 +132,14 @@ impl BaseModel {
             n_ff_exp: None,
             tied_embeddings: Some(tied),
             tensors: Some(tensors),
+            scales,
         })
+    }
+
+    /// The head counts the factor ops use: the base's, or 1 and 1 when it gives none (planning has then refused
+    /// every target whose transform needs them).
+    pub fn factor_heads(&self) -> HeadCounts {
+        self.heads.unwrap_or(HeadCounts::new(1, 1))
     }
 
     /// Read a Hugging Face `config.json` (or the directory holding it).
@@ -125,6 +148,7 @@ impl BaseModel {
         let heads = g.n_head.map(|q| HeadCounts {
             n_head: q,
             n_head_kv: g.n_head_kv.unwrap_or(q),
+            delta_net: g.delta_net,
         });
         Ok(BaseModel {
             source: BaseSource::HfConfig(path.to_path_buf()),
@@ -137,6 +161,7 @@ impl BaseModel {
             n_ff_exp: g.n_ff_exp,
             tied_embeddings: g.tie_word_embeddings,
             tensors: None,
+            scales: BTreeMap::new(),
         })
     }
 
@@ -158,12 +183,32 @@ impl BaseModel {
         }
     }
 
+    /// Whether the base GGUF has this tensor (None: the base is a config, its tensors are not known).
+    pub fn has_tensor(&self, name: &str) -> Option<bool> {
+        self.tensors.as_ref().map(|t| t.contains_key(name))
+    }
+
     /// A short description for messages: the file name.
     pub fn describe(&self) -> String {
         match &self.source {
             BaseSource::Gguf(p) | BaseSource::HfConfig(p) => p.display().to_string(),
         }
     }
+}
+
+/// A hybrid model's Gated DeltaNet heads, as llama.cpp's loader reads them (src/models/qwen35.cpp): key heads =
+/// `ssm.group_count`, value heads = `ssm.time_step_rank`, key head dim = `ssm.state_size`, value head dim =
+/// `ssm.inner_size` / value heads.
+fn delta_net_heads(file: &GgufFile, arch: &str) -> Option<DeltaNetHeads> {
+    let get = |k: &str| file.get_u64(&keys::arch_key(arch, k)).map(to_u32);
+    let (k_heads, v_heads) = (get("ssm.group_count")?, get("ssm.time_step_rank")?);
+    let (k_head_dim, inner) = (get("ssm.state_size")?, get("ssm.inner_size")?);
+    (k_heads > 0 && v_heads > 0 && inner.is_multiple_of(v_heads)).then_some(DeltaNetHeads {
+        k_heads,
+        v_heads,
+        k_head_dim,
+        v_head_dim: inner / v_heads,
+    })
 }
 
 /// A per-arch integer key; when the file stores a per-layer array, its value if all layers agree.

@@ -201,6 +201,55 @@ pub enum ConvertError {
         /// The ranks found.
         ranks: String,
     },
+    /// llama.cpp multiplies this target's base output by a scale from the base (`….scale`) but not its LoRA term,
+    /// and the scale cannot be read (a config-only base, or an NVFP4 weight whose scale also holds its
+    /// quantization's).
+    #[error(
+        "module `{module}` → `{target}`: llama.cpp multiplies this tensor's base output by `{scale}` but not its \
+         LoRA term, while PyTorch scales both, so the scale must be folded into lora_b — {why}"
+    )]
+    BaseScale {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The scale tensor.
+        scale: String,
+        /// Why it cannot be read, and what to do.
+        why: String,
+    },
+    /// A LoRA for one part of a split the base stores fused (gate or up experts on a `--fuse-gate-up-exps` base).
+    #[error(
+        "module `{module}` → `{target}`: the base {base} stores the gate and up experts fused as `{fused}` \
+         (convert_hf_to_gguf.py --fuse-gate-up-exps), and a LoRA for gate or up alone cannot be expressed on it \
+         without combining both into one pair of twice the rank, which lora-convert does not do yet; convert the \
+         base without --fuse-gate-up-exps, or train the experts with target_parameters on the fused gate_up_proj"
+    )]
+    FusedInBase {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target (the part).
+        target: String,
+        /// The fused tensor the base has.
+        fused: String,
+        /// The base.
+        base: String,
+    },
+    /// llama.cpp's graph multiplies the target without LoRA: the pair would load and do nothing.
+    #[error(
+        "module `{module}` → `{target}`: llama.cpp's `{arch}` graph multiplies this tensor without LoRA \
+         (ggml_mul_mat, not build_lora_mm, in src/models/), so the pair would load and change nothing — the \
+         adapter would not behave as trained; retrain without this module, or pass `--drop-ignored-pairs` to \
+         convert without such pairs knowingly (llama.cpp then computes the adapter minus them)"
+    )]
+    NoEffect {
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF target.
+        target: String,
+        /// The GGUF architecture.
+        arch: &'static str,
+    },
     /// Two PEFT modules map to the same GGUF tensor.
     #[error(
         "modules `{first}` and `{second}` both map to `{target}`; a GGUF adapter holds one pair per tensor"
@@ -331,6 +380,9 @@ impl ConvertError {
             | C::ExpertCount { module, .. }
             | C::KindMismatch { module, .. }
             | C::ExpertStack { module, .. }
+            | C::BaseScale { module, .. }
+            | C::FusedInBase { module, .. }
+            | C::NoEffect { module, .. }
             | C::TorchtuneQwen2 { module, .. } => module.clone(),
             C::ParameterShape { saved_as, .. } | C::ParameterAmbiguous { saved_as, .. } => {
                 peft::tensors::strip_base_layers(saved_as)

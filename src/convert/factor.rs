@@ -2,7 +2,7 @@
 //! factors of ΔW = B·A without ever forming ΔW. Row operations on W (output dimension) are row operations on B;
 //! the embedding's GGUF layout stores Aᵀ. All matrices here are row-major `f32` with an explicit column count.
 
-use crate::arch::{Heads, QkvPart, RowTransform};
+use crate::arch::{DeltaNetPart, Heads, QkvPart, RowTransform};
 
 /// Head counts the row transforms need, resolved from the base model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,6 +11,33 @@ pub struct HeadCounts {
     pub n_head: u32,
     /// Key/value heads (`num_key_value_heads`); equal to `n_head` without GQA.
     pub n_head_kv: u32,
+    /// The linear-attention (Gated DeltaNet) heads of a hybrid model, when it has them.
+    pub delta_net: Option<DeltaNetHeads>,
+}
+
+/// A Gated DeltaNet layer's heads (Qwen3.5: `linear_num_key_heads` … ; GGUF `ssm.group_count`,
+/// `ssm.time_step_rank`, `ssm.state_size`, `ssm.inner_size` / value heads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaNetHeads {
+    /// Key heads (`linear_num_key_heads`).
+    pub k_heads: u32,
+    /// Value heads (`linear_num_value_heads`), a multiple of the key heads.
+    pub v_heads: u32,
+    /// Key head dimension (`linear_key_head_dim`).
+    pub k_head_dim: u32,
+    /// Value head dimension (`linear_value_head_dim`).
+    pub v_head_dim: u32,
+}
+
+impl HeadCounts {
+    /// Head counts without linear-attention heads.
+    pub fn new(n_head: u32, n_head_kv: u32) -> Self {
+        HeadCounts {
+            n_head,
+            n_head_kv,
+            delta_net: None,
+        }
+    }
 }
 
 /// Why a row transform could not be applied: the module's output size does not fit the head layout.
@@ -43,6 +70,24 @@ pub fn apply_rows(
     let mut out = Vec::with_capacity(sources.len() * cols);
     for src in sources {
         out.extend_from_slice(&m[src * cols..(src + 1) * cols]);
+    }
+    Ok(out)
+}
+
+/// Apply a transform to the columns of a row-major `rows × cols` matrix (A, whose columns are W's input features).
+pub fn apply_cols(
+    t: RowTransform,
+    m: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: HeadCounts,
+) -> Result<Vec<f32>, RowsMismatch> {
+    debug_assert_eq!(m.len(), rows * cols);
+    let sources = row_sources(t, cols, heads)?;
+    let mut out = Vec::with_capacity(rows * sources.len());
+    for r in 0..rows {
+        let row = &m[r * cols..(r + 1) * cols];
+        out.extend(sources.iter().map(|&c| row[c]));
     }
     Ok(out)
 }
@@ -116,7 +161,77 @@ pub fn row_sources(
             let len = rows / count;
             Ok((index * len..(index + 1) * len).collect())
         }
+        RowTransform::Interleaved { index, count } => {
+            let (index, count) = (index as usize, count as usize);
+            if count == 0 || !rows.is_multiple_of(count) || index >= count {
+                return Err(RowsMismatch {
+                    transform: "interleaved projection split",
+                    rows,
+                    what: format!("{count} interleaved parts"),
+                });
+            }
+            Ok((index..rows).step_by(count).collect())
+        }
+        RowTransform::Deinterleaved { count } => {
+            let count = count as usize;
+            if count == 0 || !rows.is_multiple_of(count) {
+                return Err(RowsMismatch {
+                    transform: "interleaved projection regroup",
+                    rows,
+                    what: format!("{count} interleaved parts"),
+                });
+            }
+            Ok((0..count).flat_map(|i| (i..rows).step_by(count)).collect())
+        }
+        RowTransform::DeltaNetValueHeads(part) => delta_net_sources(part, rows, heads.delta_net),
     }
+}
+
+/// `_reorder_v_heads`: arange(n).reshape(k_heads, v_per_k, head_dim).permute(1, 0, 2): output block (j, i) is the
+/// input's value head j of key head i.
+fn delta_net_sources(
+    part: DeltaNetPart,
+    rows: usize,
+    heads: Option<DeltaNetHeads>,
+) -> Result<Vec<usize>, RowsMismatch> {
+    let transform = "linear-attention value-head reorder";
+    let Some(h) = heads else {
+        return Err(RowsMismatch {
+            transform,
+            rows,
+            what: "linear-attention heads (the base gives none)".into(),
+        });
+    };
+    let (k, v) = (h.k_heads as usize, h.v_heads as usize);
+    let (kd, vd) = (h.k_head_dim as usize, h.v_head_dim as usize);
+    let (kept, head_dim) = match part {
+        DeltaNetPart::Qkv => (2 * k * kd, vd),
+        DeltaNetPart::ValueHeads => (0, vd),
+        DeltaNetPart::PerHead => (0, 1),
+    };
+    if k == 0 || !v.is_multiple_of(k) || rows != kept + v * head_dim {
+        return Err(RowsMismatch {
+            transform,
+            rows,
+            what: format!(
+                "{}{v} value heads of {head_dim} grouped by {k} key heads",
+                if kept > 0 {
+                    format!("{kept} query/key rows + ")
+                } else {
+                    String::new()
+                }
+            ),
+        });
+    }
+    let per_k = v / k;
+    let mut s: Vec<usize> = (0..kept).collect();
+    for j in 0..per_k {
+        for i in 0..k {
+            let start = kept + (i * per_k + j) * head_dim;
+            s.extend(start..start + head_dim);
+        }
+    }
+    Ok(s)
 }
 
 /// `LlamaModel.permute`: reshape(n, 2, hd/2) → swapaxes(1, 2): out row h·hd + 2i + j ← in row h·hd + j·hd/2 + i.
@@ -230,6 +345,7 @@ mod tests {
     const H: HeadCounts = HeadCounts {
         n_head: 4,
         n_head_kv: 2,
+        delta_net: None,
     };
 
     /// numpy reference: w.reshape(n, 2, rows//n//2).swapaxes(1, 2).reshape(rows) on arange(rows)
@@ -255,10 +371,7 @@ mod tests {
     /// numpy: qkv = arange(3*nh*hd).reshape(nh, 3, hd); cat(qkv[:,0], qkv[:,1], qkv[:,2]) with nh=2, hd=2
     #[test]
     fn neox_qkv_matches_numpy_reference() {
-        let h = HeadCounts {
-            n_head: 2,
-            n_head_kv: 2,
-        };
+        let h = HeadCounts::new(2, 2);
         let s = row_sources(RowTransform::NeoxQkv, 12, h).unwrap();
         assert_eq!(s, vec![0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]);
     }
@@ -299,6 +412,49 @@ mod tests {
         let t = RowTransform::Chunk { index: 1, count: 2 };
         assert_eq!(row_sources(t, 6, H).unwrap(), vec![3, 4, 5]);
         assert!(row_sources(RowTransform::Chunk { index: 0, count: 4 }, 6, H).is_err());
+    }
+
+    /// numpy: arange(8).reshape(2, 2, 2).transpose(1, 0, 2).reshape(8) (2 key heads, 4 value heads of 2)
+    #[test]
+    fn delta_net_value_heads_match_the_converters_reorder() {
+        let h = HeadCounts {
+            delta_net: Some(DeltaNetHeads {
+                k_heads: 2,
+                v_heads: 4,
+                k_head_dim: 1,
+                v_head_dim: 2,
+            }),
+            ..H
+        };
+        let v = RowTransform::DeltaNetValueHeads(DeltaNetPart::ValueHeads);
+        assert_eq!(row_sources(v, 8, h).unwrap(), vec![0, 1, 4, 5, 2, 3, 6, 7]);
+        // qkv: q (2 rows) and k (2 rows) kept, then the 8 value rows as above
+        let qkv = RowTransform::DeltaNetValueHeads(DeltaNetPart::Qkv);
+        assert_eq!(
+            row_sources(qkv, 12, h).unwrap(),
+            vec![0, 1, 2, 3, 4, 5, 8, 9, 6, 7, 10, 11]
+        );
+        let per_head = RowTransform::DeltaNetValueHeads(DeltaNetPart::PerHead);
+        assert_eq!(row_sources(per_head, 4, h).unwrap(), vec![0, 2, 1, 3]);
+        assert!(row_sources(per_head, 5, h).is_err());
+        assert!(row_sources(per_head, 4, H).is_err());
+        // the same gather on A's columns
+        let a: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        assert_eq!(
+            apply_cols(v, &a, 1, 8, h).unwrap(),
+            vec![0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]
+        );
+    }
+
+    #[test]
+    fn interleaved_rows_split_and_regroup() {
+        let gate = RowTransform::Interleaved { index: 0, count: 2 };
+        let up = RowTransform::Interleaved { index: 1, count: 2 };
+        assert_eq!(row_sources(gate, 6, H).unwrap(), vec![0, 2, 4]);
+        assert_eq!(row_sources(up, 6, H).unwrap(), vec![1, 3, 5]);
+        let both = RowTransform::Deinterleaved { count: 2 };
+        assert_eq!(row_sources(both, 6, H).unwrap(), vec![0, 2, 4, 1, 3, 5]);
+        assert!(row_sources(gate, 5, H).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::error::{ConvertError, chain};
 use super::plan::{PairShape, Plan};
 use super::{Outcome, Prepared};
 use crate::adapter::{Adapter, KeyKind, LoraPair, Packing, PairKind};
-use crate::arch::{Heads, QkvPart, RowTransform};
+use crate::arch::{DeltaNetPart, Heads, QkvPart, RowTransform};
 use crate::mlx::MlxConfig;
 
 /// The schema identifier; bumped when a field changes meaning or disappears (additions keep it).
@@ -190,8 +190,13 @@ pub struct PairSource {
     pub peft_scaling: f64,
     /// What is done to lora_B's rows.
     pub rows: String,
+    /// What is done to lora_A's columns (the base weight's input features).
+    pub cols: String,
     /// Factor multiplied into lora_B (1: untouched), as the f32 applied.
     pub fold: f64,
+    /// The base's scale that llama.cpp applies to the base matmul only, per expert, also multiplied into lora_B
+    /// (Gemma 4's `ffn_down_exps.scale`); null when none.
+    pub base_scale: Option<Vec<f32>>,
     /// runtime_factor × fold: the factor llama.cpp effectively applies to this module's B·A (equals
     /// peft_scaling up to f32 rounding of α and the fold).
     pub effective_factor: f64,
@@ -426,7 +431,9 @@ pub fn pairs(plan: &Plan, a: &Adapter) -> Vec<PairEntry> {
                             expert: s.expert,
                             peft_scaling: s.peft_scaling,
                             rows: rows_name(s.rows),
+                            cols: rows_name(s.cols),
                             fold,
+                            base_scale: s.base_scale.clone(),
                             effective_factor: runtime * fold,
                         }
                     })
@@ -444,7 +451,7 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
         for s in &p.sources {
             let pair = &a.pairs[s.pair];
             let fold = f64::from(s.fold as f32);
-            let slot = |what: String| match (p.shape, s.expert) {
+            let slot_of = |what: String| match (p.shape, s.expert) {
                 (PairShape::Experts { n_expert }, Some(e)) => {
                     format!("{what}, expert slot {e} of {n_expert}")
                 }
@@ -453,24 +460,62 @@ fn destinations(plan: &Plan, a: &Adapter) -> BTreeMap<String, Vec<Destination>> 
                 }
                 _ => what,
             };
+            let slot = |what: String| {
+                slot_of(match s.part {
+                    Some(part) => format!(
+                        "{what}, into rank block {}..{} and rows {}..{} of the fused tensor",
+                        part.rank_offset,
+                        part.rank_offset + part.rank,
+                        part.row_offset,
+                        part.row_offset + part.rows
+                    ),
+                    None => what,
+                })
+            };
             let mut b_transform = b_transform(pair, s.rows);
             if fold != 1.0 {
                 b_transform.push_str(&format!(", × {fold}"));
             }
+            if s.base_scale.is_some() {
+                b_transform.push_str(", × the base's scale of each expert");
+            }
+            let mut a_transform = match s.cols {
+                RowTransform::Identity => a_transform(pair, p.shape),
+                cols => format!(
+                    "{}, columns {}",
+                    a_transform(pair, p.shape),
+                    rows_name(cols)
+                ),
+            };
+            // PEFT holds ΔWᵀ (Llama 4's experts): A becomes lora_b and B lora_a, each transposed per expert
+            let (a_to, b_to) = if s.transposed {
+                a_transform = format!(
+                    "expert e = rows e·r..(e+1)·r, transposed into lora_b, {}",
+                    {
+                        let rows = b_transform.split_once(", rows ").map_or("", |(_, r)| r);
+                        format!("rows {rows}")
+                    }
+                );
+                b_transform = "expert e = columns e, E+e, 2E+e, … (PEFT interleaves them), transposed into lora_a"
+                    .to_string();
+                (&p.b, &p.a)
+            } else {
+                (&p.a, &p.b)
+            };
             out.entry(pair.a.key.clone())
                 .or_default()
                 .push(Destination {
-                    tensor: p.a.name.clone(),
-                    transform: slot(a_transform(pair, p.shape)),
-                    fold: 1.0,
+                    tensor: a_to.name.clone(),
+                    transform: slot(a_transform),
+                    fold: if s.transposed { fold } else { 1.0 },
                     effective_factor: runtime * fold,
                 });
             out.entry(pair.b.key.clone())
                 .or_default()
                 .push(Destination {
-                    tensor: p.b.name.clone(),
+                    tensor: b_to.name.clone(),
                     transform: slot(b_transform),
-                    fold,
+                    fold: if s.transposed { 1.0 } else { fold },
                     effective_factor: runtime * fold,
                 });
         }
@@ -641,5 +686,15 @@ pub fn rows_name(r: RowTransform) -> String {
             if rope { ", llama_rope_permute" } else { "" }
         ),
         RowTransform::Chunk { index, count } => format!("chunk({index} of {count})"),
+        RowTransform::Interleaved { index, count } => format!("interleaved({index} of {count})"),
+        RowTransform::Deinterleaved { count } => format!("deinterleave({count})"),
+        RowTransform::DeltaNetValueHeads(part) => format!(
+            "delta_net_v_head_reorder({})",
+            match part {
+                DeltaNetPart::Qkv => "qkv",
+                DeltaNetPart::ValueHeads => "value_heads",
+                DeltaNetPart::PerHead => "per_head",
+            }
+        ),
     }
 }

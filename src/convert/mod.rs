@@ -22,13 +22,12 @@ use std::path::{Path, PathBuf};
 pub use base::{BaseModel, BaseSource};
 pub use error::ConvertError;
 pub use plan::{OutType, Plan};
-pub use quirks::{Quirks, TorchtuneQwen2};
+pub use quirks::{IgnoredPairs, Quirks, TorchtuneQwen2};
 pub use verify::VerifyReport;
 
 use crate::adapter::{self, Adapter, Framework};
 use crate::arch;
 use crate::mlx;
-use factor::HeadCounts;
 
 /// What to convert and how.
 #[derive(Clone, Debug)]
@@ -248,10 +247,7 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
         });
     };
     let adapter = &prepared.adapter;
-    let heads = base.heads.unwrap_or(HeadCounts {
-        n_head: 1,
-        n_head_kv: 1,
-    });
+    let heads = base.factor_heads();
 
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;

@@ -20,6 +20,8 @@ struct ParamShape {
     out_features: usize,
     /// Experts of a 3-D parameter; None for a 2-D one.
     n_expert: Option<usize>,
+    /// PEFT holds ΔWᵀ for it (stored (E, in, out), Llama 4): lora_A is (E·r, out), lora_B (in, E·r).
+    transposed: bool,
 }
 
 /// Decide every `target_parameters` pair of `adapter` against the base.
@@ -98,6 +100,11 @@ fn resolve_one(
             continue;
         };
         let e = x.n_expert.unwrap_or(1);
+        let (in_features, out_features) = if x.transposed {
+            (out_features, in_features)
+        } else {
+            (in_features, out_features)
+        };
         if x.in_features != in_features || x.out_features != out_features {
             notes.push(format!(
                 "`{param}` is {} × {} per expert in the base",
@@ -190,7 +197,8 @@ fn expected_shape(
     module: &str,
     param: &str,
 ) -> Result<Option<ParamShape>, crate::arch::MapError> {
-    let targets = family.map_parameter(module, param)?;
+    let targets =
+        crate::arch::fused_for_base(family.map_parameter(module, param)?, |n| base.has_tensor(n));
     let mut shape: Option<ParamShape> = None;
     for t in &targets {
         let Some(dims) = base.target_dims(&t.name) else {
@@ -198,7 +206,9 @@ fn expected_shape(
         };
         let d = |i: usize| dims.get(i).copied().unwrap_or(1) as usize;
         let rows = match t.rows {
-            RowTransform::Chunk { count, .. } => d(1) * usize::from(count),
+            RowTransform::Chunk { count, .. } | RowTransform::Interleaved { count, .. } => {
+                d(1) * usize::from(count)
+            }
             _ => d(1),
         };
         let n_expert = matches!(t.layout, Layout::Experts | Layout::Expert { .. }).then(|| d(2));
@@ -206,6 +216,7 @@ fn expected_shape(
             in_features: d(0),
             out_features: rows,
             n_expert,
+            transposed: t.transposed,
         };
         match shape {
             None => shape = Some(this),
@@ -421,10 +432,11 @@ mod tests {
         );
     }
 
-    /// DeepSeek-V2's MLA graph multiplies the attention weights without LoRA: such pairs are written with a
-    /// warning naming them; kv_b_proj (split and transposed by llama.cpp) is refused.
+    /// DeepSeek-V2's MLA graph multiplies the attention weights without LoRA: such pairs are refused by name, or
+    /// left out with a warning naming them (`--drop-ignored-pairs`); kv_b_proj (split and transposed by llama.cpp)
+    /// is refused.
     #[test]
-    fn deepseek2_attention_warns_no_effect_and_kv_b_is_refused() {
+    fn deepseek2_attention_is_refused_or_dropped_and_kv_b_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let base = base_config(
             dir.path(),
@@ -443,16 +455,33 @@ mod tests {
             ],
         );
         let adapter = crate::peft::open(dir.path()).unwrap();
-        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        let e = plan::plan(&adapter, family, &base, OutType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "module `model.layers.0.self_attn.q_a_proj` → `blk.0.attn_q_a.weight`: llama.cpp's `deepseek2` \
+                 graph multiplies this tensor without LoRA"
+            ),
+            "{e}"
+        );
+        let drop = crate::convert::Quirks {
+            ignored_pairs: crate::convert::IgnoredPairs::Drop,
+            ..Default::default()
+        };
+        let (plan, problems) = plan::plan_all(&adapter, family, &base, OutType::F32, &drop);
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         assert!(
             plan.warnings[0].starts_with(
                 "`blk.0.attn_q_a.weight` (from `model.layers.0.self_attn.q_a_proj`): llama.cpp's deepseek2 graph \
-                 does not apply LoRA to this tensor"
+                 does not apply LoRA to this tensor; the pair is left out"
             ),
             "{}",
             plan.warnings[0]
         );
+        let targets: Vec<&str> = plan.pairs.iter().map(|p| p.target.as_str()).collect();
+        assert_eq!(targets, ["blk.0.attn_output.weight"]);
         write_adapter(
             dir.path(),
             r#"{"r":4,"lora_alpha":8,"target_modules":["kv_b_proj"]}"#,
@@ -466,5 +495,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("retrain without kv_b_proj"), "{e}");
+    }
+
+    /// On a base made with --fuse-gate-up-exps, transformers-5's fused gate_up_proj becomes one ffn_gate_up_exps
+    /// pair, and a LoRA on gate_proj alone (here per-expert Linear modules) becomes its gate block: rows 0..24 of
+    /// the fused 48, its own rank, the up rows zero.
+    #[test]
+    fn gate_experts_alone_fill_their_block_of_a_fused_base_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bases");
+        let base = BaseModel::from_gguf(&fixtures.join("qwen35moe-fused/base.gguf")).unwrap();
+        let family = crate::convert::resolve_family(None, &base).unwrap();
+        write_adapter(
+            dir.path(),
+            r#"{"r":4,"lora_alpha":8,"target_modules":[],"target_parameters":["mlp.experts.gate_up_proj"]}"#,
+            &[
+                ("model.layers.1.mlp.experts.lora_A.weight", &[16, 32]),
+                ("model.layers.1.mlp.experts.lora_B.weight", &[48, 16]),
+            ],
+        );
+        let mut adapter = crate::peft::open(dir.path()).unwrap();
+        resolve(&mut adapter, family, &base).unwrap();
+        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        let targets: Vec<(&str, &[u64])> = plan
+            .pairs
+            .iter()
+            .map(|p| (p.a.name.as_str(), p.a.dims.as_slice()))
+            .collect();
+        assert_eq!(
+            targets,
+            [("blk.1.ffn_gate_up_exps.weight.lora_a", &[32u64, 4, 4][..])]
+        );
+        write_adapter(
+            dir.path(),
+            r#"{"r":4,"lora_alpha":8,"target_modules":["gate_proj"]}"#,
+            &[
+                (
+                    "model.layers.1.mlp.experts.0.gate_proj.lora_A.weight",
+                    &[4, 32],
+                ),
+                (
+                    "model.layers.1.mlp.experts.0.gate_proj.lora_B.weight",
+                    &[24, 4],
+                ),
+            ],
+        );
+        let adapter = crate::peft::open(dir.path()).unwrap();
+        let plan = plan::plan(&adapter, family, &base, OutType::F32).unwrap();
+        assert_eq!(plan.pairs.len(), 1);
+        let p = &plan.pairs[0];
+        assert_eq!(p.b.name, "blk.1.ffn_gate_up_exps.weight.lora_b");
+        assert_eq!(p.b.dims, [4, 48, 4]);
+        let part = p.sources[0].part.unwrap();
+        assert_eq!(
+            (
+                part.index,
+                part.rows,
+                part.rank,
+                part.rank_offset,
+                part.row_offset
+            ),
+            (0, 24, 4, 0, 0)
+        );
     }
 }

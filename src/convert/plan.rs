@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::base::BaseModel;
 use super::error::ConvertError;
 use super::factor::{self, HeadCounts};
-use super::quirks::{self, Quirks};
+use super::quirks::{self, IgnoredPairs, Quirks};
 use crate::adapter::{Adapter, LoraPair, PairKind, SourceDtype};
 use crate::arch::{Family, Layout, RowTransform, Target};
 use crate::gguf::{GgmlType, TensorSpec};
@@ -75,10 +75,53 @@ pub struct PlannedSource {
     pub expert: Option<usize>,
     /// What happens to B's rows.
     pub rows: RowTransform,
+    /// What happens to A's columns.
+    pub cols: RowTransform,
+    /// PEFT's factors hold ΔWᵀ (Llama 4's experts): lora_a = B_eᵀ, lora_b = A_eᵀ.
+    pub transposed: bool,
     /// PEFT's own scaling s_m for this module.
     pub peft_scaling: f64,
     /// Factor multiplied into B so that llama.cpp's α/rank gives s_m (1.0: B untouched).
     pub fold: f64,
+    /// The base's output scale that llama.cpp applies to the base matmul only (Gemma 4's per-expert
+    /// `ffn_down_exps.scale`): one value per expert (or one for all), multiplied into B with the fold.
+    pub base_scale: Option<Vec<f32>>,
+    /// The block this source fills when the base stores its target fused with others (a gate or up expert LoRA on
+    /// `ffn_gate_up_exps`): the pair is block-diagonal, ΔW = [B_g 0; 0 B_u]·[A_g; A_u].
+    pub part: Option<FusedPart>,
+}
+
+/// One part of a pair built block-diagonally from LoRAs of the parts of a fused base tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedPart {
+    /// Which part (0: gate, 1: up), in the fused tensor's row order.
+    pub index: u8,
+    /// Parts of the fused tensor.
+    pub count: u8,
+    /// Rows of one part (the fused tensor has `count` times as many).
+    pub rows: usize,
+    /// This part's own rank.
+    pub rank: usize,
+    /// Where its rank block starts in the pair's rank (the ranks of the parts before it that have a LoRA).
+    pub rank_offset: usize,
+    /// Where its rows start in the fused tensor (`index · rows`).
+    pub row_offset: usize,
+}
+
+impl PlannedSource {
+    /// The base's scale for expert `e` (1 without one).
+    pub fn base_scale_for(&self, e: usize) -> f64 {
+        match &self.base_scale {
+            Some(v) if v.len() == 1 => f64::from(v[0]),
+            Some(v) => v.get(e).map_or(1.0, |&x| f64::from(x)),
+            None => 1.0,
+        }
+    }
+
+    /// The factor multiplied into expert `e`'s B: the scaling fold times the base's scale.
+    pub fn fold_for(&self, e: usize) -> f64 {
+        self.fold * self.base_scale_for(e)
+    }
 }
 
 /// One `<target>.lora_a` / `<target>.lora_b` pair of the output file.
@@ -157,7 +200,7 @@ pub fn plan_all(
             None => family.map_module(&pair.module),
         };
         let targets = match mapped {
-            Ok(t) => t,
+            Ok(t) => crate::arch::fused_for_base(t, |name| base.has_tensor(name)),
             Err(source) => {
                 problems.push(ConvertError::Map {
                     module: pair.pattern_key(),
@@ -172,36 +215,96 @@ pub fn plan_all(
         for mut target in targets {
             let step = (|| {
                 target.rows = quirks::source_rows(adapter, family, pair, &target, quirks)?;
-                check_tied(pair, &target, base)?;
+                if !(quirks.merge_tied_embedding && target.name == "token_embd.weight") {
+                    check_tied(pair, &target, base)?;
+                }
                 let source = PlannedSource {
                     pair: index,
                     expert: None,
                     rows: target.rows,
+                    cols: target.cols,
+                    transposed: target.transposed,
                     peft_scaling,
                     fold,
+                    base_scale: None,
+                    part: None,
                 };
-                let planned = plan_one(pair, &target, base, source)?;
                 if family.no_effect(&target.name) {
-                    warnings.push(format!(
-                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor; the pair is \
-                         written but has no effect at run time",
+                    let what = format!(
+                        "`{}` (from `{}`): llama.cpp's {} graph does not apply LoRA to this tensor",
                         target.name, pair.module, family.gguf_arch
-                    ));
+                    );
+                    match quirks.ignored_pairs {
+                        IgnoredPairs::Refuse => {
+                            return Err(ConvertError::NoEffect {
+                                module: pair.module.clone(),
+                                target: target.name.clone(),
+                                arch: family.gguf_arch,
+                            });
+                        }
+                        IgnoredPairs::Drop => {
+                            warnings.push(format!(
+                                "{what}; the pair is left out (--drop-ignored-pairs)"
+                            ));
+                            return Ok(());
+                        }
+                        IgnoredPairs::Keep => warnings.push(format!(
+                            "{what}; the pair is written but has no effect at run time"
+                        )),
+                    }
                 }
-                match (planned.shape, by_target.get(&target.name)) {
+                let mut planned = plan_one(pair, &target, base, source)?;
+                if let Some(scale) = family.base_only_scale(&target.name) {
+                    let values = base_scale(pair, &target, &scale, base)?;
+                    let experts = match planned.shape {
+                        PairShape::Experts { n_expert } => n_expert,
+                        _ => 1,
+                    };
+                    if let Some(v) = &values
+                        && v.len() != 1
+                        && v.len() != experts
+                    {
+                        return Err(ConvertError::BaseScale {
+                            module: pair.module.clone(),
+                            target: target.name.clone(),
+                            scale,
+                            why: format!("it has {} values for {experts} experts", v.len()),
+                        });
+                    }
+                    planned.sources[0].base_scale = values;
+                }
+                // a gate or up expert LoRA on a base that stores both fused: one block of the fused pair
+                if let PairShape::Experts { .. } = planned.shape
+                    && base.has_tensor(&planned.target) == Some(false)
+                    && let Some((fused, index, count)) =
+                        crate::arch::fused_part_of(&planned.target, |n| {
+                            base.has_tensor(n) == Some(true)
+                        })
+                {
+                    planned.target = fused;
+                    planned.sources[0].part = Some(FusedPart {
+                        index,
+                        count,
+                        rows: planned.out_features,
+                        rank: planned.rank,
+                        rank_offset: 0,
+                        row_offset: usize::from(index) * planned.out_features,
+                    });
+                }
+                match (planned.shape, by_target.get(&planned.target)) {
                     (PairShape::Experts { .. }, Some(&at)) => {
                         merge_expert(&mut pairs[at], planned, &adapter.pairs)
                     }
                     (_, Some(&at)) => {
                         let first = adapter.pairs[pairs[at].sources[0].pair].module.clone();
                         Err(ConvertError::DuplicateTarget {
-                            target: target.name.clone(),
+                            target: planned.target.clone(),
                             first,
                             second: pair.module.clone(),
                         })
                     }
                     (_, None) => {
-                        by_target.insert(target.name.clone(), pairs.len());
+                        by_target.insert(planned.target.clone(), pairs.len());
                         pairs.push(planned);
                         Ok(())
                     }
@@ -217,6 +320,10 @@ pub fn plan_all(
     let mut fallbacks: Vec<u64> = Vec::new();
     let mut fitting = Vec::with_capacity(pairs.len());
     for mut p in pairs {
+        if let Err(e) = lay_out_parts(&mut p, alpha, &adapter.pairs) {
+            problems.push(e);
+            continue;
+        }
         let fits = match p.shape {
             PairShape::Experts { n_expert } => check_experts(&p, n_expert, base, &adapter.pairs),
             _ => Ok(()),
@@ -303,6 +410,36 @@ pub fn plan_all(
     (plan, problems)
 }
 
+/// The values of a base-only scale for `target` (None: the base has no such scale, i.e. 1).
+fn base_scale(
+    pair: &LoraPair,
+    target: &Target,
+    scale: &str,
+    base: &BaseModel,
+) -> Result<Option<Vec<f32>>, ConvertError> {
+    let refuse = |why: String| ConvertError::BaseScale {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        scale: scale.to_string(),
+        why,
+    };
+    match base.has_tensor(scale) {
+        Some(false) => Ok(None),
+        Some(true) => match base.scales.get(scale) {
+            Some(v) => Ok(Some(v.clone())),
+            None => Err(refuse(format!(
+                "in {} it is an NVFP4 weight's scale, which also holds the quantization's own; convert against \
+                 the unquantized (or non-NVFP4) GGUF of the same model",
+                base.describe()
+            ))),
+        },
+        None => Err(refuse(format!(
+            "{} is a config.json, which does not hold the scale's values; pass `--base` with the model's GGUF",
+            base.describe()
+        ))),
+    }
+}
+
 /// α = the c_m = s_m·r_m shared by the most pairs (ties: the smallest), as f32.
 fn choose_alpha(pairs: &[LoraPair]) -> f32 {
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
@@ -326,11 +463,17 @@ fn heads_for(
     pair: &LoraPair,
     target: &Target,
 ) -> Result<HeadCounts, ConvertError> {
-    match target.rows {
-        RowTransform::Identity | RowTransform::Chunk { .. } => Ok(HeadCounts {
-            n_head: 1,
-            n_head_kv: 1,
-        }),
+    let headless = |t: RowTransform| {
+        matches!(
+            t,
+            RowTransform::Identity
+                | RowTransform::Chunk { .. }
+                | RowTransform::Interleaved { .. }
+                | RowTransform::Deinterleaved { .. }
+        )
+    };
+    match (target.rows, target.cols) {
+        (rows, cols) if headless(rows) && headless(cols) => Ok(HeadCounts::new(1, 1)),
         _ => base.heads.ok_or_else(|| ConvertError::NeedHeads {
             module: pair.module.clone(),
             target: target.name.clone(),
@@ -368,8 +511,13 @@ fn plan_one(
     source: PlannedSource,
 ) -> Result<PlannedPair, ConvertError> {
     let heads = heads_for(base, pair, target)?;
-    let (b_rows, rank) = (dim(&pair.b.shape, 0), pair.rank);
-    let a_cols = dim(&pair.a.shape, 1);
+    let rank = pair.rank;
+    // ΔW's rows and columns: B's rows and A's columns, or the other way round when PEFT holds ΔWᵀ
+    let (b_rows, a_cols) = if target.transposed {
+        (dim(&pair.a.shape, 1), dim(&pair.b.shape, 0))
+    } else {
+        (dim(&pair.b.shape, 0), dim(&pair.a.shape, 1))
+    };
     let kind_name = |k: PairKind| {
         if k == PairKind::Embedding {
             "embedding"
@@ -395,6 +543,12 @@ fn plan_one(
             target: target.name.clone(),
             source,
         })?;
+    // an input-dimension transform is a permutation of A's columns: it must fit them
+    factor::output_rows(target.cols, a_cols, heads).map_err(|source| ConvertError::Rows {
+        module: pair.module.clone(),
+        target: target.name.clone(),
+        source,
+    })?;
     if pair.packing.n_expert() > 1 && target.layout != Layout::Experts {
         // a stack of experts can only become a stacked `*_exps` tensor
         return Err(ConvertError::KindMismatch {
@@ -465,11 +619,81 @@ fn truncates_vocab(arch: &str) -> bool {
     arch.starts_with("gemma")
 }
 
+/// A pair built from the parts of a fused base tensor: the rank is the sum of the parts' ranks, the rows the fused
+/// tensor's; each source gets its rank and row block, and its fold becomes s_m·R/α (llama.cpp divides by the whole
+/// rank R). Parts without a LoRA are zero rows and take no rank. Pairs without parts are left as they are.
+fn lay_out_parts(p: &mut PlannedPair, alpha: f32, pairs: &[LoraPair]) -> Result<(), ConvertError> {
+    let Some(first) = p.sources.iter().find_map(|s| s.part) else {
+        return Ok(());
+    };
+    let count = usize::from(first.count);
+    let mut ranks: Vec<Option<usize>> = vec![None; count];
+    for s in &p.sources {
+        let part = s.part.unwrap_or(first);
+        let slot = &mut ranks[usize::from(part.index)];
+        if part.rows != first.rows || slot.is_some_and(|r| r != part.rank) {
+            let listed: Vec<String> = p
+                .sources
+                .iter()
+                .map(|s| format!("{} (rank {})", pairs[s.pair].module, pairs[s.pair].rank))
+                .collect();
+            return Err(ConvertError::ExpertRanks {
+                target: p.target.clone(),
+                ranks: listed.join(", "),
+            });
+        }
+        *slot = Some(part.rank);
+    }
+    let mut offsets = vec![0usize; count];
+    let mut total = 0;
+    for (i, r) in ranks.iter().enumerate() {
+        offsets[i] = total;
+        total += r.unwrap_or(0);
+    }
+    for s in &mut p.sources {
+        if let Some(part) = &mut s.part {
+            part.rank_offset = offsets[usize::from(part.index)];
+            s.fold = s.peft_scaling * total as f64 / f64::from(alpha);
+        }
+    }
+    p.rank = total;
+    p.out_features = count * first.rows;
+    p.sources
+        .sort_by_key(|s| (s.expert, s.part.map(|part| part.index)));
+    Ok(())
+}
+
 fn merge_expert(
     into: &mut PlannedPair,
     next: PlannedPair,
     pairs: &[LoraPair],
 ) -> Result<(), ConvertError> {
+    if into.sources.iter().any(|s| s.part.is_some())
+        || next.sources.iter().any(|s| s.part.is_some())
+    {
+        // parts of a fused tensor: ranks and rows are checked and laid out once all parts are in (lay_out_parts)
+        if into.in_features != next.in_features {
+            return Err(ConvertError::ExpertRanks {
+                target: into.target.clone(),
+                ranks: format!("inputs {} and {}", into.in_features, next.in_features),
+            });
+        }
+        for s in next.sources {
+            let same_part = |x: &PlannedSource| x.part.map(|p| p.index) == s.part.map(|p| p.index);
+            let clash = into.sources.iter().find(|x| {
+                same_part(x) && (x.expert == s.expert || x.expert.is_none() || s.expert.is_none())
+            });
+            if let Some(dup) = clash {
+                return Err(ConvertError::DuplicateTarget {
+                    target: format!("{} (expert {})", into.target, s.expert.unwrap_or(0)),
+                    first: pairs[dup.pair].module.clone(),
+                    second: pairs[s.pair].module.clone(),
+                });
+            }
+            into.sources.push(s);
+        }
+        return Ok(());
+    }
     if into.rank != next.rank
         || into.in_features != next.in_features
         || into.out_features != next.out_features
@@ -547,6 +771,16 @@ fn check_base_shape(
     };
     let module = pairs[p.sources[0].pair].module.clone();
     let Some(found) = tensors.get(&p.target) else {
+        if let Some((fused, _, _)) =
+            crate::arch::fused_part_of(&p.target, |n| tensors.contains_key(n))
+        {
+            return Err(ConvertError::FusedInBase {
+                module,
+                target: p.target.clone(),
+                fused,
+                base: base.describe(),
+            });
+        }
         return Err(ConvertError::TargetMissing {
             module,
             target: p.target.clone(),

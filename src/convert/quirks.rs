@@ -33,11 +33,29 @@ impl TorchtuneQwen2 {
     }
 }
 
-/// The user's choices about trainer quirks (none given: a detected quirk is refused with the choices explained).
+/// What to do with pairs whose target llama.cpp's graph multiplies without LoRA (`Review::no_effect`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IgnoredPairs {
+    /// Refuse the adapter, naming each such pair (the default: the file would not behave as trained).
+    #[default]
+    Refuse,
+    /// `--drop-ignored-pairs`: leave them out, with a warning per tensor.
+    Drop,
+    /// Write them anyway, with a warning per tensor (library only: the tests that prove llama.cpp ignores them).
+    Keep,
+}
+
+/// The user's choices about trainer and runtime quirks (none given: a detected quirk is refused with the choices
+/// explained).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quirks {
     /// `--torchtune-qwen2`.
     pub torchtune_qwen2: Option<TorchtuneQwen2>,
+    /// `--drop-ignored-pairs`.
+    pub ignored_pairs: IgnoredPairs,
+    /// Planning for `merge`, not for a runtime adapter: an embedding LoRA on a base with a tied output head is
+    /// planned instead of refused (merge writes it into the embedding alone and unties the head).
+    pub merge_tied_embedding: bool,
 }
 
 /// GGUF architectures torchtune's `QWEN2` model type converts to (Qwen2 and Qwen2.5).

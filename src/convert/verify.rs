@@ -97,6 +97,17 @@ fn verify_pair(
                 PairShape::Embedding { .. } => Cow::Owned(factor::transpose(a_g, inp, r)),
                 _ => Cow::Borrowed(a_g),
             };
+            if pair.sources.iter().any(|s| s.part.is_some()) {
+                let check = parts_check(pair, adapter, heads, e, &a_g, b_g, runtime)?;
+                let (worst, ratio, probed) = check.run(pair)?;
+                report.probed += usize::from(probed);
+                if worst > report.worst_error {
+                    report.worst_error = worst;
+                    report.worst_target = pair.target.clone();
+                }
+                report.worst_ratio = report.worst_ratio.max(ratio);
+                continue;
+            }
             // per-expert Linear sources carry their slot; a fused source (no slot) holds every expert
             let source = pair
                 .sources
@@ -120,28 +131,51 @@ fn verify_pair(
             adapter.tensor_f32(&p.b, peft_b)?;
             // a fused source holds every expert: take expert e's factors out of its packing
             let in_expert = if source.expert.is_none() { e } else { 0 };
+            // expert e's factors in PEFT's orientation (swapped back when PEFT holds ΔWᵀ)
+            let (a_expert, b_expert, b_rows): (Cow<[f32]>, Vec<f32>, usize) = if source.transposed {
+                let (a, b, rows) =
+                    super::materialize::expert_factors(p, true, peft_a, peft_b, in_expert);
+                (Cow::Owned(a), b, rows)
+            } else {
+                (
+                    Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
+                    p.packing.expert_b(peft_b, r, p.out_features(), in_expert),
+                    p.b.shape[0],
+                )
+            };
             let a_ref: Cow<[f32]> = match pair.shape {
                 PairShape::Embedding { vocab } if vocab < p.a.shape[1] => {
                     Cow::Owned(factor::keep_columns(peft_a, r, p.a.shape[1], vocab))
                 }
-                _ => Cow::Borrowed(p.packing.expert_a(peft_a, r, inp, in_expert)),
+                _ if source.cols != crate::arch::RowTransform::Identity => Cow::Owned(
+                    factor::apply_cols(source.cols, &a_expert, r, inp, heads).map_err(|e| {
+                        ConvertError::Rows {
+                            module: p.module.clone(),
+                            target: pair.target.clone(),
+                            source: e,
+                        }
+                    })?,
+                ),
+                _ => a_expert,
             };
-            let b_expert = p.packing.expert_b(peft_b, r, p.out_features(), in_expert);
-            let b_ref = factor::apply_rows(source.rows, &b_expert, p.b.shape[0], r, heads)
-                .map_err(|source| ConvertError::Rows {
-                    module: p.module.clone(),
-                    target: pair.target.clone(),
-                    source,
+            let b_ref =
+                factor::apply_rows(source.rows, &b_expert, b_rows, r, heads).map_err(|source| {
+                    ConvertError::Rows {
+                        module: p.module.clone(),
+                        target: pair.target.clone(),
+                        source,
+                    }
                 })?;
             let check = Check {
                 a_file: &a_g,
                 b_file: b_g,
-                a_ref: &a_ref,
-                b_ref: &b_ref,
+                a_ref: Cow::Borrowed(&a_ref),
+                b_ref: Cow::Borrowed(&b_ref),
                 a_err: element_errors(&a_ref, inp, pair.a.ggml_type, 1.0),
-                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold),
+                b_err: element_errors(&b_ref, r, pair.b.ggml_type, source.fold_for(e)),
                 runtime,
-                peft: source.peft_scaling,
+                // llama.cpp scales the base only: the LoRA term must carry the base's scale itself
+                peft: source.peft_scaling * source.base_scale_for(e),
                 r,
                 inp,
                 out,
@@ -157,6 +191,74 @@ fn verify_pair(
         report.pairs += 1;
     }
     Ok(report)
+}
+
+/// The check of expert `e` of a pair built block-diagonally from the parts of a fused tensor: the reference
+/// A (R × in) and B (out × R) are the parts' factors in their blocks (zero elsewhere), B already multiplied by each
+/// part's own s (so the check's `peft` is 1), B's rounding bound per block with its own fold.
+fn parts_check<'a>(
+    pair: &PlannedPair,
+    adapter: &Adapter,
+    heads: HeadCounts,
+    e: usize,
+    a_file: &'a [f32],
+    b_file: &'a [f32],
+    runtime: f64,
+) -> Result<Check<'a>, ConvertError> {
+    let (r, inp, out) = (pair.rank, pair.in_features, pair.out_features);
+    let mut a_ref = vec![0.0f32; r * inp];
+    let mut b_ref = vec![0.0f32; out * r];
+    let mut a_err = vec![0.0f64; r * inp];
+    let mut b_err = vec![0.0f64; out * r];
+    let (mut peft_a, mut peft_b) = (Vec::new(), Vec::new());
+    for s in pair
+        .sources
+        .iter()
+        .filter(|s| s.expert == Some(e) || s.expert.is_none())
+    {
+        let Some(part) = s.part else { continue };
+        let p = &adapter.pairs[s.pair];
+        adapter.tensor_f32(&p.a, &mut peft_a)?;
+        adapter.tensor_f32(&p.b, &mut peft_b)?;
+        let in_expert = if s.expert.is_none() { e } else { 0 };
+        let (a_e, b_e, rows) =
+            super::materialize::expert_factors(p, s.transposed, &peft_a, &peft_b, in_expert);
+        let rp = p.rank;
+        let rows_error = |source| ConvertError::Rows {
+            module: p.module.clone(),
+            target: pair.target.clone(),
+            source,
+        };
+        let b_t = factor::apply_rows(s.rows, &b_e, rows, rp, heads).map_err(rows_error)?;
+        let a_t = factor::apply_cols(s.cols, &a_e, rp, inp, heads).map_err(rows_error)?;
+        let fold = s.fold_for(e);
+        let s_p = s.peft_scaling * s.base_scale_for(e);
+        let a_errs = element_errors(&a_t, inp, pair.a.ggml_type, 1.0);
+        let b_errs = element_errors(&b_t, rp, pair.b.ggml_type, fold);
+        let a_start = part.rank_offset * inp;
+        a_ref[a_start..a_start + rp * inp].copy_from_slice(&a_t);
+        a_err[a_start..a_start + rp * inp].copy_from_slice(&a_errs);
+        for i in 0..part.rows {
+            for k in 0..rp {
+                let at = (part.row_offset + i) * r + part.rank_offset + k;
+                b_ref[at] = (f64::from(b_t[i * rp + k]) * s_p) as f32;
+                b_err[at] = b_errs[i * rp + k];
+            }
+        }
+    }
+    Ok(Check {
+        a_file,
+        b_file,
+        a_ref: Cow::Owned(a_ref),
+        b_ref: Cow::Owned(b_ref),
+        a_err,
+        b_err,
+        runtime,
+        peft: 1.0,
+        r,
+        inp,
+        out,
+    })
 }
 
 /// Per-element bound on |encoded − exact| for a factor whose exact value is `x · fold` (f32 multiply then encode).
@@ -199,8 +301,8 @@ fn element_errors(x: &[f32], row_len: usize, ty: GgmlType, fold: f64) -> Vec<f64
 struct Check<'a> {
     a_file: &'a [f32],
     b_file: &'a [f32],
-    a_ref: &'a [f32],
-    b_ref: &'a [f32],
+    a_ref: Cow<'a, [f32]>,
+    b_ref: Cow<'a, [f32]>,
     a_err: Vec<f64>,
     b_err: Vec<f64>,
     runtime: f64,

@@ -70,7 +70,8 @@ enum Work<'a> {
     /// Both factors streamed from the adapter's bytes: rows of one adapter tensor each (B's gathered by the row
     /// transform, times the fold).
     Rows { a: RowsJob<'a>, b: RowsJob<'a> },
-    /// Both built in f32 by [`materialize`] (embeddings, stacked experts, factors stored transposed).
+    /// Both built in f32 by [`materialize`] (embeddings, stacked experts, factors stored transposed, A's columns
+    /// reordered).
     Materialized,
 }
 
@@ -87,7 +88,10 @@ fn work<'a>(pair: &'a PlannedPair, adapter: &'a Adapter) -> Work<'a> {
         // Streamed from the file's bytes when the rows are stored as llama.cpp reads them; a factor stored
         // transposed (mlx-lm) is built in f32 by `materialize`, which reads it back in PEFT orientation.
         (PairShape::Linear, [s])
-            if !adapter.pairs[s.pair].a.transposed && !adapter.pairs[s.pair].b.transposed =>
+            if !adapter.pairs[s.pair].a.transposed
+                && !adapter.pairs[s.pair].b.transposed
+                && s.cols == RowTransform::Identity
+                && s.base_scale.is_none() =>
         {
             let p = &adapter.pairs[s.pair];
             Work::Rows {

@@ -30,6 +30,7 @@ pub mod dtype;
 pub mod keys;
 pub mod positioned;
 pub mod read;
+pub mod rewrite;
 pub mod value;
 pub mod write;
 

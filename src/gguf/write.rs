@@ -359,12 +359,12 @@ fn check_tensors(
     Ok((offsets, sizes, end))
 }
 
-fn put_str(h: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(h: &mut Vec<u8>, s: &str) {
     h.extend_from_slice(&(s.len() as u64).to_le_bytes());
     h.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(h: &mut Vec<u8>, value: &Value) {
+pub(super) fn put_value(h: &mut Vec<u8>, value: &Value) {
     match value {
         Value::U8(v) => h.extend_from_slice(&v.to_le_bytes()),
         Value::I8(v) => h.extend_from_slice(&v.to_le_bytes()),

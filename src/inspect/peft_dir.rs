@@ -27,6 +27,9 @@ pub struct PeftReport {
     pub base: Option<BaseSection>,
     /// The GGUF architecture (family), when the base resolves to one we convert.
     pub family: Option<&'static str>,
+    /// How far lora-convert's support for that family goes (verified / mapped / refused, per feature, with the
+    /// fixtures that prove it), as the README's support table says.
+    pub support: Option<crate::arch::support::Support>,
     /// `adapter.lora.alpha` conversion would write.
     pub gguf_alpha: Option<f64>,
     /// Factor dtypes → number of tensors.
@@ -183,6 +186,7 @@ pub fn inspect(req: &Request) -> Result<PeftReport, ConvertError> {
         adapter: manifest::adapter_section(a, prepared.mlx.as_ref()),
         base: prepared.base.as_ref().map(manifest::base_section),
         family: prepared.family.map(|f| f.gguf_arch),
+        support: prepared.family.map(crate::arch::support::of),
         gguf_alpha: plan.map(|p| f64::from(p.alpha)),
         dtypes,
         size: Size {

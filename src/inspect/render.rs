@@ -79,6 +79,17 @@ fn peft(r: &PeftReport) -> String {
     if let Some(f) = r.family {
         let _ = writeln!(o, "family    {f}");
     }
+    if let Some(s) = &r.support {
+        let _ = writeln!(o, "support   {} ({})", s.status.name(), support_why(s));
+        for f in &s.features {
+            let fixtures = if f.fixtures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", f.fixtures.join(", "))
+            };
+            let _ = writeln!(o, "          {}: {}{fixtures}", f.status.name(), f.feature);
+        }
+    }
     let dtypes: Vec<String> = r.dtypes.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
     let _ = writeln!(
         o,
@@ -137,14 +148,19 @@ fn peft(r: &PeftReport) -> String {
         .pairs
         .iter()
         .flat_map(|p| p.sources.iter().map(move |s| (p, s)))
-        .filter(|(_, s)| s.rows != "identity" || s.fold != 1.0)
+        .filter(|(_, s)| s.rows != "identity" || s.cols != "identity" || s.fold != 1.0)
         .map(|(p, s)| {
             let fold = if s.fold == 1.0 {
                 String::new()
             } else {
                 format!(", lora_b × {}", s.fold)
             };
-            format!("  {}: rows {}{fold}", p.target, s.rows)
+            let cols = if s.cols == "identity" {
+                String::new()
+            } else {
+                format!(", columns {}", s.cols)
+            };
+            format!("  {}: rows {}{cols}{fold}", p.target, s.rows)
         })
         .collect();
     if !transformed.is_empty() {
@@ -297,4 +313,16 @@ fn gguf(r: &GgufReport) -> String {
         }
     }
     o
+}
+
+/// One line on what the family's support status means.
+fn support_why(s: &crate::arch::support::Support) -> &'static str {
+    use crate::arch::support::Status;
+    match s.status {
+        Status::Verified => "features below checked against PyTorch in llama.cpp by fixtures",
+        Status::Mapped => {
+            "converted by the reviewed name tables; no fixture has checked it against PyTorch yet"
+        }
+        Status::Refused => "its converter transforms weights in ways not reviewed for LoRA",
+    }
 }

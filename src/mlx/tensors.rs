@@ -104,6 +104,10 @@ const SWITCH_MODULES: &[(&str, &str)] = &[
     ("mlp.switch_mlp.gate_proj", "mlp.experts.gate_proj"),
     ("mlp.switch_mlp.up_proj", "mlp.experts.up_proj"),
     ("mlp.switch_mlp.down_proj", "mlp.experts.down_proj"),
+    // gemma4_text.py: experts.gate_up_proj / experts.down_proj → experts.switch_glu.<proj>
+    ("experts.switch_glu.gate_proj", "experts.gate_proj"),
+    ("experts.switch_glu.up_proj", "experts.up_proj"),
+    ("experts.switch_glu.down_proj", "experts.down_proj"),
 ];
 
 /// The Hugging Face expert-stack module of an mlx-lm `SwitchLinear` module path, if it is one we know.
@@ -154,6 +158,10 @@ mod tests {
         assert_eq!(
             switch_module("model.layers.0.mlp.switch_mlp.down_proj").as_deref(),
             Some("model.layers.0.mlp.experts.down_proj")
+        );
+        assert_eq!(
+            switch_module("model.layers.2.experts.switch_glu.gate_proj").as_deref(),
+            Some("model.layers.2.experts.gate_proj")
         );
         assert_eq!(switch_module("model.layers.0.mlp.down_proj"), None);
         assert_eq!(

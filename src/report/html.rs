@@ -342,6 +342,10 @@ svg .ml{font-size:10px} svg .ml.recommended{fill:#2e7d32} svg .ml.controls-break
 .prompt{margin-top:6px;font-weight:600} .muted{color:#777}
 "#;
 
+/// The page's own Content-Security-Policy: nothing may load from anywhere (only the inline style and script run),
+/// so the report can never fetch or send anything, and a browser reports any attempt as an error.
+pub const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'";
+
 const SCRIPT: &str = r#"
 window.addEventListener('error', function (e) { document.body.setAttribute('data-js-error', String(e.message)); });
 (function () {
@@ -398,7 +402,7 @@ pub fn render(
         .collect();
     let _ = writeln!(
         o,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\n<title>lora-validate: {} — {}</title>\n<style>{STYLE}</style></head><body>",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\n<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\n<title>lora-validate: {} — {}</title>\n<style>{STYLE}</style></head><body>",
         if verdict.passed { "PASS" } else { "FAIL" },
         esc(&meta
             .adapters
@@ -430,6 +434,18 @@ pub fn render(
         run.scale_zero_max_abs_logit_delta,
         esc(&meta.tool_version)
     );
+    if let Some(p) = &run.partial {
+        let _ = writeln!(
+            o,
+            "<p class=\"partial\" id=\"partial\"><b>PARTIAL RUN:</b> {}; {} of {} prompts measured at every scale</p>",
+            esc(&p.reason),
+            p.prompts_done,
+            p.prompts_total
+        );
+    }
+    if let Some(a) = &run.alora {
+        let _ = writeln!(o, "<p id=\"alora\">{}</p>", esc(&a.summary()));
+    }
     if let Some(r) = &verdict.recommendation {
         let _ = writeln!(
             o,

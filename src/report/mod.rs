@@ -194,6 +194,16 @@ fn text(
         adapters.join(" + "),
         meta.base
     );
+    if let Some(p) = &run.partial {
+        let _ = writeln!(
+            o,
+            "PARTIAL RUN: {}; {} of {} prompts measured at every scale",
+            p.reason, p.prompts_done, p.prompts_total
+        );
+    }
+    if let Some(a) = &run.alora {
+        let _ = writeln!(o, "{}", a.summary());
+    }
     let _ = writeln!(
         o,
         "{} prompts ({} control, {} target); engine self-check max |Δlogit| at scale 0 = {}; noise floor KL = {:.1e}",
@@ -376,7 +386,7 @@ pub fn json_value(
     verdict: &Verdict,
     meta: &ReportMeta,
 ) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "schema_version": JSON_SCHEMA_VERSION,
         "tool": meta.tool_version,
         "base": meta.base,
@@ -398,7 +408,14 @@ pub fn json_value(
             "noise_floor_kl_max": run.noise_floor_kl_max,
         },
         "timings": run.timings,
-    })
+    });
+    if let Some(partial) = &run.partial {
+        value["partial"] = json!(partial);
+    }
+    if let Some(alora) = &run.alora {
+        value["alora"] = json!(alora);
+    }
+    value
 }
 
 fn xml_escape(s: &str) -> String {
@@ -570,6 +587,16 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
         "Base `{}`. Engine self-check at scale 0: max |Δlogit| = {}.\n",
         meta.base, run.scale_zero_max_abs_logit_delta
     );
+    if let Some(p) = &run.partial {
+        let _ = writeln!(
+            o,
+            "**PARTIAL RUN:** {}; {} of {} prompts measured at every scale.\n",
+            p.reason, p.prompts_done, p.prompts_total
+        );
+    }
+    if let Some(a) = &run.alora {
+        let _ = writeln!(o, "{}.\n", a.summary());
+    }
     let _ = writeln!(
         o,
         "| scale | control KL mean | control KL max | control top-1 | target KL mean | changed | expectation failures |"
@@ -657,6 +684,8 @@ mod tests {
                 scales: vec![0.0, 1.0],
             },
             timings: Timings::default(),
+            partial: None,
+            alora: None,
         };
         let verdict = judge(&set, &run, &Limits::default());
         let meta = ReportMeta {

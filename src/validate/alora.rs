@@ -80,7 +80,10 @@ mod tests {
 
     #[test]
     fn the_adapter_acts_from_one_token_before_the_invocation() {
-        assert_eq!(activation(&[9, 9, 1, 2, 9], Some(&[1, 2])), Activation::From(1));
+        assert_eq!(
+            activation(&[9, 9, 1, 2, 9], Some(&[1, 2])),
+            Activation::From(1)
+        );
         assert_eq!(activation(&[1, 2, 9], Some(&[1, 2])), Activation::From(0));
         assert_eq!(activation(&[9, 9], Some(&[1, 2])), Activation::Never);
         assert_eq!(activation(&[9, 9], None), Activation::Always);

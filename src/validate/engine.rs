@@ -30,13 +30,13 @@ use llama_cpp_2::token::LlamaToken;
 
 use rayon::prelude::*;
 
-use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::alora::{self, Activation};
+use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::golden::{GoldenPrompt, PromptText};
 pub use super::request::{EngineConfig, EngineError, Progress};
 use super::results::{
-    BaseContinuation, EngineSettings, PassTiming, PhaseTimings, PromptMeasurement, RunMeasurements,
-    Timings,
+    AloraRun, BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings,
+    PromptMeasurement, RunMeasurements, Timings,
 };
 
 /// The process-wide llama.cpp backend (llama.cpp allows one initialisation per process).
@@ -208,7 +208,10 @@ pub fn logits_activated_from(
     let n_vocab = model.n_vocab() as usize;
     let dec = |e: String| EngineError::Decode(e);
     let mut logits = Vec::with_capacity(n * n_vocab);
-    for (range, on) in [(0..first_adapted.min(n), false), (first_adapted.min(n)..n, true)] {
+    for (range, on) in [
+        (0..first_adapted.min(n), false),
+        (first_adapted.min(n)..n, true),
+    ] {
         if range.is_empty() {
             continue;
         }
@@ -397,7 +400,12 @@ impl Engine {
             done: 0,
             total: total_steps,
         });
-        let (base_tokens, mut base_counts) = run.base_continuations(&layout)?;
+        // From here on a failure or an interruption ends the run with what finished (a partial report), not an error.
+        let (base_tokens, mut base_counts, mut stopped) = match run.base_continuations(&layout, cfg)
+        {
+            Ok((tokens, counts)) => (tokens, counts, None),
+            Err(stop) => (Vec::new(), (0, 0), Some(stop)),
+        };
         let base: Vec<BaseContinuation> = prompts
             .iter()
             .zip(&layout.prepared)
@@ -409,28 +417,29 @@ impl Engine {
                 tokens: toks.clone(),
             })
             .collect();
-        let swept = run.teacher_forced(
-            &layout,
-            &base_tokens,
-            adapters,
-            &sweep,
-            &mut base_counts,
-            &mut |done| {
-                progress(Progress::Compare {
-                    done,
-                    total: total_steps,
-                })
-            },
-        )?;
-        let zero = sweep.iter().position(|s| s.0 == 0.0).unwrap_or(0);
-        let scale_zero_delta = swept.compares[zero]
-            .iter()
-            .map(|c| c.max_abs)
-            .fold(0.0, f32::max);
-        let noise_floor = swept.compares[zero]
-            .iter()
-            .map(|c| c.kl_max)
-            .fold(0.0, f64::max);
+        let mut swept = Swept::new(sweep.len(), layout.prepared.len());
+        if stopped.is_none() {
+            stopped = run.teacher_forced(
+                &layout,
+                &base_tokens,
+                adapters,
+                &sweep,
+                &mut base_counts,
+                &mut swept,
+                cfg,
+                &mut |done| {
+                    progress(Progress::Compare {
+                        done,
+                        total: total_steps,
+                    })
+                },
+            );
+        }
+        let done = swept.done;
+        let zero = sweep.iter().position(|s| s.0 == 0.0);
+        let at_zero = zero.map_or(&[][..], |z| &swept.compares[z][..done]);
+        let scale_zero_delta = at_zero.iter().map(|c| c.max_abs).fold(0.0, f32::max);
+        let noise_floor = at_zero.iter().map(|c| c.kl_max).fold(0.0, f64::max);
         let mut timings = Timings {
             model_load_ms: *model_load_ms,
             adapter_load_ms: *adapter_load_ms,
@@ -443,8 +452,13 @@ impl Engine {
                 base_counts,
             )
         });
-        let measurements =
-            run.measurements(prompts, &sweep, &swept, &base_tokens, &mut timings.passes);
+        let measurements = run.measurements(
+            &prompts[..done],
+            &sweep,
+            &swept,
+            &base_tokens,
+            &mut timings.passes,
+        );
         let mut measured = RunMeasurements {
             base,
             measurements,
@@ -459,32 +473,54 @@ impl Engine {
                 scales: scales.to_vec(),
             },
             timings: Timings::default(),
+            partial: None,
+            alora: cfg.alora_invocation.as_ref().map(|inv| {
+                let (invoked, not): (Vec<_>, Vec<_>) = prompts
+                    .iter()
+                    .zip(&layout.prepared)
+                    .partition(|(_, prep)| prep.activation != Activation::Never);
+                AloraRun {
+                    invocation_tokens: inv.clone(),
+                    prompts_invoked: invoked.into_iter().map(|(p, _)| p.id.clone()).collect(),
+                    prompts_not_invoked: not.into_iter().map(|(p, _)| p.id.clone()).collect(),
+                }
+            }),
         };
+        // Refinement passes only follow a complete sweep; one that stops leaves the sweep's results, marked partial.
         let mut refined = false;
-        while let Some(scale) = refine(&measured) {
+        let sweep_stopped = stopped.is_some();
+        while stopped.is_none() {
+            let Some(scale) = refine(&measured) else {
+                break;
+            };
             progress(Progress::Pass {
                 scale: Some(scale),
                 done: total_steps,
                 total: total_steps,
             });
             let one = [(scale, true)];
-            let swept = run.teacher_forced(
+            let mut swept = Swept::new(1, layout.prepared.len());
+            stopped = run.teacher_forced(
                 &layout,
                 &base_tokens,
                 adapters,
                 &one,
                 &mut (0, 0),
+                &mut swept,
+                cfg,
                 &mut |_| {},
-            )?;
-            measured.measurements.extend(run.measurements(
-                prompts,
-                &one,
-                &swept,
-                &base_tokens,
-                &mut timings.passes,
-            ));
-            measured.settings.scales.push(scale);
-            refined = true;
+            );
+            if stopped.is_none() {
+                measured.measurements.extend(run.measurements(
+                    prompts,
+                    &one,
+                    &swept,
+                    &base_tokens,
+                    &mut timings.passes,
+                ));
+                measured.settings.scales.push(scale);
+                refined = true;
+            }
         }
         if refined {
             measured.settings.scales.sort_by(f32::total_cmp);
@@ -492,13 +528,30 @@ impl Engine {
                 .measurements
                 .sort_by(|a, b| a.scale.total_cmp(&b.scale));
         }
-        set_scale(adapters, &mut run.ctx_adapted, 0.0)?;
+        let reset = set_scale(adapters, &mut run.ctx_adapted, 0.0);
+        if stopped.is_none() {
+            reset?;
+        }
         timings.adapter_switch_ms = run.switch.mean_ms();
         timings.adapter_switch_max_ms = run.switch.max_ms;
         timings.adapter_switches = run.switch.count;
         timings.phases = run.phases;
         timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
         measured.timings = timings;
+        let during = if sweep_stopped {
+            ""
+        } else {
+            " while refining the recommended scale (the sweep finished)"
+        };
+        measured.partial = stopped.map(|stop| Partial {
+            interrupted: matches!(stop, Stopped::Interrupted),
+            reason: match stop {
+                Stopped::Interrupted => format!("interrupted (Ctrl-C){during}"),
+                Stopped::Failed(e) => format!("{e}{during}"),
+            },
+            prompts_done: done,
+            prompts_total: prompts.len(),
+        });
         Ok(measured)
     }
 
@@ -604,14 +657,42 @@ struct Run<'m> {
     switch: SwitchTimes,
 }
 
+/// Why a run ended before its last step.
+enum Stopped {
+    /// The interrupt flag was set (Ctrl-C).
+    Interrupted,
+    /// llama.cpp failed part-way.
+    Failed(EngineError),
+}
+
+/// Whether the run has been asked to stop.
+fn interrupted(cfg: &EngineConfig) -> bool {
+    cfg.interrupt
+        .as_ref()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// What teacher forcing found at each scale of the sweep (indexed like the sweep).
 struct Swept {
+    /// Prompts (the first ones) measured at every scale.
+    done: usize,
     /// Per scale, per prompt.
     compares: Vec<Vec<Compare>>,
     /// Per scale, per prompt: the adapted greedy continuation.
     adapted_tokens: Vec<Vec<Vec<i32>>>,
     /// Per scale: (wall ms, tokens decoded, tokens generated).
     per_scale: Vec<(f64, usize, usize)>,
+}
+
+impl Swept {
+    fn new(scales: usize, prompts: usize) -> Self {
+        Swept {
+            done: 0,
+            compares: vec![vec![Compare::default(); prompts]; scales],
+            adapted_tokens: vec![Vec::new(); scales],
+            per_scale: vec![(0.0f64, 0usize, 0usize); scales],
+        }
+    }
 }
 
 impl<'m> Run<'m> {
@@ -650,18 +731,26 @@ impl<'m> Run<'m> {
     }
 
     /// Step 1: the base model's greedy continuations, once; and (prompt tokens, generated tokens) decoded.
-    fn base_continuations(&mut self, layout: &Layout) -> Result<Generated, EngineError> {
+    fn base_continuations(
+        &mut self,
+        layout: &Layout,
+        cfg: &EngineConfig,
+    ) -> Result<Generated, Stopped> {
         let t = Instant::now();
         let mut base_tokens: Vec<Vec<i32>> = Vec::with_capacity(layout.prepared.len());
         let mut counts = (0usize, 0usize);
         for g in &layout.groups {
+            if interrupted(cfg) {
+                return Err(Stopped::Interrupted);
+            }
             let (out, c) = generate(
                 self.model,
                 &mut self.ctx_base,
                 &layout.prepared[g.clone()],
                 self.n_ubatch,
                 &self.pool,
-            )?;
+            )
+            .map_err(Stopped::Failed)?;
             base_tokens.extend(out);
             counts = (counts.0 + c.0, counts.1 + c.1);
         }
@@ -674,7 +763,9 @@ impl<'m> Run<'m> {
     /// held by the base context, and then continues greedily from the first position where its argmax differs from
     /// the base row's (up to there the adapted greedy continuation *is* the base's, and its KV cache is already
     /// filled). At scale 0 the adapter is removed, the graph is the base's — checked here bit for bit — and its
-    /// continuations are the base's. `step(done)` is called as each chunk starts.
+    /// continuations are the base's. `step(done)` is called as each chunk starts. Stops before a chunk when the run
+    /// is interrupted, and at a chunk llama.cpp fails on; `swept.done` counts the prompts finished.
+    #[allow(clippy::too_many_arguments)] // the run's inputs, the accumulators it fills, the stop flag, progress
     fn teacher_forced(
         &mut self,
         layout: &Layout,
@@ -682,32 +773,34 @@ impl<'m> Run<'m> {
         adapters: &mut [(PathBuf, f32, LlamaLoraAdapter)],
         sweep: &[(f32, bool)],
         base_counts: &mut (usize, usize),
+        swept: &mut Swept,
+        cfg: &EngineConfig,
         step: &mut dyn FnMut(usize),
-    ) -> Result<Swept, EngineError> {
-        let n = layout.prepared.len();
-        let mut swept = Swept {
-            compares: vec![vec![Compare::default(); n]; sweep.len()],
-            adapted_tokens: vec![Vec::new(); sweep.len()],
-            per_scale: vec![(0.0f64, 0usize, 0usize); sweep.len()],
-        };
+    ) -> Option<Stopped> {
         let mut done = 1;
         for (g, g_chunks) in layout.groups.iter().zip(&layout.chunks) {
             for chunk in g_chunks {
+                if interrupted(cfg) {
+                    return Some(Stopped::Interrupted);
+                }
                 step(done);
                 done += 1;
                 let range = (g.start + chunk.start)..(g.start + chunk.end);
-                self.chunk(
+                if let Err(e) = self.chunk(
                     &layout.prepared[range.clone()],
                     &base_tokens[range.clone()],
                     range.start,
                     adapters,
                     sweep,
                     base_counts,
-                    &mut swept,
-                )?;
+                    swept,
+                ) {
+                    return Some(Stopped::Failed(e));
+                }
+                swept.done = range.end;
             }
         }
-        Ok(swept)
+        None
     }
 
     /// One teacher-forced chunk (prompts `first..` of the run) at every scale of the sweep.
@@ -751,7 +844,11 @@ impl<'m> Run<'m> {
         for (si, &(scale, _)) in sweep.iter().enumerate() {
             let t = Instant::now();
             // An aLoRA's positions before its activation are decoded without it (llama-server's semantics).
-            set_scale(adapters, ctx_adapted, if tf.pre.is_some() { 0.0 } else { scale })?;
+            set_scale(
+                adapters,
+                ctx_adapted,
+                if tf.pre.is_some() { 0.0 } else { scale },
+            )?;
             clear(ctx_adapted)?;
             switch.push(t);
             let t = Instant::now();

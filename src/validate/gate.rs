@@ -154,8 +154,35 @@ fn prompt_limits<'a>(set: &'a GoldenSet, id: &str) -> Option<&'a GoldenPrompt> {
     set.prompts.iter().find(|p| p.id == id)
 }
 
-/// Judge a run.
+/// Judge a run. An unfinished run is judged on the prompts it finished, and fails.
 pub fn judge(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Verdict {
+    let Some(partial) = &run.partial else {
+        return judge_complete(set, run, limits);
+    };
+    let finished = GoldenSet {
+        prompts: set.prompts[..partial.prompts_done.min(set.prompts.len())].to_vec(),
+    };
+    let mut verdict = judge_complete(&finished, run, limits);
+    verdict.passed = false;
+    verdict.failures.insert(
+        0,
+        Failure {
+            prompt_id: None,
+            scale: None,
+            metric: "partial".into(),
+            value: partial.prompts_done as f64,
+            limit: partial.prompts_total as f64,
+            message: format!(
+                "the run did not finish: {}; {} of {} prompts were measured at every scale, and the numbers below \
+                 are theirs only",
+                partial.reason, partial.prompts_done, partial.prompts_total
+            ),
+        },
+    );
+    verdict
+}
+
+fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Verdict {
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
     let mut prompts = Vec::new();

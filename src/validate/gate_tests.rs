@@ -51,6 +51,8 @@ fn run(ms: Vec<PromptMeasurement>, scales: &[f32]) -> RunMeasurements {
             scales: scales.to_vec(),
         },
         timings: Timings::default(),
+        partial: None,
+        alora: None,
     }
 }
 

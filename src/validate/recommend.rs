@@ -229,6 +229,8 @@ mod tests {
                 scales: scales.to_vec(),
             },
             timings: Timings::default(),
+            partial: None,
+            alora: None,
         };
         (set, run)
     }

@@ -151,6 +151,8 @@ pub struct EngineConfig {
     /// An aLoRA's invocation tokens: the adapter acts from its invocation in each prompt, as llama-server runs it
     /// (see [`super::alora`]).
     pub alora_invocation: Option<Vec<i32>>,
+    /// Set (by a Ctrl-C handler) to stop the run after the step in progress; the run then reports what finished.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for EngineConfig {
@@ -164,6 +166,7 @@ impl Default for EngineConfig {
             verbose: false,
             sequential: false,
             alora_invocation: None,
+            interrupt: None,
         }
     }
 }

@@ -120,6 +120,50 @@ pub struct RunMeasurements {
     pub settings: EngineSettings,
     /// How long things took.
     pub timings: Timings,
+    /// Set when the run did not finish (interrupted, or llama.cpp failed part-way): the measurements then cover
+    /// the finished prompts only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+    /// Set when the adapter is an activated LoRA: how it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alora: Option<AloraRun>,
+}
+
+/// How an activated LoRA (aLoRA) was applied: as llama-server runs it, from its invocation sequence on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AloraRun {
+    /// The adapter's `adapter.alora.invocation_tokens`.
+    pub invocation_tokens: Vec<i32>,
+    /// Prompts whose tokens hold the invocation sequence: the adapter acts from one token before its last occurrence.
+    pub prompts_invoked: Vec<String>,
+    /// Prompts without it: they run as the base (llama-server sets the adapter's scale to 0).
+    pub prompts_not_invoked: Vec<String>,
+}
+
+impl AloraRun {
+    /// One line for the human reports.
+    pub fn summary(&self) -> String {
+        format!(
+            "activated LoRA (aLoRA): applied as llama-server does, from its invocation tokens {:?} on (off before \
+             them); {} of {} prompts invoke it, the others run as the base",
+            self.invocation_tokens,
+            self.prompts_invoked.len(),
+            self.prompts_invoked.len() + self.prompts_not_invoked.len()
+        )
+    }
+}
+
+/// How far an unfinished run got, and what stopped it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// What stopped the run: an interruption (Ctrl-C) or llama.cpp's error.
+    pub reason: String,
+    /// Stopped by the user rather than by an error.
+    pub interrupted: bool,
+    /// Prompts measured at every scale (the first ones of the set).
+    pub prompts_done: usize,
+    /// Prompts in the set.
+    pub prompts_total: usize,
 }
 
 /// Engine settings recorded with every report (ggml's results depend on batch layout and threads).

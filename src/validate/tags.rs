@@ -181,6 +181,8 @@ mod tests {
                 scales: vec![1.0, 0.5],
             },
             timings: Timings::default(),
+            partial: None,
+            alora: None,
         };
         let s = summarize(&prompts, &run);
         let tags: Vec<(&str, f32, usize, usize)> = s
