@@ -22,5 +22,6 @@ mod json_fields;
 pub mod merge;
 pub mod mlx;
 pub mod peft;
+mod read_at;
 pub mod report;
 pub mod validate;

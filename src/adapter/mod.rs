@@ -18,6 +18,7 @@ pub use model::{KeyKind, LoraPair, Packing, PairKind, Scaling, SourceDtype, Tens
 
 use crate::mlx::{self, MlxConfig};
 use crate::peft::{self, AdapterConfig};
+use crate::read_at::read_at;
 
 /// The adapter formats lora-convert reads, told apart by their files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,26 +309,4 @@ impl Adapter {
         let first = dtypes.next()?;
         dtypes.all(|d| d == first).then_some(first)
     }
-}
-
-/// Fill `buf` from `file` at `offset` (a positioned read: no shared cursor, so threads may read concurrently).
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match std::os::windows::fs::FileExt::seek_read(file, buf, offset) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -678,21 +678,7 @@ fn merge_expert(
                 ranks: format!("inputs {} and {}", into.in_features, next.in_features),
             });
         }
-        for s in next.sources {
-            let same_part = |x: &PlannedSource| x.part.map(|p| p.index) == s.part.map(|p| p.index);
-            let clash = into.sources.iter().find(|x| {
-                same_part(x) && (x.expert == s.expert || x.expert.is_none() || s.expert.is_none())
-            });
-            if let Some(dup) = clash {
-                return Err(ConvertError::DuplicateTarget {
-                    target: format!("{} (expert {})", into.target, s.expert.unwrap_or(0)),
-                    first: pairs[dup.pair].module.clone(),
-                    second: pairs[s.pair].module.clone(),
-                });
-            }
-            into.sources.push(s);
-        }
-        return Ok(());
+        return push_sources(into, next.sources, pairs);
     }
     if into.rank != next.rank
         || into.in_features != next.in_features
@@ -709,12 +695,23 @@ fn merge_expert(
             ranks: ranks.join(", "),
         });
     }
-    for s in next.sources {
-        // a source without an expert index holds the whole stack: nothing else may share the tensor
-        let clash = into
-            .sources
-            .iter()
-            .find(|x| x.expert == s.expert || x.expert.is_none() || s.expert.is_none());
+    push_sources(into, next.sources, pairs)?;
+    into.sources.sort_by_key(|s| s.expert);
+    Ok(())
+}
+
+/// Add `sources` to `into`, refusing two that write the same expert (or the whole stack) of the same part.
+fn push_sources(
+    into: &mut PlannedPair,
+    sources: Vec<PlannedSource>,
+    pairs: &[LoraPair],
+) -> Result<(), ConvertError> {
+    for s in sources {
+        // a source without an expert index holds the whole stack: nothing else may share its part of the tensor
+        let clash = into.sources.iter().find(|x| {
+            x.part.map(|p| p.index) == s.part.map(|p| p.index)
+                && (x.expert == s.expert || x.expert.is_none() || s.expert.is_none())
+        });
         if let Some(dup) = clash {
             return Err(ConvertError::DuplicateTarget {
                 target: format!("{} (expert {})", into.target, s.expert.unwrap_or(0)),
@@ -724,7 +721,6 @@ fn merge_expert(
         }
         into.sources.push(s);
     }
-    into.sources.sort_by_key(|s| s.expert);
     Ok(())
 }
 

@@ -37,6 +37,18 @@ pub struct VerifyReport {
     pub probed: usize,
 }
 
+impl VerifyReport {
+    /// Take in one target's check: its worst error, worst error / bound ratio, and whether it was probed.
+    fn record(&mut self, target: &str, (worst, ratio, probed): (f64, f64, bool)) {
+        self.probed += usize::from(probed);
+        if worst > self.worst_error {
+            self.worst_error = worst;
+            self.worst_target = target.to_string();
+        }
+        self.worst_ratio = self.worst_ratio.max(ratio);
+    }
+}
+
 /// Check every pair of `plan` in the file at `path` against the adapter.
 pub fn verify(
     path: &Path,
@@ -99,13 +111,7 @@ fn verify_pair(
             };
             if pair.sources.iter().any(|s| s.part.is_some()) {
                 let check = parts_check(pair, adapter, heads, e, &a_g, b_g, runtime)?;
-                let (worst, ratio, probed) = check.run(pair)?;
-                report.probed += usize::from(probed);
-                if worst > report.worst_error {
-                    report.worst_error = worst;
-                    report.worst_target = pair.target.clone();
-                }
-                report.worst_ratio = report.worst_ratio.max(ratio);
+                report.record(&pair.target, check.run(pair)?);
                 continue;
             }
             // per-expert Linear sources carry their slot; a fused source (no slot) holds every expert
@@ -180,13 +186,7 @@ fn verify_pair(
                 inp,
                 out,
             };
-            let (worst, ratio, probed) = check.run(pair)?;
-            report.probed += usize::from(probed);
-            if worst > report.worst_error {
-                report.worst_error = worst;
-                report.worst_target = pair.target.clone();
-            }
-            report.worst_ratio = report.worst_ratio.max(ratio);
+            report.record(&pair.target, check.run(pair)?);
         }
         report.pairs += 1;
     }

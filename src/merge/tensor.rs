@@ -16,6 +16,7 @@ use super::gemm::{self, View};
 use super::ggml;
 use super::outtype::{self, OutType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::read_at::read_at;
 
 /// Values of W per slab (4 MiB of f32): enough rows to keep the matrix products efficient, few enough that a slab's
 /// buffers stay in the cache and every core gets work on small tensors.
@@ -295,25 +296,4 @@ fn merge_slab(
         }
     }
     Ok((out, sums))
-}
-
-/// Read exactly `buf.len()` bytes at `offset` without moving a shared cursor (workers read concurrently).
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match file.seek_read(buf, offset)? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
 }
