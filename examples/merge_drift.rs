@@ -1,7 +1,7 @@
 //! Drift of merged models from base + runtime adapter, for the README's table of merge routes:
 //!
 //! ```sh
-//! cargo run --release --example merge_drift -- BASE.gguf ADAPTER.gguf TEXT.txt NAME=MODEL.gguf...
+//! cargo run --release --features validate --example merge_drift -- BASE.gguf ADAPTER.gguf TEXT.txt NAME=MODEL.gguf...
 //! ```
 //!
 //! Teacher-forces TEXT through the base with the adapter at scale 1 (llama.cpp's runtime LoRA) and through each

@@ -538,3 +538,28 @@ fn a_failed_write_names_the_output_and_leaves_nothing_behind() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
+
+/// The default build is the pure-Rust converter: `merge` (ggml's quantizers, from the llama.cpp build) is not in it,
+/// and it says how to get it instead of failing obscurely. Runs in `cargo test` without features.
+#[cfg(not(feature = "merge"))]
+#[test]
+fn merge_without_the_feature_says_how_to_get_it() {
+    let a = lora_convert()
+        .args([
+            "merge",
+            "--base",
+            "b.gguf",
+            "--adapter",
+            "a.gguf",
+            "-o",
+            "m.gguf",
+        ])
+        .assert()
+        .code(2);
+    assert_eq!(
+        stderr_of(&a),
+        "error: this lora-convert was built without feature `merge`: merging quantizes with ggml, from the \
+         llama.cpp build. Get it with `cargo install --path . --features merge` (needs cmake, a C++ compiler and \
+         libclang: tools/build-deps.sh installs them) or `pip install lora-gguf`\n"
+    );
+}

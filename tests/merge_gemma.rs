@@ -48,6 +48,7 @@ fn merged(outtype: OutType, name: &str) -> (PathBuf, merge::Summary) {
         outtype,
         force: true,
         threads: Some(2),
+        modelfile: false,
     })
     .unwrap();
     (out, summary)

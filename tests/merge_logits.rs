@@ -56,6 +56,7 @@ fn merge_into(
         outtype: Default::default(),
         force: true,
         threads: Some(threads),
+        modelfile: false,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
 }
@@ -181,6 +182,7 @@ fn directory_merge_equals_gguf_merge_at_any_thread_count() {
                 outtype: merge::OutType::Fixed(ty),
                 force: true,
                 threads: Some(threads),
+                modelfile: false,
             })
             .unwrap();
             outs.push(std::fs::read(&out).unwrap());

@@ -17,6 +17,12 @@ mod trainers_cli;
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
 
+// Malformed input through the binaries: cuts at every section boundary, hostile sizes, bad outputs → exit 2.
+mod malformed;
+
+// Every committed fuzz input (fuzz/corpus, fuzz/regressions) through its target's body, on stable.
+mod fuzz_replay;
+
 // The support table (per architecture and feature: verified / mapped / refused) in the README and in `inspect`.
 mod support_table;
 
@@ -45,3 +51,17 @@ mod merge_logits;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;
+// `lora-convert merge` from the command line: bytes copied, provenance, Modelfile, refusals.
+#[cfg(feature = "merge")]
+mod merge_cli;
+// `lora-validate --merged`: a real merge passes, a merge at the wrong scale fails.
+#[cfg(feature = "validate")]
+mod validate_merged;
+
+// lora-validate --shard I/N and merge-reports: the shards merged give the unsharded verdict.
+#[cfg(feature = "validate")]
+mod validate_shard;
+
+// The CI gate (action.yml, the GitLab template) run locally as a CI job runs it.
+#[cfg(feature = "validate")]
+mod ci_action;

@@ -122,6 +122,8 @@ fn lora_validate_applies_an_alora_from_its_invocation_only() {
             ..Default::default()
         },
         refine: None,
+        merged: None,
+        shard: None,
     };
     let out = validate::run(&req, &mut |_| {}).unwrap();
     let run = &out.measured;
@@ -169,7 +171,7 @@ fn lora_validate_applies_an_alora_from_its_invocation_only() {
         text.contains("activated LoRA (aLoRA): applied as llama-server does, from its invocation tokens [67, 36] on (off before them); 1 of 2 prompts invoke it"),
         "{text}"
     );
-    let json = lora_gguf::report::json_value(run, &out.verdict, &out.meta);
+    let json = lora_gguf::report::json_value(&out.set, run, &out.verdict, &out.meta);
     assert_eq!(json["alora"]["prompts_invoked"][0], "invoked");
 }
 

@@ -25,6 +25,8 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
             ..EngineConfig::default()
         },
         refine: None,
+        merged: None,
+        shard: None,
     }
 }
 

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::exit::ExitStatus;
 use lora_gguf::report::{self, Format, Style};
 use lora_gguf::validate::gate::Limits;
-use lora_gguf::validate::{self, EngineConfig, Progress, Refine, Request};
+use lora_gguf::validate::shard::Shard;
+use lora_gguf::validate::{self, EngineConfig, Progress, Refine, Request, merge_reports};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -23,10 +24,14 @@ use lora_gguf::validate::{self, EngineConfig, Progress, Refine, Request};
                   model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --scales auto -o report.xml -o \
                   summary.md -o report.json -o report.html"
 )]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The base model GGUF.
-    #[arg(long, value_name = "BASE.gguf")]
-    base: PathBuf,
+    #[arg(long, value_name = "BASE.gguf", required = true)]
+    base: Option<PathBuf>,
 
     /// A GGUF LoRA adapter, optionally with its own scale (`a.gguf:0.8`).
     #[arg(long = "adapter", value_name = "A.gguf[:SCALE]", required = true)]
@@ -94,13 +99,51 @@ struct Cli {
     #[arg(long)]
     allow_non_monotone: bool,
 
+    /// A model with the adapters merged in (`lora-convert merge`): the golden set also runs through it, compared
+    /// with base + runtime adapter at scale 1 (KL, top-1 and greedy agreement; limits merged_* in --limits).
+    #[arg(long, value_name = "MERGED.gguf")]
+    merged: Option<PathBuf>,
+    /// Layers on the GPU [default: all when a GPU backend (feature cuda, vulkan, metal, rocm) finds a device, else
+    /// 0]. Base and adapted contexts share the model, so both run on the same devices.
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
+
     /// Run prompts one at a time (the baseline for benchmarks; numbers differ slightly from the batched layout).
     #[arg(long)]
     sequential: bool,
 
+    /// Run only shard I of N of the golden set (every N-th prompt from the I-th; a CI matrix job). Its report
+    /// records the split; `lora-validate merge-reports` combines the shards' JSON reports into the run's verdict. A
+    /// shard exits 0 once measured: its own verdict covers only its prompts.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+
     /// List every failure (not grouped) and show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Combine the JSON reports of every shard of a run (`--shard I/N`, any order) into one report and verdict, judged
+    /// as one run; one whole report is rendered again (e.g. as JUnit). Exit status as for a run.
+    MergeReports {
+        /// JSON reports (`--format json`).
+        #[arg(required = true, value_name = "REPORT.json")]
+        reports: Vec<PathBuf>,
+
+        /// Report format [default: text on stdout; with -o, each file's extension].
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+
+        /// Write a report here (repeatable; format from the extension unless --format forces one).
+        #[arg(short, long = "output", value_name = "FILE")]
+        outputs: Vec<PathBuf>,
+
+        /// List every failure (not grouped).
+        #[arg(short, long)]
+        verbose: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -149,11 +192,14 @@ fn scales(cli: &Cli) -> Result<(Vec<f32>, Option<Refine>), validate::Error> {
 }
 
 /// Every `-o FILE` with the format it gets, decided before the run so a wrong extension fails at once.
-fn outputs(cli: &Cli) -> Result<Vec<(PathBuf, Format)>, validate::Error> {
-    cli.outputs
+fn outputs(
+    format: Option<FormatArg>,
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, Format)>, validate::Error> {
+    paths
         .iter()
         .map(|p| {
-            let format = match cli.format {
+            let format = match format {
                 Some(f) => Format::from(f),
                 None => Format::from_extension(p).ok_or_else(|| {
                     validate::Error::Usage(format!(
@@ -185,7 +231,16 @@ fn write_report(path: &std::path::Path, text: &str) -> Result<(), validate::Erro
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = match &cli.command {
+        Some(Command::MergeReports {
+            reports,
+            format,
+            outputs,
+            verbose,
+        }) => merge_reports(reports, *format, outputs, *verbose),
+        None => run(&cli),
+    };
+    match result {
         Ok(status) => status.into(),
         Err(err) => {
             eprintln!("error: {err}");
@@ -226,9 +281,12 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         .map(|s| validate::parse_adapter(s))
         .collect::<Result<_, _>>()?;
     let (scales, refine) = scales(cli)?;
-    let outputs = outputs(cli)?;
+    let outputs = outputs(cli.format, &cli.outputs)?;
+    let Some(base) = cli.base.clone() else {
+        return Err(validate::Error::Usage("give --base BASE.gguf".into()));
+    };
     let request = Request {
-        base: cli.base.clone(),
+        base,
         adapters,
         prompts: cli.prompts.clone(),
         scales,
@@ -241,9 +299,12 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
             max_tokens: cli.max_tokens,
             verbose: cli.verbose,
             sequential: cli.sequential,
+            gpu_layers: cli.gpu_layers,
             interrupt: Some(interrupt),
             ..EngineConfig::default()
         },
+        merged: cli.merged.clone(),
+        shard: cli.shard,
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
@@ -272,25 +333,83 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let (set, measured, verdict, meta) = (
+    let status = emit(
+        cli.format,
+        &outputs,
+        cli.verbose,
         &outcome.set,
         &outcome.measured,
         &outcome.verdict,
         &outcome.meta,
+    )?;
+    let Some(shard) = &outcome.meta.shard else {
+        return Ok(status);
+    };
+    if outcome.measured.partial.is_some() {
+        return Ok(status); // interrupted (130) or llama.cpp failed (3): not a shard merge-reports takes
+    }
+    // A shard's verdict covers only its prompts (and effect and monotonicity are judged over the whole set): the
+    // run's verdict comes from merge-reports.
+    eprintln!(
+        "shard {}/{}: measured {} of the set's {} prompts; `lora-validate merge-reports` on every shard's JSON \
+         report gives the run's verdict",
+        shard.index,
+        shard.count,
+        outcome.set.prompts.len(),
+        shard.set_prompts
     );
-    for (path, format) in &outputs {
+    Ok(ExitStatus::Success)
+}
+
+/// `merge-reports`: read the reports, merge the shards, judge the whole set, report.
+fn merge_reports(
+    paths: &[PathBuf],
+    format: Option<FormatArg>,
+    output_paths: &[PathBuf],
+    verbose: bool,
+) -> Result<ExitStatus, validate::Error> {
+    let outputs = outputs(format, output_paths)?;
+    let reports = paths
+        .iter()
+        .map(|p| merge_reports::read_report(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = merge_reports::merge(reports)?;
+    let verdict = validate::gate::judge(&merged.set, &merged.run, &merged.meta.limits);
+    emit(
+        format,
+        &outputs,
+        verbose,
+        &merged.set,
+        &merged.run,
+        &verdict,
+        &merged.meta,
+    )
+}
+
+/// Write every `-o` report, print the text summary (or the `--format` report when nothing is written to a file);
+/// the exit status is the verdict's.
+fn emit(
+    format: Option<FormatArg>,
+    outputs: &[(PathBuf, Format)],
+    verbose: bool,
+    set: &lora_gguf::validate::golden::GoldenSet,
+    measured: &lora_gguf::validate::results::RunMeasurements,
+    verdict: &lora_gguf::validate::gate::Verdict,
+    meta: &report::ReportMeta,
+) -> Result<ExitStatus, validate::Error> {
+    for (path, format) in outputs {
         let style = Style {
             color: false,
-            verbose: cli.verbose,
+            verbose,
         };
         let text = report::render_styled(*format, set, measured, verdict, meta, style);
         write_report(path, &text)?;
     }
     let style = Style {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        verbose: cli.verbose,
+        verbose,
     };
-    let stdout_format = match (cli.format, outputs.is_empty()) {
+    let stdout_format = match (format, outputs.is_empty()) {
         (Some(f), true) => Format::from(f),
         _ => Format::Text,
     };

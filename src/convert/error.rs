@@ -326,6 +326,25 @@ pub enum ConvertError {
     /// The GGUF container layer refused something.
     #[error(transparent)]
     Gguf(#[from] gguf::Error),
+    /// A finite factor value that the output type cannot hold once scaled (f16 above 65504, a q8_0 block scale
+    /// above f16's range, or the scaling fold beyond f32): it would be written as infinity.
+    #[error(
+        "`{path}`: module `{module}` → `{tensor}`: value #{index} is too large for {ggml_type} once scaled (it \
+         would be written as infinity){}",
+        overflow_hint(*ggml_type)
+    )]
+    Overflow {
+        /// The adapter's weights file.
+        path: PathBuf,
+        /// The PEFT module path.
+        module: String,
+        /// The GGUF tensor being written (`blk.0.attn_q.weight.lora_b`).
+        tensor: String,
+        /// The output type.
+        ggml_type: gguf::GgmlType,
+        /// The first value concerned, in the written tensor's element order.
+        index: usize,
+    },
     /// Reading back the written file found a difference beyond the output type's rounding.
     #[error(
         "verification failed for `{target}`: |ΔW error| {error:.3e} exceeds the {dtype} rounding bound {bound:.3e} \
@@ -389,11 +408,21 @@ impl ConvertError {
             }
             C::DuplicateTarget { second, .. } => second.clone(),
             C::ExpertRanks { target, .. } | C::Verify { target, .. } => target.clone(),
+            C::Overflow { tensor, .. } => tensor.clone(),
             C::Empty { dir } => path(dir),
             C::OutputExists { path: p } | C::Io { path: p, .. } | C::Write { path: p, .. } => {
                 path(p)
             }
             C::Gguf(_) => "(gguf)".into(),
         }
+    }
+}
+
+/// What to do about an [`ConvertError::Overflow`] of `ty`.
+fn overflow_hint(ty: gguf::GgmlType) -> &'static str {
+    if ty == gguf::GgmlType::F32 {
+        "; the adapter's values are beyond f32 and cannot be converted (a diverged training run?)"
+    } else {
+        "; convert with `--outtype f32`"
     }
 }

@@ -192,9 +192,11 @@ fn write_pair(
                     bytes
                 } else {
                     let rows = (bytes, job.transform, job.fold);
-                    let n =
-                        encode_factor(adapter, pair, job.source, rows, heads, spec, &mut s.out)?;
-                    s.out.get(..n).unwrap_or_default()
+                    let n = encode_factor(adapter, pair, job.source, rows, heads, spec, &mut s.out)
+                        .map_err(|e| overflowed(e, adapter, pair, spec))?;
+                    let data = s.out.get(..n).unwrap_or_default();
+                    check_range(adapter, pair, spec, data)?;
+                    data
                 };
                 writer.write_tensor(index + i, data)?;
             }
@@ -207,12 +209,64 @@ fn write_pair(
             {
                 s.out.clear();
                 let row_len = usize::try_from(spec.dims[0]).unwrap_or(usize::MAX);
-                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut s.out)?;
+                gguf::dtype::encode_parallel(spec.ggml_type, data, row_len, &mut s.out)
+                    .map_err(|e| overflowed(e.into(), adapter, pair, spec))?;
+                check_range(adapter, pair, spec, &s.out)?;
                 writer.write_tensor(index + i, &s.out)?;
             }
         }
     }
     Ok(())
+}
+
+/// Fail if encoding made a value infinite: the factors are checked finite before, so that is a value beyond the
+/// output type's range (f16 above 65504, a q8_0 block scale beyond f16) or beyond f32 once the scaling is folded in.
+fn check_range(
+    adapter: &Adapter,
+    pair: &PlannedPair,
+    spec: &TensorSpec,
+    encoded: &[u8],
+) -> Result<(), ConvertError> {
+    match gguf::dtype::first_non_finite_encoded(spec.ggml_type, encoded) {
+        None => Ok(()),
+        Some(index) => Err(overflow(adapter, pair, spec, index)),
+    }
+}
+
+/// An encoder's refusal of a non-finite value (q8_0), which after the finiteness check of the source can only be
+/// the scaling fold overflowing f32, as an [`ConvertError::Overflow`] naming the file and tensor.
+fn overflowed(
+    e: ConvertError,
+    adapter: &Adapter,
+    pair: &PlannedPair,
+    spec: &TensorSpec,
+) -> ConvertError {
+    match e {
+        ConvertError::Gguf(gguf::Error::NonFinite { index, .. }) => {
+            overflow(adapter, pair, spec, index)
+        }
+        other => other,
+    }
+}
+
+fn overflow(
+    adapter: &Adapter,
+    pair: &PlannedPair,
+    spec: &TensorSpec,
+    index: usize,
+) -> ConvertError {
+    let module = pair
+        .sources
+        .first()
+        .and_then(|s| adapter.pairs.get(s.pair))
+        .map_or_else(String::new, |p| p.module.clone());
+    ConvertError::Overflow {
+        path: adapter.safetensors_path().to_path_buf(),
+        module,
+        tensor: spec.name.clone(),
+        ggml_type: spec.ggml_type,
+        index,
+    }
 }
 
 /// One factor of a Linear pair from its adapter bytes (with the row transform and fold to apply): checked

@@ -442,6 +442,36 @@ fn encode_into_any(ty: GgmlType, src: &[f32], dst: &mut [u8], base: usize) -> Re
     Ok(())
 }
 
+/// The index of the first value of `bytes` (encoded as `ty`) that is not finite — for q8_0 the first value of the
+/// first block whose scale is not — or None. Finite input encodes to finite output except where it is beyond the
+/// type's range (f16 above 65504, bf16 and q8_0 scales near their limits), so after encoding finite values this
+/// finds an overflow.
+pub fn first_non_finite_encoded(ty: GgmlType, bytes: &[u8]) -> Option<usize> {
+    let u16s = || {
+        bytes
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|b| u16::from_le_bytes(*b))
+    };
+    match ty {
+        GgmlType::F32 => bytes
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .position(|b| !f32::from_le_bytes(*b).is_finite()),
+        GgmlType::F16 => u16s().position(|h| h & 0x7c00 == 0x7c00),
+        GgmlType::BF16 => u16s().position(|h| h & 0x7f80 == 0x7f80),
+        GgmlType::Q8_0 => bytes
+            .as_chunks::<34>()
+            .0
+            .iter()
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00)
+            .map(|block| block * 32),
+        _ => None,
+    }
+}
+
 /// numpy's f32 → f16 for NaN (`npy_floatbits_to_halfbits`): sign kept, payload shifted down, forced non-zero.
 fn f16_nan_numpy(x: f32) -> u16 {
     let f = x.to_bits();

@@ -1,11 +1,24 @@
 //! Does a GGUF adapter fit a base? Mirrors `llama_adapter_lora_init_impl` (src/llama-adapter.cpp) plus the checks it
-//! lacks: llama.cpp aborts the whole process on some mismatches (an embedding LoRA on a tied model, a non-F32 alpha)
-//! and silently corrupts memory on others (a wrong expert count), so every such case is a clear problem here.
+//! lacks: llama.cpp aborts the whole process on some mismatches (an embedding LoRA on a tied model, a non-F32 alpha,
+//! factors with dimensions beyond the base tensor's or of a type its CPU backend cannot multiply) and silently
+//! corrupts memory on others (a wrong expert count), so every such case is a clear problem here.
 
 use std::collections::BTreeMap;
 
 use super::{GgufAdapter, Problem};
-use crate::gguf::{GgufFile, keys};
+use crate::gguf::{GgmlType, GgufFile, keys};
+
+/// Tensor types ggml's CPU backend has no dot product for (no `vec_dot` in `type_traits_cpu`, ggml-cpu.c): a LoRA
+/// factor of one of these types loads, then `ggml_mul_mat` crashes the process at the first decode.
+const NO_CPU_MATMUL: &[GgmlType] = &[
+    GgmlType::Q8_1,
+    GgmlType::Q8_K,
+    GgmlType::I8,
+    GgmlType::I16,
+    GgmlType::I32,
+    GgmlType::I64,
+    GgmlType::F64,
+];
 
 /// Summary of an adapter that fits.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +67,19 @@ impl GgufAdapter {
                 self.lora_a(pair).dims.as_slice(),
                 self.lora_b(pair).dims.as_slice(),
             );
+            for t in [self.lora_a(pair), self.lora_b(pair)] {
+                if NO_CPU_MATMUL.contains(&t.ggml_type) {
+                    bad(
+                        &t.name,
+                        format!(
+                            "is {}, which llama.cpp loads but cannot multiply (ggml's CPU backend has no dot \
+                             product for it): it would crash at the first decode; reconvert with --outtype f32, \
+                             f16, bf16 or q8_0",
+                            t.ggml_type
+                        ),
+                    );
+                }
+            }
             let Some(w) = base_tensors.get(name) else {
                 bad(
                     name,
@@ -84,6 +110,20 @@ impl GgufAdapter {
                     name,
                     format!(
                         "lora_a ne {a:?} and lora_b ne {b:?} do not fit the base tensor ne {w:?}"
+                    ),
+                );
+                continue;
+            }
+            // llama.cpp compares ne[0] and ne[1] only; ggml_mul_mat (ggml_mul_mat_id for experts) then asserts that
+            // the factors broadcast over the activations, which have no dimension beyond the base tensor's: any
+            // such dimension above 1 aborts the process at the first decode.
+            let beyond = |v: &[u64]| v.iter().skip(w.len()).any(|&n| n != 1);
+            if beyond(a) || beyond(b) {
+                bad(
+                    name,
+                    format!(
+                        "lora_a ne {a:?} and lora_b ne {b:?} have more dimensions than the base tensor ne {w:?}: \
+                         llama.cpp loads them and aborts at the first decode (ggml_mul_mat)"
                     ),
                 );
                 continue;

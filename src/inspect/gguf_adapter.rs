@@ -46,6 +46,9 @@ pub struct GgufReport {
     pub problems: Vec<Problem>,
     /// With `--base`: the fit check.
     pub fit: Option<Fit>,
+    /// A model made by `lora-convert merge`: what was merged (its `lora_gguf.merge.*` keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge: Option<super::merged::Provenance>,
 }
 
 /// A metadata entry.
@@ -148,9 +151,19 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
         }
     };
     let f = &adapter.file;
+    let merge = super::merged::read(f);
+    let mut problems: Vec<Problem> = adapter.problems.iter().cloned().map(problem).collect();
+    if merge.is_some() {
+        // a merged model is a model: not being an adapter is no problem
+        problems.retain(|p| p.subject != keys::GENERAL_TYPE);
+    }
     Ok(GgufReport {
         schema: SCHEMA,
-        kind: "gguf_adapter",
+        kind: if merge.is_some() {
+            "merged_model"
+        } else {
+            "gguf_adapter"
+        },
         path: path.display().to_string(),
         version: f.version,
         bytes: f.file_size,
@@ -178,9 +191,10 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
             })
             .collect(),
         ranks: adapter.ranks(),
-        problems: adapter.problems.iter().cloned().map(problem).collect(),
+        problems,
         pairs,
         fit,
+        merge,
     })
 }
 

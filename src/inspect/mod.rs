@@ -5,6 +5,7 @@
 //! `lora-gguf.inspect/1` (docs/inspect-and-manifest.md).
 
 pub mod gguf_adapter;
+pub mod merged;
 pub mod peft_dir;
 pub mod render;
 

@@ -243,6 +243,35 @@ fn peft(r: &PeftReport) -> String {
 
 fn gguf(r: &GgufReport) -> String {
     let mut o = String::new();
+    if let Some(m) = &r.merge {
+        let _ = writeln!(
+            o,
+            "model     {} (GGUF v{}, {} tensors, {} bytes), made by lora-convert merge",
+            r.path,
+            r.version,
+            r.tensors.len(),
+            r.bytes
+        );
+        let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+        let _ = writeln!(
+            o,
+            "merged    base {} (sha256 {}…)",
+            m.base,
+            short(&m.base_sha256)
+        );
+        for a in &m.adapters {
+            let _ = writeln!(
+                o,
+                "          + {} ×{} (sha256 {}…)",
+                a.name,
+                a.scale,
+                short(&a.sha256)
+            );
+        }
+        let _ = writeln!(o, "          outtype {}; {}", m.outtype, m.tool);
+        let _ = writeln!(o, "arch      {}", r.architecture.as_deref().unwrap_or("?"));
+        return o;
+    }
     let _ = writeln!(
         o,
         "adapter   {} (GGUF v{}, {} tensors, {} bytes)",

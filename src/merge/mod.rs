@@ -12,6 +12,7 @@ pub mod adapters;
 pub mod error;
 pub mod gemm;
 pub mod ggml;
+pub mod modelfile;
 pub mod outtype;
 pub mod provenance;
 pub mod tensor;
@@ -52,6 +53,8 @@ pub struct Options {
     pub force: bool,
     /// Worker threads (None: all cores).
     pub threads: Option<usize>,
+    /// Also write an Ollama Modelfile next to the output ([`modelfile`]).
+    pub modelfile: bool,
 }
 
 /// One merged tensor in the summary.
@@ -93,6 +96,8 @@ pub struct Summary {
     pub untied_output: bool,
     /// The type policy used.
     pub outtype: OutType,
+    /// The Modelfile written, if any.
+    pub modelfile: Option<PathBuf>,
 }
 
 impl Summary {
@@ -119,10 +124,16 @@ pub fn merge(opts: &Options) -> Result<Summary, MergeError> {
 }
 
 fn run(opts: &Options) -> Result<Summary, MergeError> {
-    if opts.output.exists() && !opts.force {
-        return Err(MergeError::OutputExists {
-            path: opts.output.clone(),
-        });
+    for path in [
+        Some(opts.output.clone()),
+        opts.modelfile.then(|| modelfile::path_for(&opts.output)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if path.exists() && !opts.force {
+            return Err(MergeError::OutputExists { path });
+        }
     }
     let base = GgufFile::open(&opts.base)?;
     if let Some(t) = base.get_str(keys::GENERAL_TYPE)
@@ -229,8 +240,28 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
             path: opts.output.clone(),
         });
     }
+    let modelfile = opts.modelfile.then(|| {
+        let names: Vec<(String, f32)> = loaded
+            .iter()
+            .map(|a| {
+                let n = a.path.file_name().map(|n| n.to_string_lossy().into_owned());
+                (n.unwrap_or_default(), a.scale)
+            })
+            .collect();
+        (
+            modelfile::path_for(&opts.output),
+            modelfile::text(&base, &opts.output, &names),
+        )
+    });
     tmp.persist(&opts.output)
         .map_err(|e| write_err("renaming the finished file into place", e.error))?;
+    if let Some((path, text)) = &modelfile {
+        std::fs::write(path, text).map_err(|source| MergeError::Write {
+            path: path.clone(),
+            what: "the Modelfile".into(),
+            source,
+        })?;
+    }
     Ok(Summary {
         output: opts.output.clone(),
         bytes,
@@ -239,6 +270,7 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
         copied,
         untied_output: untied.is_some(),
         outtype: opts.outtype,
+        modelfile: modelfile.map(|(p, _)| p),
     })
 }
 

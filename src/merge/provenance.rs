@@ -24,22 +24,9 @@ use crate::gguf::rewrite::{encode_entry, raw_metadata};
 use crate::gguf::value::Array;
 use crate::gguf::{GgufFile, Value, ValueType, keys};
 
-/// The namespace of the provenance keys.
-pub const PREFIX: &str = "lora_gguf.merge.";
-/// `lora_gguf.merge.tool`.
-pub const TOOL: &str = "lora_gguf.merge.tool";
-/// `lora_gguf.merge.base`.
-pub const BASE: &str = "lora_gguf.merge.base";
-/// `lora_gguf.merge.base_sha256`.
-pub const BASE_SHA256: &str = "lora_gguf.merge.base_sha256";
-/// `lora_gguf.merge.adapters`.
-pub const ADAPTERS: &str = "lora_gguf.merge.adapters";
-/// `lora_gguf.merge.adapter_sha256`.
-pub const ADAPTER_SHA256: &str = "lora_gguf.merge.adapter_sha256";
-/// `lora_gguf.merge.scales`.
-pub const SCALES: &str = "lora_gguf.merge.scales";
-/// `lora_gguf.merge.outtype`.
-pub const OUTTYPE: &str = "lora_gguf.merge.outtype";
+pub use crate::inspect::merged::{
+    ADAPTER_SHA256, ADAPTERS, BASE, BASE_SHA256, OUTTYPE, PREFIX, SCALES, TOOL,
+};
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, MergeError> {

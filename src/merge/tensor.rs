@@ -31,7 +31,8 @@ pub struct Merged {
     pub bytes: Vec<u8>,
     /// The measurements of the written type.
     pub sums: Sums,
-    /// Every type measured, in order, with its measurements (the last is the one written).
+    /// Every type measured on the whole tensor, in order, with its measurements (the last is the one written);
+    /// types rejected on the row sample that screens candidates are not listed.
     pub tried: Vec<(GgmlType, Sums)>,
     /// ‖ΔW‖ (Frobenius) of the tensor, all adapters summed.
     pub delta_norm: f64,
@@ -105,6 +106,27 @@ impl Sums {
     }
 }
 
+/// Rows screened per group, and the group stride: 1/32 of the rows, spread over the whole tensor.
+const SAMPLE_ROWS: usize = 8;
+const SAMPLE_EVERY: usize = 256;
+
+/// The rows the candidate types are screened on; none when the tensor is too small to be worth sampling.
+fn sample_slabs(rows_per_expert: usize, experts: usize) -> Vec<Slab> {
+    if rows_per_expert * experts < 2 * SAMPLE_EVERY {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for e in 0..experts {
+        for r in (0..rows_per_expert).step_by(SAMPLE_EVERY) {
+            out.push(Slab {
+                row: e * rows_per_expert + r,
+                rows: SAMPLE_ROWS.min(rows_per_expert - r),
+            });
+        }
+    }
+    out
+}
+
 /// Per-slab result: quantized bytes and the sums.
 type SlabOut = (Vec<u8>, Sums);
 
@@ -151,8 +173,7 @@ pub fn merge_tensor(
         OutType::Auto { budget } => Some(budget),
         _ => None,
     };
-    let mut tried = Vec::new();
-    for (i, &ty) in types.iter().enumerate() {
+    let run = |slabs: &[Slab], ty: GgmlType| -> Result<(Vec<u8>, Sums), MergeError> {
         let results: Vec<Result<SlabOut, MergeError>> = slabs
             .par_iter()
             .map(|slab| {
@@ -177,10 +198,35 @@ pub fn merge_tensor(
             bytes.extend_from_slice(&b);
             sums.add(&s);
         }
+        Ok((bytes, sums))
+    };
+    let accepts = |ty: GgmlType, sums: &Sums| {
+        budget.is_none_or(|b| outtype::accepts(ty == info.ggml_type, sums, b))
+    };
+    let mut tried = Vec::new();
+    // Screen the candidates on a sample of rows, so that only the chosen type quantizes the whole tensor.
+    let mut first = 0;
+    let sample = sample_slabs(rows_per_expert, experts);
+    if types.len() > 1 && !sample.is_empty() {
+        first = types.len() - 1;
+        for (i, &ty) in types.iter().enumerate() {
+            let (_, sums) = run(&sample, ty)?;
+            if sums.delta2 > 0.0 && accepts(ty, &sums) {
+                first = i;
+                break;
+            }
+            if sums.delta2 == 0.0 {
+                // ΔW is zero on the sample (an embedding LoRA touches few rows): measure on the whole tensor
+                first = 0;
+                break;
+            }
+        }
+    }
+    for (i, &ty) in types.iter().enumerate().skip(first) {
+        let (bytes, sums) = run(&slabs, ty)?;
         tried.push((ty, sums));
         let last = i + 1 == types.len();
-        let accepted = budget.is_none_or(|b| outtype::accepts(ty == info.ggml_type, &sums, b));
-        if accepted || last {
+        if accepts(ty, &sums) || last || sums.delta2 == 0.0 {
             return Ok(Merged {
                 ggml_type: ty,
                 bytes,

@@ -243,6 +243,7 @@ mod tests {
             per_tag: vec![],
             first_broken_tag: None,
             limits: Default::default(),
+            merged: None,
         }
     }
 

@@ -11,9 +11,10 @@ pub mod html;
 
 use serde_json::json;
 
-use crate::validate::gate::Verdict;
+use crate::validate::gate::{Limits, Verdict};
 use crate::validate::golden::GoldenSet;
 use crate::validate::results::RunMeasurements;
+use crate::validate::shard::ShardInfo;
 
 /// Version of the JSON report schema; bumped on any incompatible change.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -77,6 +78,12 @@ pub struct ReportMeta {
     pub adapters: Vec<(String, f32)>,
     /// Tool name and version.
     pub tool_version: String,
+    /// `--merged`: the merged model's path.
+    pub merged: Option<String>,
+    /// The limits the run was judged with (in the JSON report, so `merge-reports` judges shards alike).
+    pub limits: Limits,
+    /// Which shard of the golden set this run covers (None: all of it).
+    pub shard: Option<ShardInfo>,
 }
 
 /// Render a report.
@@ -108,7 +115,8 @@ pub fn render_styled(
         Format::Text => text(set, run, verdict, meta, style),
         Format::Html => html::render(set, run, verdict, meta),
         Format::Json => {
-            serde_json::to_string_pretty(&json_value(run, verdict, meta)).unwrap_or_default() + "\n"
+            serde_json::to_string_pretty(&json_value(set, run, verdict, meta)).unwrap_or_default()
+                + "\n"
         }
         Format::Junit => junit(run, verdict, meta),
         Format::Markdown => markdown(run, verdict, meta),
@@ -158,7 +166,7 @@ fn timings_line(run: &RunMeasurements) -> String {
     format!(
         "model load {:.0} ms, adapter load {:.1} ms, adapter switch mean {:.0} µs / max {:.0} µs ({}×), total {:.1} s; \
          {}; phases: base generate {:.1} s, base teacher-forced {:.1} s, adapted teacher-forced {:.1} s, compare {:.1} s, \
-         adapted generate {:.1} s",
+         adapted generate {:.1} s{}",
         t.model_load_ms,
         t.adapter_load_ms,
         t.adapter_switch_ms * 1000.0,
@@ -171,6 +179,11 @@ fn timings_line(run: &RunMeasurements) -> String {
         ph.adapted_teacher_forced_ms / 1000.0,
         ph.compare_ms / 1000.0,
         ph.adapted_generate_ms / 1000.0,
+        if ph.merged_ms > 0.0 {
+            format!(", merged model {:.1} s", ph.merged_ms / 1000.0)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -219,6 +232,7 @@ fn text(
         run.scale_zero_max_abs_logit_delta,
         run.noise_floor_kl_max
     );
+    let _ = writeln!(o, "backend: {}", run.settings.backend);
     let _ = writeln!(
         o,
         "\n  scale  control KL mean  control KL max  control top-1  target KL mean  changed  expect-fail"
@@ -238,6 +252,7 @@ fn text(
     }
     o.push_str(&recommendation_lines(verdict));
     o.push_str(&tag_table(verdict, false));
+    merged_text(&mut o, run, verdict, meta, style.color);
     let top = run
         .settings
         .scales
@@ -380,8 +395,75 @@ fn tag_table(verdict: &Verdict, markdown: bool) -> String {
     o
 }
 
+/// Whether a failure is about the merged model (`--merged`) rather than the runtime adapter's sweep.
+fn is_merged_failure(f: &crate::validate::gate::Failure) -> bool {
+    f.metric.starts_with("merged_")
+}
+
+/// The merged model's numbers in one line, for every human-readable format.
+fn merged_line(s: &crate::validate::merged::MergedSummary) -> String {
+    format!(
+        "KL mean {:.4}, KL max {:.4}, top-1 {:.3}, greedy {:.3} ({} of {} continuations identical); its drift from \
+         the base: KL mean {:.4}, top-1 {:.3}",
+        s.kl_mean,
+        s.kl_max,
+        s.top1_agreement,
+        s.greedy_agreement,
+        s.identical_continuations,
+        s.prompts,
+        s.base_kl_mean,
+        s.base_top1_agreement
+    )
+}
+
+/// `--merged` in the text report: the summary, then the prompts whose merged continuation left the runtime
+/// adapter's (word diff: runtime adapter → merged).
+fn merged_text(
+    o: &mut String,
+    run: &RunMeasurements,
+    verdict: &Verdict,
+    meta: &ReportMeta,
+    color: bool,
+) {
+    let (Some(s), Some(prompts)) = (&verdict.merged, &run.merged) else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\nmerged {} vs base + runtime adapter (×1):\n  {}",
+        meta.merged.as_deref().unwrap_or("?"),
+        merged_line(s)
+    );
+    let mut differing: Vec<_> = prompts
+        .iter()
+        .filter(|m| m.first_divergence.is_some())
+        .collect();
+    differing.sort_by(|a, b| b.kl_mean.total_cmp(&a.kl_mean));
+    for m in differing.iter().take(3) {
+        let reference = run
+            .measurements
+            .iter()
+            .find(|r| r.prompt_id == m.prompt_id && r.scale == 1.0);
+        let _ = writeln!(
+            o,
+            "  {} (KL mean {:.4}, continuations differ from token {}):",
+            m.prompt_id,
+            m.kl_mean,
+            m.first_divergence.unwrap_or(0)
+        );
+        if let Some(r) = reference {
+            let _ = writeln!(
+                o,
+                "    {}",
+                word_diff(&r.adapted_text, &m.merged_text, color)
+            );
+        }
+    }
+}
+
 /// The JSON report as a value (schema version `JSON_SCHEMA_VERSION`).
 pub fn json_value(
+    set: &GoldenSet,
     run: &RunMeasurements,
     verdict: &Verdict,
     meta: &ReportMeta,
@@ -408,12 +490,22 @@ pub fn json_value(
             "noise_floor_kl_max": run.noise_floor_kl_max,
         },
         "timings": run.timings,
+        "golden": set.prompts,
+        "limits": meta.limits,
+        "shard": meta.shard,
     });
     if let Some(partial) = &run.partial {
         value["partial"] = json!(partial);
     }
     if let Some(alora) = &run.alora {
         value["alora"] = json!(alora);
+    }
+    if let (Some(summary), Some(prompts)) = (&verdict.merged, &run.merged) {
+        value["merged"] = json!({
+            "path": meta.merged,
+            "summary": summary,
+            "prompts": prompts,
+        });
     }
     value
 }
@@ -483,8 +575,9 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         );
         let _ = writeln!(
             o,
-            "    <properties><property name=\"base\" value=\"{}\"/></properties>",
-            xml_escape(&meta.base)
+            "    <properties><property name=\"base\" value=\"{}\"/><property name=\"backend\" value=\"{}\"/></properties>",
+            xml_escape(&meta.base),
+            xml_escape(&run.settings.backend)
         );
         for c in cases {
             let m = run
@@ -527,10 +620,48 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         }
         let _ = writeln!(o, "  </testsuite>");
     }
+    if let Some(s) = &verdict.merged {
+        let fails: Vec<&str> = verdict
+            .failures
+            .iter()
+            .filter(|f| is_merged_failure(f))
+            .map(|f| f.message.as_str())
+            .collect();
+        let _ = writeln!(
+            o,
+            "  <testsuite name=\"merged\" tests=\"1\" failures=\"{}\">",
+            usize::from(!fails.is_empty())
+        );
+        let _ = writeln!(
+            o,
+            "    <properties><property name=\"merged\" value=\"{}\"/></properties>",
+            xml_escape(meta.merged.as_deref().unwrap_or(""))
+        );
+        let _ = write!(
+            o,
+            "    <testcase classname=\"lora-validate.merged\" name=\"merged model vs base + runtime adapter\""
+        );
+        if fails.is_empty() {
+            let _ = writeln!(
+                o,
+                ">\n      <system-out>{}</system-out>\n    </testcase>",
+                xml_escape(&merged_line(s))
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                ">\n      <failure message=\"{}\">{}</failure>\n      <system-out>{}</system-out>\n    </testcase>",
+                xml_escape(fails[0]),
+                xml_escape(&fails.join("\n")),
+                xml_escape(&merged_line(s))
+            );
+        }
+        let _ = writeln!(o, "  </testsuite>");
+    }
     let global: Vec<_> = verdict
         .failures
         .iter()
-        .filter(|f| f.prompt_id.is_none())
+        .filter(|f| f.prompt_id.is_none() && !is_merged_failure(f))
         .collect();
     let _ = writeln!(
         o,
@@ -584,8 +715,8 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
     );
     let _ = writeln!(
         o,
-        "Base `{}`. Engine self-check at scale 0: max |Δlogit| = {}.\n",
-        meta.base, run.scale_zero_max_abs_logit_delta
+        "Base `{}` on {}. Engine self-check at scale 0: max |Δlogit| = {}.\n",
+        meta.base, run.settings.backend, run.scale_zero_max_abs_logit_delta
     );
     if let Some(p) = &run.partial {
         let _ = writeln!(
@@ -620,6 +751,14 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
             o,
             "\n**Recommended scale:** {}",
             r.reason.replace('|', "\\|")
+        );
+    }
+    if let Some(s) = &verdict.merged {
+        let _ = writeln!(
+            o,
+            "\n**Merged** `{}` vs base + runtime adapter (×1): {}",
+            meta.merged.as_deref().unwrap_or("?"),
+            merged_line(s)
         );
     }
     o.push_str(&tag_table(verdict, true));
@@ -682,18 +821,117 @@ mod tests {
                 threads: 1,
                 max_tokens: 8,
                 scales: vec![0.0, 1.0],
+                backend: "CPU (no GPU backend built in or no GPU device found)".into(),
+                gpu_layers: 0,
             },
             timings: Timings::default(),
             partial: None,
             alora: None,
+            merged: None,
         };
         let verdict = judge(&set, &run, &Limits::default());
         let meta = ReportMeta {
             base: "b.gguf".into(),
             adapters: vec![("a.gguf".into(), 1.0)],
             tool_version: "lora-validate 0.1.0".into(),
+            merged: None,
+            limits: Limits::default(),
+            shard: None,
         };
         (set, run, verdict, meta)
+    }
+
+    /// The fixture with a merged model that is off (KL 0.4 from the runtime adapter, one continuation differs).
+    fn merged_fixture() -> (GoldenSet, RunMeasurements, Verdict, ReportMeta) {
+        let (set, mut run, _, mut meta) = fixture();
+        run.merged = Some(vec![crate::validate::results::MergedMeasurement {
+            prompt_id: "a<&>".into(),
+            kl_mean: 0.4,
+            kl_max: 1.5,
+            top1_agreement: 0.75,
+            max_abs_logit_delta: 3.0,
+            base_kl_mean: 0.9,
+            base_top1_agreement: 0.5,
+            merged_text: "the bird sat".into(),
+            merged_tokens: vec![],
+            first_divergence: Some(1),
+            greedy_agreement: 1.0 / 3.0,
+            positions: 4,
+        }]);
+        meta.merged = Some("m.gguf".into());
+        let verdict = judge(&set, &run, &Limits::default());
+        (set, run, verdict, meta)
+    }
+
+    #[test]
+    fn every_format_shows_the_merged_model_and_its_failures() {
+        let (set, run, v, meta) = merged_fixture();
+        let line = "KL mean 0.4000, KL max 1.5000, top-1 0.750, greedy 0.333 (0 of 1 continuations identical); its \
+                    drift from the base: KL mean 0.9000, top-1 0.500";
+        let t = render(Format::Text, &set, &run, &v, &meta, false);
+        assert!(
+            t.contains(&format!(
+                "merged m.gguf vs base + runtime adapter (×1):\n  {line}\n  a<&> (KL mean 0.4000, continuations \
+                 differ from token 1):\n    the [-dog-]{{+bird+}} sat\n"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "  - merged model vs base + runtime adapter: mean KL 0.4000 > 0.05 (worst prompt `a<&>`: 0.4000)"
+            ),
+            "{t}"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&render(Format::Json, &set, &run, &v, &meta, false)).unwrap();
+        assert_eq!(j["schema_version"], 1);
+        assert_eq!(j["merged"]["path"], "m.gguf");
+        assert_eq!(j["merged"]["summary"]["kl_mean"], 0.4);
+        assert_eq!(j["merged"]["prompts"][0]["merged_text"], "the bird sat");
+        let metrics: Vec<&str> = j["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["metric"].as_str().unwrap())
+            .filter(|m| m.starts_with("merged_"))
+            .collect();
+        assert_eq!(
+            metrics,
+            [
+                "merged_kl_mean",
+                "merged_top1_agreement",
+                "merged_greedy_agreement"
+            ]
+        );
+        let x = render(Format::Junit, &set, &run, &v, &meta, false);
+        assert!(
+            x.contains("<testsuite name=\"merged\" tests=\"1\" failures=\"1\">"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<property name=\"merged\" value=\"m.gguf\"/>"),
+            "{x}"
+        );
+        // merged failures are the merged suite's, not the run suite's
+        assert!(
+            x.contains("<testsuite name=\"run\" tests=\"1\" failures=\"0\">"),
+            "{x}"
+        );
+        let md = render(Format::Markdown, &set, &run, &v, &meta, false);
+        assert!(
+            md.contains(&format!(
+                "**Merged** `m.gguf` vs base + runtime adapter (×1): {line}"
+            )),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn no_merged_model_no_merged_section() {
+        let (set, run, v, meta) = fixture();
+        let j = json_value(&set, &run, &v, &meta);
+        assert!(j.get("merged").is_none());
+        assert!(!render(Format::Junit, &set, &run, &v, &meta, false).contains("name=\"merged\""));
     }
 
     #[test]

@@ -35,8 +35,8 @@ use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::golden::{GoldenPrompt, PromptText};
 pub use super::request::{EngineConfig, EngineError, Progress};
 use super::results::{
-    AloraRun, BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings,
-    PromptMeasurement, RunMeasurements, Timings,
+    AloraRun, BaseContinuation, EngineSettings, MergedMeasurement, Partial, PassTiming,
+    PhaseTimings, PromptMeasurement, RunMeasurements, Timings,
 };
 
 /// The process-wide llama.cpp backend (llama.cpp allows one initialisation per process).
@@ -53,15 +53,77 @@ pub fn backend(verbose: bool) -> Result<&'static LlamaBackend, EngineError> {
     b.as_ref().map_err(|e| EngineError::Backend(e.clone()))
 }
 
-/// Load a model file (memory-mapped; CPU only).
+/// The GPU devices of the llama.cpp backends built in (`cuda`, `vulkan`, `metal`, `rocm` features), as
+/// "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))". Empty for a CPU-only build or when no device is found.
+pub fn gpu_devices(verbose: bool) -> Result<Vec<String>, EngineError> {
+    use llama_cpp_2::LlamaBackendDeviceType as Type;
+    backend(verbose)?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, Type::Gpu | Type::IntegratedGpu))
+        .map(|d| format!("{} ({})", d.name, d.description))
+        .collect())
+}
+
+/// Layers offloaded: `asked` (None: every layer when there is a GPU device, else none), never more than the model
+/// has (llama.cpp counts the output layer as one more).
+fn offloaded_layers(asked: Option<u32>, gpus: &[String], n_layer: u32) -> u32 {
+    if gpus.is_empty() {
+        return 0;
+    }
+    asked.unwrap_or(u32::MAX).min(n_layer + 1)
+}
+
+/// Where the model runs, for the reports: "CPU" or the GPU devices with the layers offloaded to them.
+fn backend_description(gpus: &[String], gpu_layers: u32, n_layer: u32) -> String {
+    if gpu_layers == 0 {
+        let why = if gpus.is_empty() {
+            "no GPU backend built in or no GPU device found"
+        } else {
+            "--gpu-layers 0"
+        };
+        return format!("CPU ({why})");
+    }
+    format!(
+        "{}; {gpu_layers} of {} layers offloaded",
+        gpus.join(", "),
+        n_layer + 1
+    )
+}
+
+/// Load a model file (memory-mapped) on the CPU, whatever backends are built in (tests and tools that compare
+/// numbers with CPU references).
 pub fn load_model(path: &Path, verbose: bool) -> Result<LlamaModel, EngineError> {
+    load_model_offloaded(path, verbose, Some(0)).map(|(model, _)| model)
+}
+
+/// Load a model file (memory-mapped), with `gpu_layers` of its layers on the GPU devices (None: all when there is
+/// one). Returns the model and the layers offloaded.
+pub fn load_model_offloaded(
+    path: &Path,
+    verbose: bool,
+    gpu_layers: Option<u32>,
+) -> Result<(LlamaModel, u32), EngineError> {
     let backend = backend(verbose)?;
-    LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
-        EngineError::ModelLoad {
+    let gpus = gpu_devices(verbose)?;
+    let load = |n: u32| {
+        LlamaModel::load_from_file(
+            backend,
+            path,
+            &LlamaModelParams::default().with_n_gpu_layers(n),
+        )
+        .map_err(|e| EngineError::ModelLoad {
             path: path.to_path_buf(),
             message: e.to_string(),
-        }
-    })
+        })
+    };
+    if gpus.is_empty() || gpu_layers == Some(0) {
+        return Ok((load(0)?, 0));
+    }
+    // llama.cpp clamps n_gpu_layers to the model's layers (+1 for the output layer); read the count back.
+    let model = load(gpu_layers.unwrap_or(u32::MAX))?;
+    let offloaded = offloaded_layers(gpu_layers, &gpus, model.n_layer());
+    Ok((model, offloaded))
 }
 
 /// Load a GGUF LoRA adapter for `model`.
@@ -238,10 +300,16 @@ pub struct Engine {
     model: LlamaModel,
     adapters: Vec<(PathBuf, f32, LlamaLoraAdapter)>,
     cfg: EngineConfig,
+    /// Where the model runs, for the reports (`backend_description`).
+    backend: String,
+    /// Layers offloaded to GPU devices.
+    gpu_layers: u32,
     model_load_ms: f64,
     adapter_load_ms: f64,
     /// Holds the combined adapter of a stack for the engine's lifetime.
     _stack_dir: Option<tempfile::TempDir>,
+    /// `--merged`: a model with the adapters merged into it, run next to base + runtime adapter at scale 1.
+    merged: Option<LlamaModel>,
 }
 
 /// One prompt ready to run.
@@ -301,10 +369,11 @@ impl Engine {
             adapters
         };
         let t = Instant::now();
-        let mut model = {
+        let (mut model, gpu_layers) = {
             let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            load_model(base, cfg.verbose)?
+            load_model_offloaded(base, cfg.verbose, cfg.gpu_layers)?
         };
+        let backend = backend_description(&gpu_devices(cfg.verbose)?, gpu_layers, model.n_layer());
         let model_load_ms = ms(t);
         let t = Instant::now();
         let mut loaded = Vec::new();
@@ -315,10 +384,36 @@ impl Engine {
             model,
             adapters: loaded,
             cfg,
+            backend,
+            gpu_layers,
             model_load_ms,
             adapter_load_ms: ms(t),
             _stack_dir: stack_dir,
+            merged: None,
         })
+    }
+
+    /// Also run every teacher-forced chunk through a merged model (`lora-validate --merged`) in the identical batch
+    /// layout, compared with the runtime adapter at scale 1 and with the base. It must share the base's vocabulary.
+    pub fn with_merged(mut self, path: &Path) -> Result<Self, EngineError> {
+        let t = Instant::now();
+        let merged = {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            load_model(path, self.cfg.verbose)?
+        };
+        self.model_load_ms += ms(t);
+        if merged.n_vocab() != self.model.n_vocab() {
+            return Err(EngineError::ModelLoad {
+                path: path.to_path_buf(),
+                message: format!(
+                    "its vocabulary has {} tokens and the base's {}: it is not a merge of this base",
+                    merged.n_vocab(),
+                    self.model.n_vocab()
+                ),
+            });
+        }
+        self.merged = Some(merged);
+        Ok(self)
     }
 
     /// The prompt as tokens: raw text with BOS as the model wants, chat messages through the GGUF's own template.
@@ -383,15 +478,22 @@ impl Engine {
             model,
             adapters,
             cfg,
+            backend,
+            gpu_layers,
             model_load_ms,
             adapter_load_ms,
+            merged,
             ..
         } = self;
-        let mut run = Run::new(model, &layout, cfg)?;
-        // The engine self-check runs at scale 0 even when the sweep does not include it.
+        let mut run = Run::new(model, merged.as_ref(), &layout, cfg)?;
+        // The engine self-check runs at scale 0 even when the sweep does not include it; a merged model is compared
+        // with the runtime adapter at scale 1, which runs too.
         let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
         if !scales.contains(&0.0) {
             sweep.insert(0, (0.0, false));
+        }
+        if merged.is_some() && !scales.contains(&1.0) {
+            sweep.push((1.0, false));
         }
         let total_steps = 1 + layout.chunks.iter().map(Vec::len).sum::<usize>();
 
@@ -459,6 +561,10 @@ impl Engine {
             &base_tokens,
             &mut timings.passes,
         );
+        let merged_measurements = run.ctx_merged.is_some().then(|| {
+            let one = sweep.iter().position(|s| s.0 == 1.0).unwrap_or(0);
+            run.merged_measurements(&prompts[..done], &swept, one)
+        });
         let mut measured = RunMeasurements {
             base,
             measurements,
@@ -471,9 +577,12 @@ impl Engine {
                 threads: cfg.threads,
                 max_tokens: cfg.max_tokens,
                 scales: scales.to_vec(),
+                backend: backend.clone(),
+                gpu_layers: *gpu_layers,
             },
             timings: Timings::default(),
             partial: None,
+            merged: merged_measurements,
             alora: cfg.alora_invocation.as_ref().map(|inv| {
                 let (invoked, not): (Vec<_>, Vec<_>) = prompts
                     .iter()
@@ -650,6 +759,8 @@ struct Run<'m> {
     model: &'m LlamaModel,
     ctx_base: LlamaContext<'m>,
     ctx_adapted: LlamaContext<'m>,
+    /// `--merged`: a context on the merged model, the same size as the others.
+    ctx_merged: Option<LlamaContext<'m>>,
     pool: rayon::ThreadPool,
     n_vocab: usize,
     n_ubatch: u32,
@@ -682,6 +793,10 @@ struct Swept {
     adapted_tokens: Vec<Vec<Vec<i32>>>,
     /// Per scale: (wall ms, tokens decoded, tokens generated).
     per_scale: Vec<(f64, usize, usize)>,
+    /// `--merged`, per prompt: the merged model against the runtime adapter at scale 1, against the base, and its
+    /// greedy continuation.
+    merged: Vec<(Compare, Compare)>,
+    merged_tokens: Vec<Vec<i32>>,
 }
 
 impl Swept {
@@ -691,6 +806,8 @@ impl Swept {
             compares: vec![vec![Compare::default(); prompts]; scales],
             adapted_tokens: vec![Vec::new(); scales],
             per_scale: vec![(0.0f64, 0usize, 0usize); scales],
+            merged: vec![(Compare::default(), Compare::default()); prompts],
+            merged_tokens: Vec::new(),
         }
     }
 }
@@ -698,11 +815,12 @@ impl Swept {
 impl<'m> Run<'m> {
     fn new(
         model: &'m LlamaModel,
+        merged: Option<&'m LlamaModel>,
         layout: &Layout,
         cfg: &EngineConfig,
     ) -> Result<Self, EngineError> {
         let (n_ubatch, threads) = (cfg.n_batch, cfg.threads);
-        let context = || {
+        let context_on = |model: &'m LlamaModel| {
             new_context(
                 model,
                 layout.n_ctx,
@@ -712,8 +830,10 @@ impl<'m> Run<'m> {
                 threads,
             )
         };
+        let context = || context_on(model);
         let ctx_base = context()?;
         let ctx_adapted = context()?;
+        let ctx_merged = merged.map(context_on).transpose()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1) as usize)
             .build()
@@ -722,6 +842,7 @@ impl<'m> Run<'m> {
             model,
             ctx_base,
             ctx_adapted,
+            ctx_merged,
             pool,
             n_vocab: model.n_vocab() as usize,
             n_ubatch,
@@ -819,6 +940,7 @@ impl<'m> Run<'m> {
             model,
             ctx_base,
             ctx_adapted,
+            ctx_merged,
             pool,
             n_vocab,
             phases,
@@ -841,6 +963,8 @@ impl<'m> Run<'m> {
         let summaries: Vec<BaseRow> =
             pool.install(|| base_rows.par_iter().map(|r| BaseRow::new(r)).collect());
         phases.compare_ms += ms(t);
+        // `--merged` is compared with the runtime adapter at scale 1 (every adapter at its own scale).
+        let reference = sweep.iter().position(|s| s.0 == 1.0);
         for (si, &(scale, _)) in sweep.iter().enumerate() {
             let t = Instant::now();
             // An aLoRA's positions before its activation are decoded without it (llama-server's semantics).
@@ -867,12 +991,47 @@ impl<'m> Run<'m> {
                     .map(|i| compare(base_rows[i], &summaries[i], adapted_rows[i]))
                     .collect()
             });
+            // `--merged`: the merged model decodes the identical batch, compared with these adapted rows (the
+            // reference, at scale 1) and with the base rows; its greedy continuation departs from the base's
+            // exactly as the adapted one does.
+            let (mut merged_outs, mut merged_compare_ms) = (None, 0.0);
+            if Some(si) == reference
+                && let Some(ctx_m) = ctx_merged.as_mut()
+            {
+                let t = Instant::now();
+                clear(ctx_m)?;
+                tf.decode(ctx_m, &mut |_| Ok(()))?;
+                let merged_rows: Vec<&[f32]> = tf
+                    .rows
+                    .iter()
+                    .map(|&(k, _)| row(ctx_m, k, n_vocab))
+                    .collect();
+                let pairs: Vec<(RowComparison, RowComparison)> = pool.install(|| {
+                    (0..merged_rows.len())
+                        .into_par_iter()
+                        .map(|i| {
+                            let reference = BaseRow::new(adapted_rows[i]);
+                            (
+                                compare(adapted_rows[i], &reference, merged_rows[i]),
+                                compare(base_rows[i], &summaries[i], merged_rows[i]),
+                            )
+                        })
+                        .collect()
+                });
+                let vs_base: Vec<RowComparison> = pairs.iter().map(|p| p.1).collect();
+                for (&(_, seq), &(vs_adapted, vs_base)) in tf.rows.iter().zip(&pairs) {
+                    let m = &mut swept.merged[first + seq];
+                    m.0.add(vs_adapted);
+                    m.1.add(vs_base);
+                }
+                merged_outs = Some(departures(&tf.rows, &vs_base, chunk_base));
+                merged_compare_ms = ms(t);
+                phases.merged_ms += merged_compare_ms;
+            }
             drop(adapted_rows);
             // The adapted greedy continuation is the base's up to the first position where the adapter changes the
             // argmax — adapted vs base row of this same batch, so that logit noise from the batch layout (which
             // flips near-ties between layouts) is never counted as the adapter's doing.
-            let mut outs: Vec<Vec<i32>> = vec![Vec::new(); chunk_prompts.len()];
-            let mut departed = vec![false; chunk_prompts.len()];
             // An aLoRA not invoked in the prompt runs at scale 0 (the base graph, checked bit for bit at scale 0):
             // its prompts are the base's, exactly.
             for &(seq, positions) in &tf.never {
@@ -881,21 +1040,15 @@ impl<'m> Run<'m> {
                     positions,
                     ..Compare::default()
                 };
-                outs[seq] = chunk_base[seq].clone();
             }
             for (&(_, seq), c) in tf.rows.iter().zip(&rows) {
                 swept.compares[si][first + seq].add(*c);
-                if !departed[seq] {
-                    departed[seq] = !c.same_top1;
-                    let next = if departed[seq] {
-                        c.adapted_argmax as i32
-                    } else {
-                        chunk_base[seq][outs[seq].len()]
-                    };
-                    outs[seq].push(next);
-                }
             }
-            let compared_ms = ms(t);
+            let (mut outs, departed) = departures(&tf.rows, &rows, chunk_base);
+            for &(seq, _) in &tf.never {
+                outs[seq] = chunk_base[seq].clone();
+            }
+            let compared_ms = ms(t) - merged_compare_ms;
             phases.compare_ms += compared_ms;
             let t = Instant::now();
             let mut generated = 0;
@@ -921,6 +1074,22 @@ impl<'m> Run<'m> {
                 )?;
             }
             let continued_ms = ms(t);
+            if let (Some((mut outs_m, departed_m)), Some(ctx_m)) =
+                (merged_outs, ctx_merged.as_mut())
+            {
+                let t = Instant::now();
+                for (seq, out) in outs_m.iter().enumerate() {
+                    if departed_m[seq] {
+                        let keep = chunk_prompts[seq].tokens.len() + out.len() - 1;
+                        ctx_m
+                            .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+                            .map_err(|e| EngineError::Decode(e.to_string()))?;
+                    }
+                }
+                continue_greedy(model, ctx_m, chunk_prompts, &mut outs_m, &departed_m, pool)?;
+                swept.merged_tokens.extend(outs_m);
+                phases.merged_ms += ms(t);
+            }
             phases.adapted_generate_ms += continued_ms;
             swept.adapted_tokens[si].extend(outs);
             let p = &mut swept.per_scale[si];
@@ -931,6 +1100,51 @@ impl<'m> Run<'m> {
             );
         }
         Ok(())
+    }
+
+    /// `--merged`: each finished prompt's merged measurement; `one` is the sweep index of scale 1 (the reference).
+    fn merged_measurements(
+        &self,
+        prompts: &[GoldenPrompt],
+        swept: &Swept,
+        one: usize,
+    ) -> Vec<MergedMeasurement> {
+        let mean = |c: &Compare| c.kl_sum / c.positions.max(1) as f64;
+        let agree = |c: &Compare| {
+            if c.positions == 0 {
+                1.0
+            } else {
+                c.agree as f64 / c.positions as f64
+            }
+        };
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (vs_adapted, vs_base) = &swept.merged[i];
+                let reference = &swept.adapted_tokens[one][i];
+                let merged = &swept.merged_tokens[i];
+                let first_divergence = first_difference(merged, reference);
+                let longest = reference.len().max(merged.len());
+                MergedMeasurement {
+                    prompt_id: p.id.clone(),
+                    kl_mean: mean(vs_adapted),
+                    kl_max: vs_adapted.kl_max,
+                    top1_agreement: agree(vs_adapted),
+                    max_abs_logit_delta: vs_adapted.max_abs,
+                    base_kl_mean: mean(vs_base),
+                    base_top1_agreement: agree(vs_base),
+                    merged_text: detokenize(self.model, merged),
+                    merged_tokens: merged.clone(),
+                    first_divergence,
+                    greedy_agreement: match first_divergence {
+                        None => 1.0,
+                        Some(d) => d as f64 / longest.max(1) as f64,
+                    },
+                    positions: vs_adapted.positions,
+                }
+            })
+            .collect()
     }
 
     /// Step 3: per reported scale, each prompt's measurement, and the scale's pass timing (into `passes`).
@@ -955,14 +1169,7 @@ impl<'m> Run<'m> {
             for (i, p) in prompts.iter().enumerate() {
                 let c = swept.compares[si][i];
                 let adapted = &swept.adapted_tokens[si][i];
-                let first_divergence = adapted
-                    .iter()
-                    .zip(&base_tokens[i])
-                    .position(|(a, b)| a != b)
-                    .or_else(|| {
-                        (adapted.len() != base_tokens[i].len())
-                            .then(|| adapted.len().min(base_tokens[i].len()))
-                    });
+                let first_divergence = first_difference(adapted, &base_tokens[i]);
                 measurements.push(PromptMeasurement {
                     prompt_id: p.id.clone(),
                     scale,
@@ -987,6 +1194,38 @@ impl<'m> Run<'m> {
         }
         measurements
     }
+}
+
+/// Where two continuations first differ (a shorter one differs where it ends); `None` when identical.
+fn first_difference(a: &[i32], b: &[i32]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+/// A greedy continuation read off teacher-forced rows compared with the base rows of the same batch: per sequence,
+/// the base continuation up to the first row whose argmax differs from the base's, then that argmax; and whether the
+/// sequence departed there (it then continues greedily from that token).
+fn departures(
+    rows: &[(i32, usize)],
+    comparisons: &[RowComparison],
+    base: &[Vec<i32>],
+) -> (Vec<Vec<i32>>, Vec<bool>) {
+    let mut outs: Vec<Vec<i32>> = vec![Vec::new(); base.len()];
+    let mut departed = vec![false; base.len()];
+    for (&(_, seq), c) in rows.iter().zip(comparisons) {
+        if !departed[seq] {
+            departed[seq] = !c.same_top1;
+            let next = if departed[seq] {
+                c.adapted_argmax as i32
+            } else {
+                base[seq][outs[seq].len()]
+            };
+            outs[seq].push(next);
+        }
+    }
+    (outs, departed)
 }
 
 /// Adapter switches (set or remove + KV-cache clear), timed one by one.

@@ -31,6 +31,13 @@ pub struct Limits {
     pub target_min_kl_mean: f64,
     /// Fail a sweep whose mean KL does not grow with the scale.
     pub require_monotone: bool,
+    /// `--merged`: largest mean over prompts of the mean KL(base + runtime adapter ‖ merged), in nats.
+    pub merged_max_kl_mean: f64,
+    /// `--merged`: smallest mean over prompts of the top-1 agreement between merged and runtime adapter.
+    pub merged_min_top1_agreement: f64,
+    /// `--merged`: smallest mean over prompts of the share of the runtime adapter's greedy continuation the
+    /// merged model reproduces.
+    pub merged_min_greedy_agreement: f64,
 }
 
 impl Default for Limits {
@@ -41,6 +48,9 @@ impl Default for Limits {
             control_min_top1_agreement: 0.6,
             target_min_kl_mean: 0.05,
             require_monotone: true,
+            merged_max_kl_mean: 0.05,
+            merged_min_top1_agreement: 0.9,
+            merged_min_greedy_agreement: 0.7,
         }
     }
 }
@@ -148,6 +158,9 @@ pub struct Verdict {
     /// The limits the run was judged with.
     #[serde(default)]
     pub limits: Limits,
+    /// `--merged`: the merged model against base + runtime adapter, over the golden set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<super::merged::MergedSummary>,
 }
 
 fn prompt_limits<'a>(set: &'a GoldenSet, id: &str) -> Option<&'a GoldenPrompt> {
@@ -343,7 +356,12 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
         );
     }
     let per_tag = super::tags::summarize(&prompts, run);
+    let merged = run
+        .merged
+        .as_deref()
+        .map(|m| super::merged::judge(m, limits, &mut failures));
     Verdict {
+        merged,
         passed: failures.is_empty(),
         failures,
         warnings,

@@ -49,10 +49,13 @@ fn run(ms: Vec<PromptMeasurement>, scales: &[f32]) -> RunMeasurements {
             threads: 2,
             max_tokens: 32,
             scales: scales.to_vec(),
+            backend: "CPU (no GPU backend built in or no GPU device found)".into(),
+            gpu_layers: 0,
         },
         timings: Timings::default(),
         partial: None,
         alora: None,
+        merged: None,
     }
 }
 

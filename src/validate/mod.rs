@@ -8,9 +8,12 @@ pub mod divergence;
 pub mod engine;
 pub mod gate;
 pub mod golden;
+pub mod merge_reports;
+pub mod merged;
 pub mod recommend;
 mod request;
 pub mod results;
+pub mod shard;
 pub mod tags;
 
 pub use request::{
@@ -41,6 +44,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
     } else {
         golden::load_golden(&req.prompts)?
     };
+    let (set, shard) = match req.shard {
+        Some(s) => {
+            let (part, info) = s.select(&set).map_err(Error::Usage)?;
+            (part, Some(info))
+        }
+        None => (set, None),
+    };
     let base = GgufFile::open(&req.base)?;
     let mut engine_cfg = req.engine.clone();
     for (path, _) in &req.adapters {
@@ -61,10 +71,30 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
                     path.display()
                 )));
             }
+            if req.merged.is_some() {
+                return Err(Error::Usage(format!(
+                    "`{}` is an activated LoRA (adapter.alora.invocation_tokens): it acts only from its invocation \
+                     sequence on, which a merged model cannot do; --merged compares plain LoRA merges",
+                    path.display()
+                )));
+            }
             engine_cfg.alora_invocation = Some(tokens);
         }
     }
+    if req.refine.is_some() && req.shard.is_some() {
+        return Err(Error::Usage(
+            "--scales auto refines the recommended scale over the whole golden set, which a shard (--shard) does \
+             not see; give the shards an explicit --scales list"
+                .into(),
+        ));
+    }
+    if let Some(merged) = &req.merged {
+        check_merged(&base, merged)?;
+    }
     let mut engine = engine::Engine::load(&req.base, &req.adapters, engine_cfg)?;
+    if let Some(merged) = &req.merged {
+        engine = engine.with_merged(merged)?;
+    }
     let mut probes = Vec::new();
     let mut refine = |so_far: &results::RunMeasurements| {
         let r = req.refine?;
@@ -91,6 +121,9 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
             .map(|(p, s)| (p.display().to_string(), *s))
             .collect(),
         tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+        merged: req.merged.as_ref().map(|p| p.display().to_string()),
+        limits: req.limits.clone(),
+        shard,
     };
     Ok(Outcome {
         set,
@@ -98,4 +131,42 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         verdict,
         meta,
     })
+}
+
+/// A `--merged` file must be a model of the base's architecture (read with our own reader before llama.cpp).
+#[cfg(feature = "validate")]
+fn check_merged(base: &crate::gguf::GgufFile, path: &std::path::Path) -> Result<(), Error> {
+    use crate::gguf::{GgufFile, keys};
+    let merged = GgufFile::open(path)?;
+    let arch = |f: &GgufFile| f.get_str(keys::GENERAL_ARCHITECTURE).map(str::to_string);
+    let n_tokens = |f: &GgufFile| {
+        f.get("tokenizer.ggml.tokens")
+            .and_then(crate::gguf::Value::as_array)
+            .map_or(0, |a| a.values.len())
+    };
+    let problem = if merged.get_str(keys::GENERAL_TYPE) == Some("adapter") {
+        Some("it is an adapter, not a model (give it with --adapter)".to_string())
+    } else if arch(&merged) != arch(base) {
+        Some(format!(
+            "its architecture is {:?} and the base's {:?}",
+            arch(&merged).unwrap_or_default(),
+            arch(base).unwrap_or_default()
+        ))
+    } else if n_tokens(&merged) != n_tokens(base) {
+        Some(format!(
+            "its vocabulary has {} tokens and the base's {}",
+            n_tokens(&merged),
+            n_tokens(base)
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::Usage(format!(
+            "--merged `{}` cannot be a merge of the base `{}`: {p}",
+            path.display(),
+            base.path.display()
+        ))),
+        None => Ok(()),
+    }
 }

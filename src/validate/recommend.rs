@@ -227,10 +227,13 @@ mod tests {
                 threads: 1,
                 max_tokens: 4,
                 scales: scales.to_vec(),
+                backend: "CPU".into(),
+                gpu_layers: 0,
             },
             timings: Timings::default(),
             partial: None,
             alora: None,
+            merged: None,
         };
         (set, run)
     }

@@ -29,6 +29,10 @@ pub struct Request {
     pub engine: EngineConfig,
     /// `--scales auto`: refine the recommended scale by bisection after the sweep.
     pub refine: Option<Refine>,
+    /// `--merged`: a model with the adapters merged in (`lora-convert merge`), run next to base + runtime adapter.
+    pub merged: Option<PathBuf>,
+    /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
+    pub shard: Option<super::shard::Shard>,
 }
 
 /// `--scales auto`: after the sweep, bisect the bracket where the control limits break, one extra pass (reusing the
@@ -119,6 +123,9 @@ pub enum Error {
     /// llama.cpp failed, or a prompt cannot run.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Reports that cannot be merged into one run.
+    #[error(transparent)]
+    Merge(#[from] super::merge_reports::MergeError),
 }
 
 impl Error {
@@ -151,6 +158,9 @@ pub struct EngineConfig {
     /// An aLoRA's invocation tokens: the adapter acts from its invocation in each prompt, as llama-server runs it
     /// (see [`super::alora`]).
     pub alora_invocation: Option<Vec<i32>>,
+    /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
+    /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
+    pub gpu_layers: Option<u32>,
     /// Set (by a Ctrl-C handler) to stop the run after the step in progress; the run then reports what finished.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -166,6 +176,7 @@ impl Default for EngineConfig {
             verbose: false,
             sequential: false,
             alora_invocation: None,
+            gpu_layers: None,
             interrupt: None,
         }
     }

@@ -89,6 +89,9 @@ pub struct PhaseTimings {
     pub compare_ms: f64,
     /// The adapted model's greedy continuations (every scale > 0).
     pub adapted_generate_ms: f64,
+    /// `--merged`: the merged model's teacher-forced decodes, comparisons and greedy continuations.
+    #[serde(default)]
+    pub merged_ms: f64,
 }
 
 /// Throughput of one pass over all prompts.
@@ -127,6 +130,9 @@ pub struct RunMeasurements {
     /// Set when the adapter is an activated LoRA: how it was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alora: Option<AloraRun>,
+    /// With `--merged`: the merged model measured against base + runtime adapter (every adapter at its own scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<Vec<MergedMeasurement>>,
 }
 
 /// How an activated LoRA (aLoRA) was applied: as llama-server runs it, from its invocation sequence on.
@@ -151,6 +157,36 @@ impl AloraRun {
             self.prompts_invoked.len() + self.prompts_not_invoked.len()
         )
     }
+}
+
+/// One prompt through the merged model (`lora-validate --merged`), teacher-forced on the base continuation like
+/// the sweep, compared with the runtime adapter at scale 1 (the reference) and with the base.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergedMeasurement {
+    /// Prompt id from the golden file.
+    pub prompt_id: String,
+    /// Mean over positions of KL(base + runtime adapter ‖ merged), in nats.
+    pub kl_mean: f64,
+    /// Max over positions of KL(base + runtime adapter ‖ merged), in nats.
+    pub kl_max: f64,
+    /// Fraction of positions where the merged argmax equals the runtime adapter's.
+    pub top1_agreement: f64,
+    /// Largest absolute logit difference to the runtime adapter.
+    pub max_abs_logit_delta: f32,
+    /// Mean over positions of KL(base ‖ merged): the merged model's own drift, next to the adapter's.
+    pub base_kl_mean: f64,
+    /// Fraction of positions where the merged argmax equals the base's.
+    pub base_top1_agreement: f64,
+    /// Greedy continuation of the merged model (decoded text).
+    pub merged_text: String,
+    /// Greedy continuation of the merged model (token ids).
+    pub merged_tokens: Vec<i32>,
+    /// Index of the first token where the merged and the runtime adapter's greedy continuations differ.
+    pub first_divergence: Option<usize>,
+    /// Fraction of the runtime adapter's greedy continuation the merged model reproduces before they differ.
+    pub greedy_agreement: f64,
+    /// Teacher-forced positions.
+    pub positions: usize,
 }
 
 /// How far an unfinished run got, and what stopped it.
@@ -181,4 +217,10 @@ pub struct EngineSettings {
     pub max_tokens: u32,
     /// Scales swept, in order.
     pub scales: Vec<f32>,
+    /// Where llama.cpp ran the model: "CPU (…)" or the GPU devices and the layers offloaded to them.
+    #[serde(default)]
+    pub backend: String,
+    /// Layers offloaded to GPU devices (0: CPU only).
+    #[serde(default)]
+    pub gpu_layers: u32,
 }

@@ -179,9 +179,12 @@ mod tests {
                 threads: 1,
                 max_tokens: 1,
                 scales: vec![1.0, 0.5],
+                backend: "CPU".into(),
+                gpu_layers: 0,
             },
             timings: Timings::default(),
             partial: None,
+            merged: None,
             alora: None,
         };
         let s = summarize(&prompts, &run);

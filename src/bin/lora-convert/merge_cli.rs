@@ -38,6 +38,11 @@ pub struct MergeArgs {
     #[arg(long, value_name = "FRACTION", default_value_t = lora_gguf_budget())]
     budget: f64,
 
+    /// Also write an Ollama Modelfile next to the output (MERGED.Modelfile: FROM the merged file, its stop tokens):
+    /// `ollama create NAME -f MERGED.Modelfile`.
+    #[arg(long)]
+    modelfile: bool,
+
     /// Overwrite the output if it exists.
     #[arg(short, long)]
     force: bool,
@@ -68,8 +73,9 @@ fn lora_gguf_budget() -> f64 {
 #[cfg(not(feature = "merge"))]
 pub fn run(_args: MergeArgs) -> ExitCode {
     eprintln!(
-        "error: this lora-convert was built without the `merge` feature (merging quantizes with ggml, from the \
-         llama.cpp build); build it with default features"
+        "error: this lora-convert was built without feature `merge`: merging quantizes with ggml, from the llama.cpp \
+         build. Get it with `cargo install --path . --features merge` (needs cmake, a C++ compiler and libclang: \
+         tools/build-deps.sh installs them) or `pip install lora-gguf`"
     );
     ExitCode::from(2)
 }
@@ -99,6 +105,7 @@ pub fn run(args: MergeArgs) -> ExitCode {
         outtype,
         force: args.force,
         threads: args.threads,
+        modelfile: args.modelfile,
     };
     match merge::merge(&opts) {
         Ok(summary) => {
@@ -175,6 +182,13 @@ fn print_summary(s: &lora_gguf::merge::Summary, verbose: bool) {
         pct(s.bytes, s.base_bytes)
     );
     let kept = s.merged.len() - s.promoted().count();
+    if let Some(m) = &s.modelfile {
+        println!(
+            "  modelfile {} (ollama create NAME -f {})",
+            m.display(),
+            m.display()
+        );
+    }
     if s.untied_output {
         println!(
             "  untied    the base ties its output head to the merged token_embd: output.weight added (the original \
