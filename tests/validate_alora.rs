@@ -124,6 +124,7 @@ fn lora_validate_applies_an_alora_from_its_invocation_only() {
         refine: None,
         merged: None,
         shard: None,
+        baseline: None,
     };
     let out = validate::run(&req, &mut |_| {}).unwrap();
     let run = &out.measured;

@@ -27,6 +27,7 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
         refine: None,
         merged: None,
         shard: None,
+        baseline: None,
     }
 }
 

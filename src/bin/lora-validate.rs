@@ -37,6 +37,11 @@ struct Cli {
     #[arg(long = "adapter", value_name = "A.gguf[:SCALE]", required = true)]
     adapters: Vec<String>,
 
+    /// The adapter in production, optionally with its own scale: the candidate (at its own scale) must not regress
+    /// against it — control drift from it within the control limits, target expectations it met still met.
+    #[arg(long = "baseline-adapter", value_name = "PREV.gguf[:SCALE]")]
+    baseline_adapter: Option<String>,
+
     /// Golden-prompt files or directories (`*.jsonl`); default: the shipped general control set.
     #[arg(long = "prompts", value_name = "FILE_OR_DIR")]
     prompts: Vec<PathBuf>,
@@ -291,6 +296,11 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         prompts: cli.prompts.clone(),
         scales,
         refine,
+        baseline: cli
+            .baseline_adapter
+            .as_deref()
+            .map(validate::parse_adapter)
+            .transpose()?,
         limits: limits(cli)?,
         engine: EngineConfig {
             n_ctx: cli.ctx,

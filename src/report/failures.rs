@@ -244,6 +244,7 @@ mod tests {
             first_broken_tag: None,
             limits: Default::default(),
             merged: None,
+            baseline: None,
         }
     }
 

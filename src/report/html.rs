@@ -424,9 +424,10 @@ pub fn render(
         .count();
     let _ = writeln!(
         o,
-        "<p class=\"meta\">{} on <code>{}</code> · {} prompts ({} control, {} target) · {} failure(s) · engine self-check at scale 0: max |Δlogit| = {} · {}</p>",
+        "<p class=\"meta\">{} on <code>{}</code> ({}) · {} prompts ({} control, {} target) · {} failure(s) · engine self-check at scale 0: max |Δlogit| = {} · {}</p>",
         adapters.join(" + "),
         esc(&meta.base),
+        esc(&run.settings.backend),
         set.prompts.len(),
         controls,
         set.prompts.len() - controls,
@@ -445,6 +446,24 @@ pub fn render(
     }
     if let Some(a) = &run.alora {
         let _ = writeln!(o, "<p id=\"alora\">{}</p>", esc(&a.summary()));
+    }
+    if let Some(m) = &verdict.merged {
+        let _ = writeln!(
+            o,
+            "<p id=\"merged\"><b>Merged</b> <code>{}</code> vs base + runtime adapter (×1): {}</p>",
+            esc(meta.merged.as_deref().unwrap_or("?")),
+            esc(&super::merged_line(m))
+        );
+    }
+    if let Some(sh) = &meta.shard {
+        let _ = writeln!(
+            o,
+            "<p id=\"shard\"><b>Shard {}/{}</b>: {} of the set's {} prompts; <code>lora-validate merge-reports</code> on every shard's JSON report gives the run's verdict</p>",
+            sh.index,
+            sh.count,
+            set.prompts.len(),
+            sh.set_prompts
+        );
     }
     if let Some(r) = &verdict.recommendation {
         let _ = writeln!(
@@ -486,6 +505,9 @@ pub fn render(
 
     if !verdict.per_tag.is_empty() {
         o += &tags(verdict);
+    }
+    if let Some(b) = &verdict.baseline {
+        o += &baseline_section(b);
     }
     o += &failure_section(verdict);
     o += &prompt_table(run, verdict);
@@ -581,6 +603,46 @@ fn failure_section(verdict: &Verdict) -> String {
         o += "</ul>\n";
     }
     o
+}
+
+/// The comparison with the previous adapter: its summary, and per prompt the drift from it and what regressed.
+fn baseline_section(b: &crate::validate::baseline::BaselineVerdict) -> String {
+    let mut o = format!(
+        "<h2 id=\"baseline\">Against the previous adapter <span class=\"badge {}\">{}</span></h2>\n<p>{}</p>\n",
+        if b.passed { "pass" } else { "fail" },
+        if b.passed {
+            "no regression"
+        } else {
+            "REGRESSED"
+        },
+        b.lines()
+            .iter()
+            .map(|l| esc(l.trim()))
+            .collect::<Vec<_>>()
+            .join("<br>")
+    );
+    o += "<table id=\"baseline-prompts\"><thead><tr><th class=\"t\">prompt</th><th class=\"t\">kind</th><th>KL mean</th><th>KL max</th><th>top-1</th><th class=\"t\">regressions</th></tr></thead><tbody>\n";
+    for p in &b.prompts {
+        let _ = writeln!(
+            o,
+            "<tr{}><td class=\"t\">{}</td><td class=\"t\">{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.3}</td><td class=\"t\">{}</td></tr>",
+            if p.regressions.is_empty() {
+                ""
+            } else {
+                " class=\"bad\""
+            },
+            esc(&p.prompt_id),
+            match p.kind {
+                PromptKind::Control => "control",
+                PromptKind::Target => "target",
+            },
+            p.kl_mean,
+            p.kl_max,
+            p.top1_agreement,
+            esc(&p.regressions.join("; "))
+        );
+    }
+    o + "</tbody></table>\n"
 }
 
 fn prompt_table(run: &RunMeasurements, verdict: &Verdict) -> String {

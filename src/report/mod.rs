@@ -253,6 +253,9 @@ fn text(
     o.push_str(&recommendation_lines(verdict));
     o.push_str(&tag_table(verdict, false));
     merged_text(&mut o, run, verdict, meta, style.color);
+    if let Some(b) = &verdict.baseline {
+        let _ = writeln!(o, "\n{}", b.lines().join("\n"));
+    }
     let top = run
         .settings
         .scales
@@ -507,6 +510,9 @@ pub fn json_value(
             "prompts": prompts,
         });
     }
+    if let Some(baseline) = &verdict.baseline {
+        value["baseline"] = json!(baseline);
+    }
     value
 }
 
@@ -658,6 +664,9 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         }
         let _ = writeln!(o, "  </testsuite>");
     }
+    if let Some(b) = &verdict.baseline {
+        o.push_str(&junit_baseline(b));
+    }
     let global: Vec<_> = verdict
         .failures
         .iter()
@@ -693,6 +702,49 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         );
     }
     let _ = writeln!(o, "  </testsuite>\n</testsuites>");
+    o
+}
+
+/// The `baseline` test suite: one case per prompt compared with the previous adapter.
+fn junit_baseline(b: &crate::validate::baseline::BaselineVerdict) -> String {
+    let mut o = String::new();
+    let failing = b
+        .prompts
+        .iter()
+        .filter(|p| !p.regressions.is_empty())
+        .count();
+    let _ = writeln!(
+        o,
+        "  <testsuite name=\"baseline\" tests=\"{}\" failures=\"{failing}\">",
+        b.prompts.len()
+    );
+    let _ = writeln!(
+        o,
+        "    <properties><property name=\"previous_adapter\" value=\"{}\"/><property name=\"previous_scale\" value=\"{}\"/></properties>",
+        xml_escape(&b.adapter),
+        b.scale
+    );
+    for p in &b.prompts {
+        let _ = write!(
+            o,
+            "    <testcase classname=\"lora-validate.baseline\" name=\"{}\"",
+            xml_escape(&p.prompt_id)
+        );
+        match p.regressions.first() {
+            None => {
+                let _ = writeln!(o, "/>");
+            }
+            Some(first) => {
+                let _ = writeln!(
+                    o,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    xml_escape(first),
+                    xml_escape(&p.regressions.join("\n"))
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "  </testsuite>");
     o
 }
 
@@ -762,6 +814,12 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
         );
     }
     o.push_str(&tag_table(verdict, true));
+    if let Some(b) = &verdict.baseline {
+        let _ = writeln!(o, "\n**{}**\n", b.lines()[0]);
+        for line in &b.lines()[1..] {
+            let _ = writeln!(o, "- {}", line.trim());
+        }
+    }
     o.push_str(&failures::markdown_section(verdict));
     let _ = writeln!(o, "\n<sub>{}</sub>", timings_line(run));
     o
@@ -923,6 +981,13 @@ mod tests {
                 "**Merged** `m.gguf` vs base + runtime adapter (×1): {line}"
             )),
             "{md}"
+        );
+        let html = render(Format::Html, &set, &run, &v, &meta, false);
+        assert!(
+            html.contains(&format!(
+                "<p id=\"merged\"><b>Merged</b> <code>m.gguf</code> vs base + runtime adapter (×1): {line}</p>"
+            )),
+            "{html}"
         );
     }
 

@@ -472,6 +472,42 @@ impl Engine {
         refine: &mut dyn FnMut(&RunMeasurements) -> Option<f32>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunMeasurements, EngineError> {
+        self.sweep(prompts, scales, refine, progress, None)
+    }
+
+    /// One pass with the adapters at their own scales against `previous` (an adapter at its own scale) instead of
+    /// the bare base: the reference continuations are the previous adapter's, and the KL is KL(previous ‖
+    /// candidate). No scale-0 self-check (the reference is not the base graph); `--baseline-adapter`.
+    pub fn run_against(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        previous: &(PathBuf, f32),
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
+        let t = Instant::now();
+        let lora = {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            load_adapter(&mut self.model, &previous.0)?
+        };
+        self.adapter_load_ms += ms(t);
+        self.sweep(
+            prompts,
+            &[1.0],
+            &mut |_| None,
+            progress,
+            Some((lora, previous.1)),
+        )
+    }
+
+    fn sweep(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        scales: &[f32],
+        refine: &mut dyn FnMut(&RunMeasurements) -> Option<f32>,
+        progress: &mut dyn FnMut(Progress),
+        // A parameter, so it outlives the contexts that use it.
+        mut reference: Option<(LlamaLoraAdapter, f32)>,
+    ) -> Result<RunMeasurements, EngineError> {
         let started = Instant::now();
         let layout = self.layout(prompts)?;
         let Engine {
@@ -485,11 +521,19 @@ impl Engine {
             merged,
             ..
         } = self;
-        let mut run = Run::new(model, merged.as_ref(), &layout, cfg)?;
+        let against_base = reference.is_none();
+        // The merged model (`--merged`) is compared with the runtime adapter, not in the baseline comparison.
+        let merged = merged.as_ref().filter(|_| against_base);
+        let mut run = Run::new(model, merged, &layout, cfg)?;
+        if let Some((lora, scale)) = reference.as_mut() {
+            run.ctx_base
+                .lora_adapter_set(lora, *scale)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
         // The engine self-check runs at scale 0 even when the sweep does not include it; a merged model is compared
         // with the runtime adapter at scale 1, which runs too.
         let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
-        if !scales.contains(&0.0) {
+        if against_base && !scales.contains(&0.0) {
             sweep.insert(0, (0.0, false));
         }
         if merged.is_some() && !scales.contains(&1.0) {

@@ -161,6 +161,9 @@ pub struct Verdict {
     /// `--merged`: the merged model against base + runtime adapter, over the golden set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<super::merged::MergedSummary>,
+    /// The comparison with the previous adapter (`--baseline-adapter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<super::baseline::BaselineVerdict>,
 }
 
 fn prompt_limits<'a>(set: &'a GoldenSet, id: &str) -> Option<&'a GoldenPrompt> {
@@ -371,6 +374,7 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
         prompts,
         recommendation: Some(recommend(set, run, limits)),
         limits: limits.clone(),
+        baseline: None,
     }
 }
 

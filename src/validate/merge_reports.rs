@@ -58,6 +58,8 @@ struct Wire {
     merged: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     alora: Option<AloraRun>,
+    #[serde(default)]
+    baseline: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +96,13 @@ pub fn read_report(path: &Path) -> Result<RunReport, MergeError> {
     if w.merged.is_some() {
         return Err(err(
             "a --merged run: merge-reports does not combine merged-model comparisons; run --merged unsharded"
+                .into(),
+        ));
+    }
+    if w.baseline.is_some() {
+        return Err(err(
+            "a --baseline-adapter run: merge-reports does not combine baseline comparisons; run the baseline gate \
+             unsharded"
                 .into(),
         ));
     }

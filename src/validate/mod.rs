@@ -3,6 +3,7 @@
 //! divergence metrics and the results compile and are tested without a C++ toolchain.
 
 pub mod alora;
+pub mod baseline;
 pub mod divergence;
 #[cfg(feature = "validate")]
 pub mod engine;
@@ -78,6 +79,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
                     path.display()
                 )));
             }
+            if req.baseline.is_some() {
+                return Err(Error::Usage(format!(
+                    "`{}` is an activated LoRA (adapter.alora.invocation_tokens): --baseline-adapter is not \
+                     supported for it",
+                    path.display()
+                )));
+            }
             engine_cfg.alora_invocation = Some(tokens);
         }
     }
@@ -88,8 +96,32 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
                 .into(),
         ));
     }
+    if req.baseline.is_some() && req.shard.is_some() {
+        return Err(Error::Usage(
+            "--baseline-adapter compares the whole golden set with the previous adapter, which merge-reports does not \
+             combine; run the baseline gate unsharded"
+                .into(),
+        ));
+    }
     if let Some(merged) = &req.merged {
         check_merged(&base, merged)?;
+    }
+    if let Some((path, _)) = &req.baseline {
+        let previous = GgufAdapter::open(path)?;
+        if let Err(problems) = previous.fit(&base) {
+            return Err(Error::Misfit {
+                adapter: path.clone(),
+                base: req.base.clone(),
+                problems,
+            });
+        }
+        if alora::invocation_tokens(&previous).is_some() {
+            return Err(Error::Usage(format!(
+                "--baseline-adapter `{}` is an activated LoRA (adapter.alora.invocation_tokens): not supported as \
+                 a baseline",
+                path.display()
+            )));
+        }
     }
     let mut engine = engine::Engine::load(&req.base, &req.adapters, engine_cfg)?;
     if let Some(merged) = &req.merged {
@@ -108,10 +140,48 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         probes.push(probe);
         Some(probe)
     };
-    let measured = engine.run_refined(&set.prompts, &req.scales, &mut refine, progress)?;
+    let mut measured = engine.run_refined(&set.prompts, &req.scales, &mut refine, progress)?;
     let mut verdict = gate::judge(&set, &measured, &req.limits);
     if let Some(r) = verdict.recommendation.as_mut() {
         r.refined_scales = probes;
+    }
+    // Against the adapter in production: only after a finished run (a partial one has failed already).
+    if let Some(previous) = req.baseline.as_ref().filter(|_| measured.partial.is_none()) {
+        let against = engine.run_against(&set.prompts, previous, progress)?;
+        let b = baseline::judge(
+            &set,
+            &against,
+            &req.limits,
+            (&previous.0.display().to_string(), previous.1),
+        );
+        if let Some(partial) = &against.partial {
+            // The sweep finished; the comparison did not: the run is partial (exit 130 or 3), its report complete
+            // but for the baseline section.
+            let reason = format!(
+                "the comparison with the previous adapter did not finish: {}",
+                partial.reason
+            );
+            verdict.failures.insert(
+                0,
+                gate::Failure {
+                    prompt_id: None,
+                    scale: None,
+                    metric: "partial".into(),
+                    value: partial.prompts_done as f64,
+                    limit: partial.prompts_total as f64,
+                    message: reason.clone(),
+                },
+            );
+            verdict.passed = false;
+            measured.partial = Some(results::Partial {
+                reason,
+                prompts_done: set.prompts.len(),
+                ..partial.clone()
+            });
+        }
+        verdict.passed &= b.passed;
+        verdict.failures.extend(b.failures.iter().cloned());
+        verdict.baseline = Some(b);
     }
     let meta = crate::report::ReportMeta {
         base: req.base.display().to_string(),

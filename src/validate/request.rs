@@ -33,6 +33,8 @@ pub struct Request {
     pub merged: Option<PathBuf>,
     /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
     pub shard: Option<super::shard::Shard>,
+    /// `--baseline-adapter`: the adapter in production with its own scale; the candidate must not regress against it.
+    pub baseline: Option<(PathBuf, f32)>,
 }
 
 /// `--scales auto`: after the sweep, bisect the bracket where the control limits break, one extra pass (reusing the
