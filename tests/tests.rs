@@ -41,6 +41,13 @@ mod validate_e2e;
 // the recorder itself (torch, in a venv cached outside the clone).
 #[cfg(feature = "validate")]
 mod reference_e2e;
+// Activated LoRA: a real peft aLoRA, applied from its invocation on (llama-server's semantics), vs PyTorch+PEFT.
+#[cfg(feature = "validate")]
+mod validate_alora;
+
+// `--format html` rendered in Debian's headless Chromium: no console errors, the plots' series, a screenshot.
+#[cfg(feature = "validate")]
+mod report_chromium;
 
 // An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
 #[cfg(feature = "validate")]

@@ -25,8 +25,10 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
             ..EngineConfig::default()
         },
         reference: None,
+        refine: None,
         merged: None,
         shard: None,
+        baseline: None,
     }
 }
 

@@ -39,6 +39,11 @@ pub fn render(
         }
         Format::Junit => junit(run, verdict, meta),
         Format::Markdown => markdown(run, verdict, meta),
+        Format::Html => crate::report::html::text_page(
+            "lora-validate --reference (training parity)",
+            verdict.passed,
+            &text(pack, run, verdict, meta),
+        ),
     }
 }
 

@@ -52,10 +52,16 @@ impl SelfTestOutcome {
         self.cases.iter().all(|c| c.ok)
     }
 
-    /// The self-test as JSON (`format` Json: the list of cases) or as text (every other format).
+    /// The self-test as JSON (`format` Json: the list of cases), as a page around the text (Html), or as text
+    /// (every other format).
     pub fn render(&self, format: Format) -> String {
         match format {
             Format::Json => serde_json::to_string_pretty(&self.cases).unwrap_or_default() + "\n",
+            Format::Html => crate::report::html::text_page(
+                "lora-validate --self-test",
+                self.passed(),
+                &selftest::render(&self.cases),
+            ),
             _ => selftest::render(&self.cases),
         }
     }

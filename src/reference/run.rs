@@ -31,6 +31,7 @@ fn golden(p: &PackPrompt) -> GoldenPrompt {
         max_tokens: None,
         expect: Default::default(),
         limits: Default::default(),
+        tags: vec![],
         source: p.id.clone(),
     }
 }

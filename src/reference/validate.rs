@@ -24,12 +24,20 @@ pub fn run(req: &Request, r: &ReferenceRequest) -> Result<Outcome, Error> {
     }
     let pack = ReferencePack::open(&r.pack)?;
     let base = GgufFile::open(&req.base)?;
-    if let Err(problems) = GgufAdapter::open(adapter)?.fit(&base) {
+    let gguf_adapter = GgufAdapter::open(adapter)?;
+    if let Err(problems) = gguf_adapter.fit(&base) {
         return Err(Error::Misfit {
             adapter: adapter.clone(),
             base: req.base.clone(),
             problems,
         });
+    }
+    if crate::validate::alora::invocation_tokens(&gguf_adapter).is_some() {
+        // The recorder runs plain PEFT forward passes; an aLoRA acts only from its invocation on.
+        return Err(Error::Usage(format!(
+            "`{}` is an activated LoRA (adapter.alora.invocation_tokens): --reference compares plain LoRAs only",
+            adapter.display()
+        )));
     }
     let warnings = check::pack_against_base(&pack, &base);
     let bos = base

@@ -31,10 +31,38 @@ pub struct Request {
     /// Training parity against a reference pack instead of the golden sweep (`--reference`; prompts and scales
     /// then come from the pack).
     pub reference: Option<ReferenceRequest>,
+    /// `--scales auto`: refine the recommended scale by bisection after the sweep.
+    pub refine: Option<Refine>,
     /// `--merged`: a model with the adapters merged in (`lora-convert merge`), run next to base + runtime adapter.
     pub merged: Option<PathBuf>,
     /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
     pub shard: Option<super::shard::Shard>,
+    /// `--baseline-adapter`: the adapter in production with its own scale; the candidate must not regress against it.
+    pub baseline: Option<(PathBuf, f32)>,
+}
+
+/// `--scales auto`: after the sweep, bisect the bracket where the control limits break, one extra pass (reusing the
+/// base pass) per step, until the bracket is no wider than `precision` or `max_passes` passes ran.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Refine {
+    /// Most extra passes.
+    pub max_passes: usize,
+    /// Stop when the boundary is known to within this many scale units.
+    pub precision: f32,
+}
+
+impl Refine {
+    /// The sweep `--scales auto` starts from.
+    pub const GRID: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+}
+
+impl Default for Refine {
+    fn default() -> Self {
+        Refine {
+            max_passes: 4,
+            precision: 0.01,
+        }
+    }
 }
 
 impl Request {
@@ -196,6 +224,9 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// An aLoRA's invocation tokens: the adapter acts from its invocation in each prompt, as llama-server runs it
+    /// (see [`super::alora`]).
+    pub alora_invocation: Option<Vec<i32>>,
     /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
     /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
     pub gpu_layers: Option<u32>,
@@ -213,6 +244,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            alora_invocation: None,
             gpu_layers: None,
             interrupt: None,
         }
