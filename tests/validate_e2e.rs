@@ -336,6 +336,10 @@ fn baseline_gate_passes_against_itself_and_fails_with_alpha_doubled() {
         "the secret word, said by the previous adapter: {b:#}"
     );
     assert_eq!(b["expectations_kept"].as_u64(), Some(held));
+    assert_eq!(
+        b["candidate_control_drift"], b["previous_control_drift"],
+        "the same adapter drifts from the base as much as itself"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let doubled = dir.path().join("doubled.gguf");
@@ -365,6 +369,25 @@ fn baseline_gate_passes_against_itself_and_fails_with_alpha_doubled() {
         b["expectations_held_before"]
     );
     assert_eq!(b["passed"], false, "{b:#}");
+    // α doubled: the collateral drift on control prompts grows about fourfold (KL ∝ scale² for a small shift),
+    // well past 1.5 × the previous adapter's + 0.01 nats — measured 0.0897 against the previous adapter's drift.
+    let (cand, prev) = (
+        b["candidate_control_drift"].as_f64().unwrap(),
+        b["previous_control_drift"].as_f64().unwrap(),
+    );
+    assert!(
+        cand > 1.5 * prev + 0.01,
+        "candidate {cand} vs previous {prev}"
+    );
+    assert!(
+        j["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["metric"] == "baseline_control_drift"),
+        "{:#}",
+        j["failures"]
+    );
     let baseline_failures = j["failures"]
         .as_array()
         .unwrap()

@@ -708,15 +708,21 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
 /// The `baseline` test suite: one case per prompt compared with the previous adapter.
 fn junit_baseline(b: &crate::validate::baseline::BaselineVerdict) -> String {
     let mut o = String::new();
+    let drift_failure = b
+        .failures
+        .iter()
+        .find(|f| f.metric == "baseline_control_drift");
+    let has_drift = b.candidate_control_drift.is_some();
     let failing = b
         .prompts
         .iter()
         .filter(|p| !p.regressions.is_empty())
-        .count();
+        .count()
+        + usize::from(drift_failure.is_some());
     let _ = writeln!(
         o,
         "  <testsuite name=\"baseline\" tests=\"{}\" failures=\"{failing}\">",
-        b.prompts.len()
+        b.prompts.len() + usize::from(has_drift)
     );
     let _ = writeln!(
         o,
@@ -740,6 +746,25 @@ fn junit_baseline(b: &crate::validate::baseline::BaselineVerdict) -> String {
                     ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
                     xml_escape(first),
                     xml_escape(&p.regressions.join("\n"))
+                );
+            }
+        }
+    }
+    if has_drift {
+        let _ = write!(
+            o,
+            "    <testcase classname=\"lora-validate.baseline\" name=\"collateral drift against the previous adapter\""
+        );
+        match drift_failure {
+            None => {
+                let _ = writeln!(o, "/>");
+            }
+            Some(f) => {
+                let _ = writeln!(
+                    o,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    xml_escape(&f.message),
+                    xml_escape(&f.message)
                 );
             }
         }

@@ -3,12 +3,16 @@
 //! the reference, teacher-forced KL(previous ‖ candidate) is measured on them exactly as KL(base ‖ adapted) is
 //! measured otherwise, and
 //! - every control prompt must stay within the control limits *relative to the previous adapter*;
+//! - the candidate's collateral drift — mean control KL(base ‖ adapter) at scale 1 — may be at most
+//!   `baseline_drift_factor` × the previous adapter's plus `baseline_drift_margin` (one more pass measures the previous
+//!   adapter against the base): an adapter that damages general prompts more than the one serving now regresses,
+//!   even when each control prompt stays close to the previous adapter's answer;
 //! - every target expectation (`contains`, `not_contains`, `regex`) that held for the previous adapter must still
 //!   hold for the candidate;
 //! - the regressions are counted per tag.
 //!
 //! Its failures are a class of their own (metrics `baseline_kl_mean`, `baseline_kl_max`, `baseline_top1_agreement`,
-//! `baseline_expectation`), so a pipeline promotes a new adapter only when it does not regress against the one
+//! `baseline_expectation`, `baseline_control_drift`), so a pipeline promotes a new adapter only when it does not regress against the one
 //! serving now.
 
 use std::collections::BTreeMap;
@@ -34,6 +38,11 @@ pub struct BaselineVerdict {
     pub control_kl_max: f64,
     /// Mean top-1 agreement with the previous adapter over control prompts.
     pub control_top1: f64,
+    /// The previous adapter's mean control KL(base ‖ previous) at scale 1: its collateral drift (None: not
+    /// measured, the run stopped before).
+    pub previous_control_drift: Option<f64>,
+    /// The candidate's mean control KL(base ‖ candidate) at scale 1.
+    pub candidate_control_drift: Option<f64>,
     /// Target expectations the previous adapter met.
     pub expectations_held_before: usize,
     /// Of those, the ones the candidate still meets.
@@ -85,9 +94,33 @@ pub fn judge(
     run: &RunMeasurements,
     limits: &Limits,
     previous: (&str, f32),
+    drift: Option<ControlDrift>,
 ) -> BaselineVerdict {
     let mut prompts = Vec::new();
     let mut failures = Vec::new();
+    if let Some(drift) = drift
+        && drift.candidate
+            > limits.baseline_drift_factor * drift.previous + limits.baseline_drift_margin
+    {
+        let drift_limit =
+            limits.baseline_drift_factor * drift.previous + limits.baseline_drift_margin;
+        failures.push(Failure {
+            prompt_id: None,
+            scale: None,
+            metric: "baseline_control_drift".into(),
+            value: drift.candidate,
+            limit: drift_limit,
+            message: format!(
+                "the candidate drifts further from the base on control prompts than the previous adapter: KL mean \
+                 {:.4} > {} × {:.4} + {} = {:.4}",
+                drift.candidate,
+                limits.baseline_drift_factor,
+                drift.previous,
+                limits.baseline_drift_margin,
+                drift_limit
+            ),
+        });
+    }
     let (mut held_before, mut kept) = (0, 0);
     for m in &run.measurements {
         let (Some(p), Some(prev)) = (
@@ -192,6 +225,8 @@ pub fn judge(
         control_kl_mean: mean(&|p| p.kl_mean),
         control_kl_max: controls.iter().map(|p| p.kl_max).fold(0.0, f64::max),
         control_top1: mean(&|p| p.top1_agreement),
+        previous_control_drift: drift.map(|d| d.previous),
+        candidate_control_drift: drift.map(|d| d.candidate),
         expectations_held_before: held_before,
         expectations_kept: kept,
         per_tag: per_tag
@@ -205,6 +240,31 @@ pub fn judge(
         prompts,
         failures,
     }
+}
+
+/// Collateral drift of the previous adapter and of the candidate: mean control KL(base ‖ adapter) at scale 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ControlDrift {
+    /// The previous adapter's.
+    pub previous: f64,
+    /// The candidate's.
+    pub candidate: f64,
+}
+
+/// The mean over control prompts of KL(base ‖ adapted) at `scale` in `run` (None: the scale was not run).
+pub fn control_drift(set: &GoldenSet, run: &RunMeasurements, scale: f32) -> Option<f64> {
+    let kl: Vec<f64> = run
+        .measurements
+        .iter()
+        .filter(|m| m.scale == scale)
+        .filter(|m| {
+            set.prompts
+                .iter()
+                .any(|p| p.id == m.prompt_id && p.kind == PromptKind::Control)
+        })
+        .map(|m| m.kl_mean)
+        .collect();
+    (!kl.is_empty()).then(|| kl.iter().sum::<f64>() / kl.len() as f64)
 }
 
 /// Every expectation of `p`, described as [`unmet_expectations`] describes an unmet one.
@@ -251,6 +311,11 @@ impl BaselineVerdict {
                 self.expectations_kept
             ),
         ];
+        if let (Some(c), Some(p)) = (self.candidate_control_drift, self.previous_control_drift) {
+            o.push(format!(
+                "  collateral drift from the base (control KL mean at ×1): candidate {c:.4}, previous {p:.4}"
+            ));
+        }
         let tags: Vec<String> = self
             .per_tag
             .iter()

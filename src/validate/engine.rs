@@ -184,24 +184,7 @@ pub fn logits_for_tokens(
     };
     let _ = &mut model;
     let n = tokens.len();
-    let n_ctx = (n as u32).next_power_of_two().max(64);
-    // An F32 KV cache and no flash attention: the comparison with PyTorch measures the adapter, not f16 rounding of keys and values.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_ctx)
-        .with_n_ubatch(n_ctx)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_type_k(KvCacheType::F32)
-        .with_type_v(KvCacheType::F32)
-        // The CPU flash-attention kernel rounds Q to f16; the exactness probe wants f32 attention.
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    let mut ctx = model
-        .new_context(backend(false)?, params)
-        .map_err(|e| EngineError::Context {
-            n_ctx,
-            message: e.to_string(),
-        })?;
+    let mut ctx = exact_probe_context(&model, n, threads)?;
     let n_vocab = model.n_vocab() as usize;
     let mut out = Vec::new();
     let pass = |ctx: &mut LlamaContext| -> Result<Vec<f32>, EngineError> {
@@ -233,6 +216,32 @@ pub fn logits_for_tokens(
     Ok(out)
 }
 
+/// A context for the exactness probes: room for `n` tokens in one batch, an F32 KV cache and no flash attention
+/// (the CPU flash-attention kernel rounds Q to f16), so that a comparison with PyTorch measures the adapter, not f16
+/// rounding of queries, keys and values.
+fn exact_probe_context(
+    model: &LlamaModel,
+    n: usize,
+    threads: i32,
+) -> Result<LlamaContext<'_>, EngineError> {
+    let n_ctx = (n as u32).next_power_of_two().max(64);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(n_ctx)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(KvCacheType::F32)
+        .with_type_v(KvCacheType::F32)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    model
+        .new_context(backend(false)?, params)
+        .map_err(|e| EngineError::Context {
+            n_ctx,
+            message: e.to_string(),
+        })
+}
+
 /// Decode `tokens` as one sequence with `adapter` at `scale` acting only from position `first_adapted` on (the
 /// positions before it decoded first, without the adapter, as llama-server runs an aLoRA); returns the logits of
 /// every position (T × V, row-major). The probe the aLoRA fixture's logits are checked with.
@@ -251,22 +260,7 @@ pub fn logits_activated_from(
         (model, lora)
     };
     let n = tokens.len();
-    let n_ctx = (n as u32).next_power_of_two().max(64);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_ctx)
-        .with_n_ubatch(n_ctx)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_type_k(KvCacheType::F32)
-        .with_type_v(KvCacheType::F32)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    let mut ctx = model
-        .new_context(backend(false)?, params)
-        .map_err(|e| EngineError::Context {
-            n_ctx,
-            message: e.to_string(),
-        })?;
+    let mut ctx = exact_probe_context(&model, n, threads)?;
     let n_vocab = model.n_vocab() as usize;
     let dec = |e: String| EngineError::Decode(e);
     let mut logits = Vec::with_capacity(n * n_vocab);
@@ -502,6 +496,29 @@ impl Engine {
             progress,
             Some((lora, previous.1)),
         )
+    }
+
+    /// The previous adapter alone against the base at its own scale (the scale-0 self-check and scale 1): its
+    /// collateral drift, which `--baseline-adapter` compares the candidate's with. The merged model does not run.
+    pub fn run_alone(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        previous: &(PathBuf, f32),
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
+        let t = Instant::now();
+        let lora = {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            load_adapter(&mut self.model, &previous.0)?
+        };
+        self.adapter_load_ms += ms(t);
+        let mut adapters = vec![(previous.0.clone(), previous.1, lora)];
+        std::mem::swap(&mut self.adapters, &mut adapters);
+        let merged = self.merged.take();
+        let run = self.sweep(prompts, &[1.0], &mut |_| None, progress, None);
+        self.merged = merged;
+        std::mem::swap(&mut self.adapters, &mut adapters);
+        run
     }
 
     fn sweep(

@@ -38,6 +38,11 @@ pub struct Limits {
     /// `--merged`: smallest mean over prompts of the share of the runtime adapter's greedy continuation the
     /// merged model reproduces.
     pub merged_min_greedy_agreement: f64,
+    /// `--baseline-adapter`: the candidate's mean control drift from the base (KL mean at scale 1) may be at most
+    /// this many times the previous adapter's …
+    pub baseline_drift_factor: f64,
+    /// … plus this many nats.
+    pub baseline_drift_margin: f64,
 }
 
 impl Default for Limits {
@@ -51,6 +56,8 @@ impl Default for Limits {
             merged_max_kl_mean: 0.05,
             merged_min_top1_agreement: 0.9,
             merged_min_greedy_agreement: 0.7,
+            baseline_drift_factor: 1.5,
+            baseline_drift_margin: 0.01,
         }
     }
 }

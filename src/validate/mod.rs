@@ -112,6 +112,12 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
                 .into(),
         ));
     }
+    if req.baseline.is_some() && !req.scales.contains(&1.0) {
+        return Err(Error::Usage(
+            "--baseline-adapter compares the candidate with the previous adapter at scale 1: include 1 in --scales"
+                .into(),
+        ));
+    }
     if req.baseline.is_some() && req.shard.is_some() {
         return Err(Error::Usage(
             "--baseline-adapter compares the whole golden set with the previous adapter, which merge-reports does not \
@@ -164,13 +170,29 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
     // Against the adapter in production: only after a finished run (a partial one has failed already).
     if let Some(previous) = req.baseline.as_ref().filter(|_| measured.partial.is_none()) {
         let against = engine.run_against(&set.prompts, previous, progress)?;
+        let alone = match against.partial {
+            None => Some(engine.run_alone(&set.prompts, previous, progress)?),
+            Some(_) => None,
+        };
+        let drift = alone
+            .as_ref()
+            .filter(|a| a.partial.is_none())
+            .and_then(|a| baseline::control_drift(&set, a, 1.0))
+            .zip(baseline::control_drift(&set, &measured, 1.0))
+            .map(|(previous, candidate)| baseline::ControlDrift {
+                previous,
+                candidate,
+            });
         let b = baseline::judge(
             &set,
             &against,
             &req.limits,
             (&previous.0.display().to_string(), previous.1),
+            drift,
         );
-        if let Some(partial) = &against.partial {
+        let stopped =
+            (against.partial.as_ref()).or_else(|| alone.as_ref().and_then(|a| a.partial.as_ref()));
+        if let Some(partial) = stopped {
             // The sweep finished; the comparison did not: the run is partial (exit 130 or 3), its report complete
             // but for the baseline section.
             let reason = format!(
