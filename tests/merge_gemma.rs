@@ -20,19 +20,7 @@ const KL_LIMIT: f64 = 0.05;
 /// The adapter converted against the test model, and a directory for merged files (once per test process).
 fn setup() -> &'static (tempfile::TempDir, PathBuf) {
     static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("gemma-lora.gguf");
-        lora_convert()
-            .arg(root().join("fixtures/gemma-lora/adapter"))
-            .args(["-o"])
-            .arg(&out)
-            .arg("--base")
-            .arg(test_model())
-            .assert()
-            .success();
-        (dir, out)
-    })
+    OUT.get_or_init(|| (tempfile::tempdir().unwrap(), gemma_adapter()))
 }
 
 fn merged(outtype: OutType, name: &str) -> (PathBuf, merge::Summary) {

@@ -3,29 +3,8 @@
 //! float copy of the same weights (fixtures/gemma-lora/record-reference.sh), and one pack recorded here, with torch.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use crate::common::*;
-
-/// The trained adapter converted against the test model (once per test process).
-fn converted() -> PathBuf {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("gemma-lora.gguf");
-        lora_convert()
-            .arg(root().join("fixtures/gemma-lora/adapter"))
-            .arg("-o")
-            .arg(&out)
-            .arg("--base")
-            .arg(test_model())
-            .assert()
-            .success();
-        (dir, out)
-    })
-    .1
-    .clone()
-}
 
 fn pack(name: &str) -> PathBuf {
     root().join("fixtures/gemma-lora").join(name)
@@ -77,7 +56,12 @@ fn checks(j: &serde_json::Value) -> [bool; 4] {
 
 #[test]
 fn correct_conversion_passes_every_parity_check_on_the_q4_k_m_base() {
-    let (code, j, stderr) = reference(&test_model(), &converted(), &pack("reference-pack"), &[]);
+    let (code, j, stderr) = reference(
+        &test_model(),
+        &gemma_adapter(),
+        &pack("reference-pack"),
+        &[],
+    );
     assert_eq!(code, 0, "{stderr}\n{:#}", j["failures"]);
     assert_eq!(checks(&j), [true; 4]);
     let ratio = j["effect_ratio"].as_f64().unwrap();
@@ -100,7 +84,7 @@ fn alpha_doubled_fails_adapter_and_effect_parity_with_ratio_two() {
     let dir = tempfile::tempdir().unwrap();
     let doubled = dir.path().join("alpha2.gguf");
     rewrite_gguf(
-        &converted(),
+        &gemma_adapter(),
         &doubled,
         |k, v| {
             if k == "adapter.lora.alpha" {
@@ -156,11 +140,11 @@ fn a_prompt_rendered_with_another_template_fails_prompt_parity() {
     let dir = tempfile::tempdir().unwrap();
     let base = base_with_gemma_template(dir.path());
     // Rendered with Gemma's turn format in training: llama.cpp's own Gemma template gives the same ids.
-    let (code, j, stderr) = reference(&base, &converted(), &pack("reference-pack-gemma"), &[]);
+    let (code, j, stderr) = reference(&base, &gemma_adapter(), &pack("reference-pack-gemma"), &[]);
     assert_eq!(code, 0, "{stderr}\n{:#}", j["failures"]);
     assert_eq!(checks(&j), [true; 4]);
     // Rendered with ChatML in training: prompt parity fails and says so.
-    let (code, j, stderr) = reference(&base, &converted(), &pack("reference-pack-chatml"), &[]);
+    let (code, j, stderr) = reference(&base, &gemma_adapter(), &pack("reference-pack-chatml"), &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(!checks(&j)[0], "{:#}", j["failures"]);
     let m = &j["prompts"][0]["mismatch"];
@@ -186,7 +170,7 @@ fn self_test_turns_each_sabotage_red_and_keeps_the_good_adapter_green() {
         .arg("--base")
         .arg(test_model())
         .arg("--adapter")
-        .arg(converted())
+        .arg(gemma_adapter())
         .arg("--reference")
         .arg(pack("reference-pack"))
         .args(["--self-test", "--format", "json", "-o"])
@@ -310,6 +294,6 @@ fn recorder_reproduces_the_committed_pack_and_its_pack_passes() {
         (&old.tokenizer, &old.base, &old.adapter)
     );
 
-    let (code, j, stderr) = reference(&test_model(), &converted(), &recorded, &[]);
+    let (code, j, stderr) = reference(&test_model(), &gemma_adapter(), &recorded, &[]);
     assert_eq!(code, 0, "{stderr}\n{:#}", j["failures"]);
 }

@@ -3,27 +3,8 @@
 //! (fixtures/gemma-lora), converted by `lora-convert` in the test.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use crate::common::*;
-
-/// The trained adapter converted against the test model (once per test process).
-fn converted() -> PathBuf {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("gemma-lora.gguf");
-        convert_cmd(root().join("fixtures/gemma-lora/adapter"), &out)
-            .arg("--base")
-            .arg(test_model())
-            .arg("--verify")
-            .assert()
-            .success();
-        (dir, out)
-    })
-    .1
-    .clone()
-}
 
 fn prompts() -> [PathBuf; 2] {
     [
@@ -75,7 +56,7 @@ fn metric_failures(j: &serde_json::Value, metric: &str) -> usize {
 
 #[test]
 fn trained_adapter_passes_and_shows_its_known_effect() {
-    let adapter = converted();
+    let adapter = gemma_adapter();
     let (code, j, stderr) = validate(adapter.to_str().unwrap(), &[]);
     assert_eq!(code, 0, "{stderr}\n{:#}", j["failures"]);
     assert_eq!(j["engine"]["scale_zero_max_abs_logit_delta"], 0.0);
@@ -117,7 +98,7 @@ fn trained_adapter_passes_and_shows_its_known_effect() {
 
 #[test]
 fn over_scaled_adapter_fails_on_control_drift() {
-    let adapter = converted();
+    let adapter = gemma_adapter();
     let (code, j, stderr) = validate(&format!("{}:4", adapter.display()), &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
@@ -145,7 +126,7 @@ fn zero_b(src: &Path, dst: &Path) {
 fn adapter_with_zero_b_fails_no_effect() {
     let dir = tempfile::tempdir().unwrap();
     let zeroed = dir.path().join("zero.gguf");
-    zero_b(&converted(), &zeroed);
+    zero_b(&gemma_adapter(), &zeroed);
     let (code, j, stderr) = validate(zeroed.to_str().unwrap(), &[]);
     assert_eq!(code, 1, "{stderr}");
     let msgs: Vec<&str> = j["failures"]
@@ -182,7 +163,7 @@ fn malformed_prompts_exit_2_with_the_line() {
         .arg("--base")
         .arg(test_model())
         .arg("--adapter")
-        .arg(converted())
+        .arg(gemma_adapter())
         .arg("--prompts")
         .arg(&bad)
         .assert()
@@ -232,7 +213,7 @@ fn run_scales(
     use lora_gguf::validate::{self, EngineConfig, Refine, Request};
     let req = Request {
         base: test_model(),
-        adapters: vec![(converted(), adapter_scale)],
+        adapters: vec![(gemma_adapter(), adapter_scale)],
         prompts: prompts().to_vec(),
         scales: scales.to_vec(),
         limits: Default::default(),
@@ -319,7 +300,7 @@ fn scales_auto_finds_the_control_boundary_to_its_stated_precision() {
 #[test]
 fn baseline_gate_passes_against_itself_and_fails_with_alpha_doubled() {
     use lora_gguf::gguf::{Value, keys};
-    let adapter = converted();
+    let adapter = gemma_adapter();
     let prev = adapter.to_str().unwrap();
     let (code, j, stderr) = validate(prev, &["--baseline-adapter", prev]);
     assert_eq!(code, 0, "{stderr}\n{:#}", j["failures"]);

@@ -13,12 +13,7 @@ fn files() -> &'static (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     static FILES: OnceLock<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     FILES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let adapter = dir.path().join("gemma-lora.gguf");
-        convert_cmd(root().join("fixtures/gemma-lora/adapter"), &adapter)
-            .arg("--base")
-            .arg(test_model())
-            .assert()
-            .success();
+        let adapter = gemma_adapter();
         let merge = |scale: &str, name: &str| {
             let out = dir.path().join(name);
             lora_convert()

@@ -3,31 +3,11 @@
 //! unsharded run's bit for bit, and batched every per-prompt number is within the batch-layout noise the docs state
 //! (golden-prompts/README.md, "Sharding").
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
 use crate::common::*;
-
-/// The trained adapter, converted once per test process.
-fn adapter() -> PathBuf {
-    static OUT: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("gemma-lora.gguf");
-        lora_convert()
-            .arg(root().join("fixtures/gemma-lora/adapter"))
-            .arg("-o")
-            .arg(&out)
-            .arg("--base")
-            .arg(test_model())
-            .assert()
-            .success();
-        (dir, out)
-    })
-    .1
-    .clone()
-}
 
 /// One run (or one shard) into `report`; returns its exit status.
 fn validate(report: &Path, extra: &[&str]) -> i32 {
@@ -35,7 +15,7 @@ fn validate(report: &Path, extra: &[&str]) -> i32 {
         .arg("--base")
         .arg(test_model())
         .arg("--adapter")
-        .arg(adapter())
+        .arg(gemma_adapter())
         .arg("--prompts")
         .arg(root().join("fixtures/gemma-lora/target.jsonl"))
         .arg("--prompts")

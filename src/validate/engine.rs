@@ -474,6 +474,17 @@ impl Engine {
         self.sweep(prompts, scales, refine, progress, None)
     }
 
+    /// Load the previous adapter of `--baseline-adapter` onto the model (timed with the adapters' load).
+    fn load_previous(&mut self, path: &Path) -> Result<LlamaLoraAdapter, EngineError> {
+        let t = Instant::now();
+        let lora = {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            load_adapter(&mut self.model, path)?
+        };
+        self.adapter_load_ms += ms(t);
+        Ok(lora)
+    }
+
     /// One pass with the adapters at their own scales against `previous` (an adapter at its own scale) instead of
     /// the bare base: the reference continuations are the previous adapter's, and the KL is KL(previous ‖
     /// candidate). No scale-0 self-check (the reference is not the base graph); `--baseline-adapter`.
@@ -483,12 +494,7 @@ impl Engine {
         previous: &(PathBuf, f32),
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunMeasurements, EngineError> {
-        let t = Instant::now();
-        let lora = {
-            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            load_adapter(&mut self.model, &previous.0)?
-        };
-        self.adapter_load_ms += ms(t);
+        let lora = self.load_previous(&previous.0)?;
         self.sweep(
             prompts,
             &[1.0],
@@ -506,12 +512,7 @@ impl Engine {
         previous: &(PathBuf, f32),
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunMeasurements, EngineError> {
-        let t = Instant::now();
-        let lora = {
-            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            load_adapter(&mut self.model, &previous.0)?
-        };
-        self.adapter_load_ms += ms(t);
+        let lora = self.load_previous(&previous.0)?;
         let mut adapters = vec![(previous.0.clone(), previous.1, lora)];
         std::mem::swap(&mut self.adapters, &mut adapters);
         let merged = self.merged.take();

