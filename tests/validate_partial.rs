@@ -26,6 +26,7 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
         },
         merged: None,
         shard: None,
+        strict_base: false,
     }
 }
 

@@ -111,6 +111,11 @@ struct Cli {
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
 
+    /// Refuse (exit 2) an adapter that does not record this base as the one it was converted against (`lora-convert
+    /// --base` records it; docs/base-fingerprint.md), or that records none. Without it, a different base is a warning.
+    #[arg(long)]
+    strict_base: bool,
+
     /// Show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
@@ -216,10 +221,13 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         },
         merged: cli.merged.clone(),
         shard: cli.shard,
+        strict_base: cli.strict_base,
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
-        if tty {
+        if let Progress::Warning(w) = &p {
+            eprintln!("warning: {w}");
+        } else if tty {
             let (what, done, total) = match p {
                 Progress::Pass { scale, done, total } => (
                     scale.map_or("base".to_string(), |s| format!("scale {s}")),
@@ -231,6 +239,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
                     done,
                     total,
                 ),
+                Progress::Warning(_) => return,
             };
             eprint!(
                 "\r\x1b[2K[{}{}] step {}/{total}: {what}",

@@ -31,7 +31,7 @@ pub fn check_scales(scales: &[f32]) -> Result<(), Error> {
 #[cfg(feature = "validate")]
 pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome, Error> {
     use crate::gguf::GgufFile;
-    use crate::gguf_adapter::GgufAdapter;
+    use crate::gguf_adapter::{GgufAdapter, fingerprint};
 
     check_scales(&req.scales)?;
     let set = if req.prompts.is_empty() {
@@ -47,14 +47,21 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         None => (set, None),
     };
     let base = GgufFile::open(&req.base)?;
+    let mut base_warnings = Vec::new();
     for (path, _) in &req.adapters {
-        if let Err(problems) = GgufAdapter::open(path)?.fit(&base) {
+        let adapter = GgufAdapter::open(path)?;
+        if let Err(problems) = adapter.fit(&base) {
             return Err(Error::Misfit {
                 adapter: path.clone(),
                 base: req.base.clone(),
                 problems,
             });
         }
+        let checked = fingerprint::check_base(&adapter.file, &base, req.strict_base);
+        base_warnings.extend(checked.map_err(Error::BaseMismatch)?);
+    }
+    for w in &base_warnings {
+        progress(Progress::Warning(w.clone()));
     }
     if let Some(merged) = &req.merged {
         check_merged(&base, merged)?;
@@ -64,7 +71,8 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         engine = engine.with_merged(merged)?;
     }
     let measured = engine.run(&set.prompts, &req.scales, progress)?;
-    let verdict = gate::judge(&set, &measured, &req.limits);
+    let mut verdict = gate::judge(&set, &measured, &req.limits);
+    verdict.warnings.extend(base_warnings);
     let meta = crate::report::ReportMeta {
         base: req.base.display().to_string(),
         adapters: req
