@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 use lora_gguf::gguf::{GgufFile, Value};
-use lora_gguf::gguf_adapter::fingerprint::BaseFingerprint;
 
 /// The llama case converted against its base.
 fn converted(dir: &Path) -> PathBuf {
@@ -57,6 +56,7 @@ pub fn other_weights(dir: &Path) -> PathBuf {
 /// The one difference of [`other_weights`], as every command words it.
 #[cfg(feature = "merge")]
 pub fn weights_difference(adapter: &Path, other: &Path) -> String {
+    use lora_gguf::gguf_adapter::fingerprint::BaseFingerprint;
     let recorded = BaseFingerprint::read(&GgufFile::open(adapter).unwrap())
         .unwrap()
         .unwrap();
