@@ -313,14 +313,19 @@ mod merge {
 mod validate {
     use super::*;
 
+    /// `lora-validate` on one prompt (the check comes before llama.cpp; the run itself is not what is tested).
     fn validate(adapter: &Path, base: &Path, strict: bool, report: &Path) -> std::process::Output {
+        let smoke = std::fs::read_to_string(root().join("fixtures/gemma-lora/control-smoke.jsonl"))
+            .unwrap();
+        let prompts = report.with_file_name("one-prompt.jsonl");
+        std::fs::write(&prompts, smoke.lines().next().unwrap()).unwrap();
         let mut c = lora_validate();
         c.arg("--base")
             .arg(base)
             .arg("--adapter")
             .arg(adapter)
             .arg("--prompts")
-            .arg(root().join("fixtures/gemma-lora/control-smoke.jsonl"))
+            .arg(&prompts)
             .args([
                 "--scales",
                 "0,1",
