@@ -23,5 +23,6 @@ pub mod merge;
 pub mod mlx;
 pub mod peft;
 mod read_at;
+pub mod reference;
 pub mod report;
 pub mod validate;

@@ -159,7 +159,8 @@ fn dora_and_full_fine_tunes_written_by_mlx_lm_are_refused() {
         "llama",
         &[
             "adapter_config.json`: `fine_tune_type` is `dora`: DoRA",
-            "mlx_lm fuse",
+            "— merge it into the base model instead: `lora-convert merge --base BASE.gguf --adapter DIR -o \
+             MERGED.gguf`",
         ],
     );
     assert_refused(

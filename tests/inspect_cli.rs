@@ -245,8 +245,8 @@ fn inspect_lists_every_refusal_of_an_mlx_lm_dora_adapter() {
         assert_eq!(
             r["reason"],
             format!(
-                "`{}`: tensor `{k}` is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the \
-                 adapter with `mlx_lm fuse` and convert the fused model instead",
+                "`{}`: tensor `{k}` is a DoRA magnitude vector: DoRA cannot be a GGUF LoRA adapter — merge the \
+                 adapter into the base model with `lora-convert merge` instead",
                 case_dir(case).join("adapters.safetensors").display()
             )
         );

@@ -125,18 +125,18 @@ fn merge_refusals_name_the_problem_and_write_nothing() {
         "does not fit the base",
     );
     // a directory the converter refuses: its own message
-    let dora = case_dir("dora");
+    let lora_bias = case_dir("lora-bias");
     refused(
         &[
             "--base",
             llama,
             "--adapter",
-            dora.to_str().unwrap(),
+            lora_bias.to_str().unwrap(),
             "-o",
             out,
         ],
         dir.path(),
-        "`use_dora` is true",
+        "`lora_bias` is true",
     );
     // an adapter given as the base
     refused(
@@ -144,7 +144,7 @@ fn merge_refusals_name_the_problem_and_write_nothing() {
             "--base",
             qwen_adapter.to_str().unwrap(),
             "--adapter",
-            dora.to_str().unwrap(),
+            lora_bias.to_str().unwrap(),
             "-o",
             out,
         ],

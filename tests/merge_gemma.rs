@@ -49,6 +49,8 @@ fn merged(outtype: OutType, name: &str) -> (PathBuf, merge::Summary) {
         force: true,
         threads: Some(2),
         modelfile: false,
+        source: None,
+        imatrix: None,
     })
     .unwrap();
     (out, summary)

@@ -57,6 +57,8 @@ fn merge_into(
         force: true,
         threads: Some(threads),
         modelfile: false,
+        source: None,
+        imatrix: None,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
 }
@@ -183,6 +185,8 @@ fn directory_merge_equals_gguf_merge_at_any_thread_count() {
                 force: true,
                 threads: Some(threads),
                 modelfile: false,
+                source: None,
+                imatrix: None,
             })
             .unwrap();
             outs.push(std::fs::read(&out).unwrap());

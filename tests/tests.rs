@@ -14,6 +14,9 @@ mod convert_mlx;
 // Adapters from torchtune, Unsloth, axolotl and LLaMA-Factory: exact conversion or a refusal that says what to do.
 mod trainers_cli;
 
+// An adapter whose base_model_name_or_path names another model family than the base GGUF: refused, or overridden.
+mod base_family_cli;
+
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
 
@@ -37,12 +40,36 @@ mod convert_logits;
 #[cfg(feature = "validate")]
 mod validate_e2e;
 
+// Training parity: lora-validate --reference against packs recorded by python/lora_gguf/record, the self-test, and
+// the recorder itself (torch, in a venv cached outside the clone).
+#[cfg(feature = "validate")]
+mod reference_e2e;
+// Activated LoRA: a real peft aLoRA, applied from its invocation on (llama-server's semantics), vs PyTorch+PEFT.
+#[cfg(feature = "validate")]
+mod validate_alora;
+
+// `--format html` rendered in Debian's headless Chromium: no console errors, the plots' series, a screenshot.
+#[cfg(feature = "validate")]
+mod report_chromium;
+
 // An interrupted validation run reports what finished, marked partial (exit 130 on SIGINT).
 #[cfg(feature = "validate")]
 mod validate_partial;
 // `lora-convert merge`: adapters baked into the base, against the runtime adapter in llama.cpp.
 #[cfg(feature = "validate")]
 mod merge_logits;
+// `lora-convert merge` of DoRA adapters: the merged base gives PyTorch's unmerged peft logits.
+#[cfg(feature = "validate")]
+mod merge_dora;
+// `lora-validate --merged` fails merges off by a layout (Q/K permutation, expert order) on tiny fixtures.
+#[cfg(feature = "validate")]
+mod merge_layout_caught;
+// `lora-convert merge --source`: merged tensors quantized once from the float model, the rest the base's bytes.
+#[cfg(feature = "validate")]
+mod merge_source;
+// `lora-convert merge --imatrix`: llama-quantize's bytes with the same importance matrix (GGUF and legacy .dat).
+#[cfg(feature = "validate")]
+mod merge_imatrix;
 // `lora-convert merge` on the real Gemma 3 270M Q4_K_M: behaviour kept, drift from the runtime adapter.
 #[cfg(feature = "validate")]
 mod merge_gemma;

@@ -222,3 +222,178 @@ fn a_base_llama_cpp_cannot_load_exits_3() {
         "{stderr}"
     );
 }
+
+/// `--scales auto` through the library: the outcome of one run on the Gemma test model.
+fn run_scales(
+    adapter_scale: f32,
+    scales: &[f32],
+    refine: bool,
+) -> lora_gguf::validate::GoldenOutcome {
+    use lora_gguf::validate::{self, EngineConfig, Refine, Request};
+    let req = Request {
+        base: test_model(),
+        adapters: vec![(converted(), adapter_scale)],
+        prompts: prompts().to_vec(),
+        scales: scales.to_vec(),
+        limits: Default::default(),
+        engine: EngineConfig {
+            max_tokens: 16,
+            ..Default::default()
+        },
+        refine: refine.then(Refine::default),
+        baseline: None,
+        merged: None,
+        shard: None,
+        strict_base: false,
+        reference: None,
+    };
+    validate::run(&req, &mut |_| {})
+        .unwrap()
+        .golden()
+        .expect("a golden sweep")
+}
+
+/// Part 1 of issue 18, proved: the recommended scale `--scales auto` finds for the over-scaled adapter (own scale 4)
+/// lies within its stated precision of the control boundary a fine sweep around it measures; the shipped adapter
+/// (own scale 1) is recommended at 1 with no boundary below.
+#[test]
+fn scales_auto_finds_the_control_boundary_to_its_stated_precision() {
+    use lora_gguf::validate::Refine;
+    let shipped = run_scales(1.0, &Refine::GRID, true);
+    let r = shipped.verdict.recommendation.as_ref().unwrap();
+    assert_eq!(
+        (r.scale, r.controls_break_at, r.refined_scales.len()),
+        (Some(1.0), None, 0),
+        "{}",
+        r.reason
+    );
+
+    let over = run_scales(4.0, &Refine::GRID, true);
+    let r = over.verdict.recommendation.as_ref().unwrap();
+    let (rec, breaks, precision) = (
+        r.scale
+            .expect("a scale below the boundary moves the targets"),
+        r.controls_break_at
+            .expect("the over-scaled adapter breaks the controls"),
+        r.precision.unwrap(),
+    );
+    eprintln!(
+        "auto: recommended {rec}, controls break at {breaks}, precision {precision}, probes {:?}",
+        r.refined_scales
+    );
+    assert_eq!(r.refined_scales.len(), Refine::default().max_passes);
+    assert!(precision <= 0.25 / 16.0 + 1e-6, "{precision}");
+    assert!(
+        (breaks - precision - rec).abs() < 1e-6,
+        "recommended at the bracket's lower end"
+    );
+    // The fine sweep: steps of a quarter of the precision from two precisions below to one above the bracket.
+    let step = precision / 4.0;
+    let fine: Vec<f32> = (0..=20)
+        .map(|i| rec - 2.0 * precision + step * i as f32)
+        .collect();
+    let swept = run_scales(4.0, &fine, false);
+    let statuses = lora_gguf::validate::recommend::scale_statuses(
+        &swept.set,
+        &swept.measured,
+        &Default::default(),
+    );
+    let first_break = statuses
+        .iter()
+        .find(|s| s.failing_controls > 0)
+        .expect("the fine sweep crosses the boundary")
+        .scale;
+    let boundary = statuses
+        .iter()
+        .filter(|s| s.scale < first_break)
+        .map(|s| s.scale)
+        .fold(f32::MIN, f32::max);
+    eprintln!("fine sweep: controls hold up to {boundary}, break at {first_break}");
+    assert!(
+        (rec - boundary).abs() <= precision && (breaks - first_break).abs() <= precision,
+        "recommended {rec} / break {breaks} vs the fine sweep's {boundary} / {first_break} (precision {precision})"
+    );
+}
+
+/// Part 4 of issue 18: `--baseline-adapter`. The adapter against itself: no drift at all, every expectation kept,
+/// pass. With its α doubled (the same adapter twice as strong): the baseline class fails.
+#[test]
+fn baseline_gate_passes_against_itself_and_fails_with_alpha_doubled() {
+    use lora_gguf::gguf::{Value, keys};
+    let adapter = converted();
+    let prev = adapter.to_str().unwrap();
+    let (code, j, stderr) = validate(prev, &["--baseline-adapter", prev]);
+    assert_eq!(code, 0, "{stderr}\n{:#}", j["failures"]);
+    let b = &j["baseline"];
+    assert_eq!(b["passed"], true, "{b:#}");
+    assert_eq!(
+        b["control_kl_max"], 0.0,
+        "the same adapter on the same layout is bit for bit the same"
+    );
+    assert_eq!(b["control_top1"], 1.0);
+    let held = b["expectations_held_before"].as_u64().unwrap();
+    assert!(
+        held >= 3,
+        "the secret word, said by the previous adapter: {b:#}"
+    );
+    assert_eq!(b["expectations_kept"].as_u64(), Some(held));
+    assert_eq!(
+        b["candidate_control_drift"], b["previous_control_drift"],
+        "the same adapter drifts from the base as much as itself"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let doubled = dir.path().join("doubled.gguf");
+    rewrite_gguf(
+        &adapter,
+        &doubled,
+        |k, v| {
+            if k == keys::ADAPTER_LORA_ALPHA {
+                let Value::F32(a) = v else {
+                    panic!("alpha is {v:?}")
+                };
+                *a *= 2.0;
+            }
+            true
+        },
+        |_, _| {},
+    );
+    let (code, j, stderr) = validate(doubled.to_str().unwrap(), &["--baseline-adapter", prev]);
+    assert_eq!(code, 1, "{stderr}");
+    let b = &j["baseline"];
+    eprintln!(
+        "α doubled vs the previous adapter: control KL mean {}, max {}, top-1 {}; expectations {} of {} kept",
+        b["control_kl_mean"],
+        b["control_kl_max"],
+        b["control_top1"],
+        b["expectations_kept"],
+        b["expectations_held_before"]
+    );
+    assert_eq!(b["passed"], false, "{b:#}");
+    // α doubled: the collateral drift on control prompts grows about fourfold (KL ∝ scale² for a small shift),
+    // well past 1.5 × the previous adapter's + 0.01 nats — measured 0.0897 against the previous adapter's drift.
+    let (cand, prev) = (
+        b["candidate_control_drift"].as_f64().unwrap(),
+        b["previous_control_drift"].as_f64().unwrap(),
+    );
+    assert!(
+        cand > 1.5 * prev + 0.01,
+        "candidate {cand} vs previous {prev}"
+    );
+    assert!(
+        j["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["metric"] == "baseline_control_drift"),
+        "{:#}",
+        j["failures"]
+    );
+    let baseline_failures = j["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["metric"].as_str().unwrap().starts_with("baseline_"))
+        .count();
+    assert!(baseline_failures > 0 && baseline_failures == b["failures"].as_array().unwrap().len());
+}

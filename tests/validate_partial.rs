@@ -24,9 +24,12 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
             interrupt,
             ..EngineConfig::default()
         },
+        reference: None,
+        refine: None,
         merged: None,
         shard: None,
         strict_base: false,
+        baseline: None,
     }
 }
 
@@ -37,7 +40,10 @@ fn an_interrupted_run_reports_the_prompts_it_finished() {
     convert_on(case_dir("llama"), &adapter, "llama")
         .assert()
         .success();
-    let complete = validate::run(&tiny_request(&adapter, None), &mut |_| {}).unwrap();
+    let complete = validate::run(&tiny_request(&adapter, None), &mut |_| {})
+        .unwrap()
+        .golden()
+        .unwrap();
     assert!(complete.measured.partial.is_none());
 
     // Ask to stop as the first teacher-forced chunk starts: that chunk finishes, nothing after it runs.
@@ -49,7 +55,10 @@ fn an_interrupted_run_reports_the_prompts_it_finished() {
             flag.store(true, Ordering::SeqCst);
         }
     };
-    let out = validate::run(&tiny_request(&adapter, Some(flag.clone())), &mut progress).unwrap();
+    let out = validate::run(&tiny_request(&adapter, Some(flag.clone())), &mut progress)
+        .unwrap()
+        .golden()
+        .unwrap();
     assert_eq!(chunks_started.get(), 1);
     let partial = out.measured.partial.clone().expect("marked partial");
     let total = out.set.prompts.len();

@@ -12,6 +12,9 @@ their command lines, reads their JSON and turns their exit status into a result 
 `convert` raises `LoraGgufError` on a refusal (exit 2); `inspect` returns the report also when the adapter is
 refused or does not fit (`convertible` / `fits` for a directory, `fit` for a GGUF adapter) and raises when there
 is no report; `validate` returns a `ValidateResult` for pass (0) and gate failure (1) and raises on bad input (2) or a llama.cpp failure (3).
+
+The training-parity recorder (`python -m lora_gguf.record`, `lora_gguf.record.record_pack`) is the one part written
+in Python: it runs where the adapter was trained (torch, transformers, peft) and needs no binary.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ pub(crate) struct Scanned {
     pub refusals: Vec<Error>,
     /// The open file.
     pub file: File,
-    /// key → absolute byte range in the file, for every admitted factor.
+    /// key → absolute byte range in the file, for every admitted factor and DoRA magnitude vector.
     pub ranges: BTreeMap<String, (u64, u64)>,
 }
 
@@ -179,6 +179,14 @@ pub(crate) fn scan<S: KeyScheme>(path: &Path, scheme: &S) -> Result<Scanned, Err
                 halves.entry((module, kind)).or_default()[usize::from(!is_a)] = Some(stored);
             }
             Key::Other { kind, refusal } => {
+                if kind == KeyKind::DoraMagnitude {
+                    // `lora-convert merge` reads DoRA's magnitudes (src/merge/dora.rs)
+                    let (start, end) = info.data_offsets;
+                    ranges.insert(
+                        key.clone(),
+                        (data_start + start as u64, data_start + end as u64),
+                    );
+                }
                 if let Some(message) = refusal {
                     refusals.push(Error::UnsupportedTensor {
                         path: path.to_path_buf(),

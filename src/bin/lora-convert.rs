@@ -128,6 +128,11 @@ struct ConvertArgs {
     #[arg(long)]
     drop_ignored_pairs: bool,
 
+    /// Convert although the adapter's base_model_name_or_path names another model family than the base GGUF
+    /// (refused by default: a Llama adapter on a Gemma base whose shapes happen to fit converts to nonsense).
+    #[arg(long)]
+    allow_other_base_family: bool,
+
     /// Worker threads, each reading, converting and writing whole LoRA pairs (default: all cores; the output is
     /// the same at any count).
     #[arg(short = 't', long, value_name = "N")]
@@ -246,6 +251,7 @@ fn convert_main(cli: ConvertArgs) -> ExitCode {
         quirks: Quirks {
             torchtune_qwen2: cli.torchtune_qwen2.map(Into::into),
             ignored_pairs: ignored_pairs(cli.drop_ignored_pairs),
+            other_base_family: cli.allow_other_base_family,
             ..Default::default()
         },
     };

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lora_gguf::exit::ExitStatus;
-use lora_gguf::report::{self, Format};
+use lora_gguf::reference::verdict::ReferenceLimits;
+use lora_gguf::report::{self, Format, Style};
 use lora_gguf::validate::gate::Limits;
 use lora_gguf::validate::shard::Shard;
-use lora_gguf::validate::{self, EngineConfig, Progress, Request, merge_reports};
+use lora_gguf::validate::{
+    self, EngineConfig, Outcome, Progress, ReferenceRequest, Refine, Request, merge_reports,
+};
 
 /// Validate a GGUF LoRA adapter on its base model: golden prompts with and without the adapter at several scales,
 /// drift measured, pass or fail.
@@ -21,7 +24,8 @@ use lora_gguf::validate::{self, EngineConfig, Progress, Request, merge_reports};
     version,
     after_help = "Exit status: 0 pass; 1 the gate failed; 2 bad input or usage (unreadable or incompatible files, \
                   malformed prompts); 3 llama.cpp could not load or decode.\n\nExample:\n  lora-validate --base \
-                  model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --format junit -o report.xml"
+                  model-Q4_K_M.gguf --adapter adapter.gguf --prompts my-targets.jsonl --scales auto -o report.xml -o \
+                  summary.md -o report.json -o report.html"
 )]
 #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -36,13 +40,23 @@ struct Cli {
     #[arg(long = "adapter", value_name = "A.gguf[:SCALE]", required = true)]
     adapters: Vec<String>,
 
+    /// The adapter in production, optionally with its own scale: the candidate (at its own scale) must not regress
+    /// against it — control drift from it within the control limits, target expectations it met still met.
+    #[arg(long = "baseline-adapter", value_name = "PREV.gguf[:SCALE]")]
+    baseline_adapter: Option<String>,
+
     /// Golden-prompt files or directories (`*.jsonl`); default: the shipped general control set.
     #[arg(long = "prompts", value_name = "FILE_OR_DIR")]
     prompts: Vec<PathBuf>,
 
-    /// Scales swept (multiplying every adapter's own scale).
-    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1.0")]
-    scales: Vec<f32>,
+    /// Scales swept (multiplying every adapter's own scale), or `auto`: 0,0.25,0.5,0.75,1 and then bisection
+    /// where the control limits break, to report the recommended scale to a stated precision.
+    #[arg(long, default_value = "0,0.25,0.5,0.75,1.0", value_name = "S,S,…|auto")]
+    scales: String,
+
+    /// With `--scales auto`: most extra passes (each reuses the base pass).
+    #[arg(long, default_value_t = Refine::default().max_passes, value_name = "N")]
+    refine_passes: usize,
 
     /// New tokens per prompt (prompts may set their own `max_tokens`).
     #[arg(long, default_value_t = 32)]
@@ -60,13 +74,14 @@ struct Cli {
     #[arg(long, default_value_t = 512)]
     batch: u32,
 
-    /// Report format.
-    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
-    format: FormatArg,
+    /// Report format [default: text on stdout; with -o, each file's extension].
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
 
-    /// Write the report here instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    output: Option<PathBuf>,
+    /// Write a report here (repeatable; format from the extension: .json, .xml (JUnit), .md, .html, .txt, unless
+    /// --format forces one); the text summary still goes to stdout.
+    #[arg(short, long = "output", value_name = "FILE")]
+    outputs: Vec<PathBuf>,
 
     /// Gate limits from a JSON file (keys as in `--help` of the flags below; omitted keys keep defaults).
     #[arg(long, value_name = "FILE")]
@@ -116,7 +131,38 @@ struct Cli {
     #[arg(long)]
     strict_base: bool,
 
-    /// Show llama.cpp's log.
+    /// Training parity: compare with a reference pack recorded where the adapter was trained
+    /// (`python -m lora_gguf.record`, docs/reference-pack.md) instead of running golden prompts.
+    #[arg(
+        long,
+        value_name = "PACK_DIR",
+        conflicts_with_all = ["prompts", "scales", "merged", "shard", "baseline_adapter"]
+    )]
+    reference: Option<PathBuf>,
+
+    /// With --reference: run the parity checks on the adapter and on deliberately broken copies of it (α doubled,
+    /// Q/K rows permuted, a layer dropped, A/B swapped where shapes allow, prompts without their template); pass
+    /// when the adapter is green and each sabotage turns its own check red.
+    #[arg(long, requires = "reference")]
+    self_test: bool,
+
+    /// --reference: base parity fails beyond this mean KL(training base ‖ GGUF base) per token, in nats.
+    #[arg(long, default_value_t = 0.5, requires = "reference")]
+    max_base_kl: f64,
+
+    /// --reference: adapter parity allows this many times the prompt's base KL …
+    #[arg(long, default_value_t = 2.0, requires = "reference")]
+    adapter_kl_factor: f64,
+
+    /// --reference: … plus this many nats.
+    #[arg(long, default_value_t = 0.05, requires = "reference")]
+    adapter_kl_margin: f64,
+
+    /// --reference: effect parity allows llama.cpp's effect between 1/X and X times the trained one.
+    #[arg(long, default_value_t = 1.25, requires = "reference")]
+    max_effect_ratio: f64,
+
+    /// List every failure (not grouped) and show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
 }
@@ -130,13 +176,17 @@ enum Command {
         #[arg(required = true, value_name = "REPORT.json")]
         reports: Vec<PathBuf>,
 
-        /// Report format.
-        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
-        format: FormatArg,
+        /// Report format [default: text on stdout; with -o, each file's extension].
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
 
-        /// Write the report here instead of stdout.
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
+        /// Write a report here (repeatable; format from the extension unless --format forces one).
+        #[arg(short, long = "output", value_name = "FILE")]
+        outputs: Vec<PathBuf>,
+
+        /// List every failure (not grouped).
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -146,6 +196,81 @@ enum FormatArg {
     Json,
     Junit,
     Markdown,
+    Html,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+            FormatArg::Junit => Format::Junit,
+            FormatArg::Markdown => Format::Markdown,
+            FormatArg::Html => Format::Html,
+        }
+    }
+}
+
+/// `--scales`: the sweep, and bisection after it for `auto`.
+fn scales(cli: &Cli) -> Result<(Vec<f32>, Option<Refine>), validate::Error> {
+    if cli.scales.trim() == "auto" {
+        let refine = Refine {
+            max_passes: cli.refine_passes,
+            ..Refine::default()
+        };
+        return Ok((Refine::GRID.to_vec(), Some(refine)));
+    }
+    let scales = cli
+        .scales
+        .split(',')
+        .map(|s| s.trim().parse::<f32>())
+        .collect::<Result<Vec<f32>, _>>()
+        .map_err(|e| {
+            validate::Error::Usage(format!(
+                "--scales {}: {e}; give non-negative numbers, e.g. 0,0.5,1, or `auto`",
+                cli.scales
+            ))
+        })?;
+    validate::check_scales(&scales)?;
+    Ok((scales, None))
+}
+
+/// Every `-o FILE` with the format it gets, decided before the run so a wrong extension fails at once.
+fn outputs(
+    format: Option<FormatArg>,
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, Format)>, validate::Error> {
+    paths
+        .iter()
+        .map(|p| {
+            let format = match format {
+                Some(f) => Format::from(f),
+                None => Format::from_extension(p).ok_or_else(|| {
+                    validate::Error::Usage(format!(
+                        "-o `{}`: cannot tell the report format from the extension; use .json, .xml (JUnit), .md, \
+                         .html or .txt, or --format",
+                        p.display()
+                    ))
+                })?,
+            };
+            Ok((p.clone(), format))
+        })
+        .collect()
+}
+
+/// Write `text` to `path` whole or not at all (a temporary file beside it, renamed when complete).
+fn write_report(path: &std::path::Path, text: &str) -> Result<(), validate::Error> {
+    use std::io::Write as _;
+    let err =
+        |e: std::io::Error| validate::Error::Usage(format!("writing `{}`: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    tmp.write_all(text.as_bytes()).map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -154,8 +279,9 @@ fn main() -> ExitCode {
         Some(Command::MergeReports {
             reports,
             format,
-            output,
-        }) => merge_reports(reports, *format, output.as_deref()),
+            outputs,
+            verbose,
+        }) => merge_reports(reports, *format, outputs, *verbose),
         None => run(&cli),
     };
     match result {
@@ -198,7 +324,8 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         .iter()
         .map(|s| validate::parse_adapter(s))
         .collect::<Result<_, _>>()?;
-    validate::check_scales(&cli.scales)?;
+    let (scales, refine) = scales(cli)?;
+    let outputs = outputs(cli.format, &cli.outputs)?;
     let Some(base) = cli.base.clone() else {
         return Err(validate::Error::Usage("give --base BASE.gguf".into()));
     };
@@ -206,7 +333,13 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         base,
         adapters,
         prompts: cli.prompts.clone(),
-        scales: cli.scales.clone(),
+        scales,
+        refine,
+        baseline: cli
+            .baseline_adapter
+            .as_deref()
+            .map(validate::parse_adapter)
+            .transpose()?,
         limits: limits(cli)?,
         engine: EngineConfig {
             n_ctx: cli.ctx,
@@ -222,6 +355,17 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         merged: cli.merged.clone(),
         shard: cli.shard,
         strict_base: cli.strict_base,
+        reference: cli.reference.as_ref().map(|pack| ReferenceRequest {
+            pack: pack.clone(),
+            limits: ReferenceLimits {
+                base_max_kl_mean: cli.max_base_kl,
+                adapter_kl_factor: cli.adapter_kl_factor,
+                adapter_kl_margin: cli.adapter_kl_margin,
+                effect_max_ratio: cli.max_effect_ratio,
+                ..ReferenceLimits::default()
+            },
+            self_test: cli.self_test,
+        }),
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
@@ -253,9 +397,20 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     if tty {
         eprint!("\r\x1b[2K");
     }
-    let status = write_report(
+    let parity_status = outcome.exit_status();
+    let outcome = match outcome {
+        Outcome::Golden(g) => g,
+        Outcome::Reference(r) => {
+            return emit_parity(cli.format, &outputs, &|f| r.render(f), parity_status);
+        }
+        Outcome::SelfTest(t) => {
+            return emit_parity(cli.format, &outputs, &|f| t.render(f), parity_status);
+        }
+    };
+    let status = emit(
         cli.format,
-        cli.output.as_deref(),
+        &outputs,
+        cli.verbose,
         &outcome.set,
         &outcome.measured,
         &outcome.verdict,
@@ -283,18 +438,21 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
 /// `merge-reports`: read the reports, merge the shards, judge the whole set, report.
 fn merge_reports(
     paths: &[PathBuf],
-    format: FormatArg,
-    output: Option<&std::path::Path>,
+    format: Option<FormatArg>,
+    output_paths: &[PathBuf],
+    verbose: bool,
 ) -> Result<ExitStatus, validate::Error> {
+    let outputs = outputs(format, output_paths)?;
     let reports = paths
         .iter()
         .map(|p| merge_reports::read_report(p))
         .collect::<Result<Vec<_>, _>>()?;
     let merged = merge_reports::merge(reports)?;
     let verdict = validate::gate::judge(&merged.set, &merged.run, &merged.meta.limits);
-    write_report(
+    emit(
         format,
-        output,
+        &outputs,
+        verbose,
         &merged.set,
         &merged.run,
         &verdict,
@@ -302,41 +460,43 @@ fn merge_reports(
     )
 }
 
-/// Print or write the report; the exit status is the verdict's.
-fn write_report(
-    format: FormatArg,
-    output: Option<&std::path::Path>,
+/// Write every `-o` report, print the text summary (or the `--format` report when nothing is written to a file);
+/// the exit status is the verdict's.
+fn emit(
+    format: Option<FormatArg>,
+    outputs: &[(PathBuf, Format)],
+    verbose: bool,
     set: &lora_gguf::validate::golden::GoldenSet,
     measured: &lora_gguf::validate::results::RunMeasurements,
     verdict: &lora_gguf::validate::gate::Verdict,
     meta: &report::ReportMeta,
 ) -> Result<ExitStatus, validate::Error> {
-    let format = match format {
-        FormatArg::Text => Format::Text,
-        FormatArg::Json => Format::Json,
-        FormatArg::Junit => Format::Junit,
-        FormatArg::Markdown => Format::Markdown,
+    for (path, format) in outputs {
+        let style = Style {
+            color: false,
+            verbose,
+        };
+        let text = report::render_styled(*format, set, measured, verdict, meta, style);
+        write_report(path, &text)?;
+    }
+    let style = Style {
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        verbose,
     };
-    match output {
-        Some(path) => {
-            let text = report::render(format, set, measured, verdict, meta, false);
-            std::fs::write(path, text).map_err(|e| {
-                validate::Error::Usage(format!("writing `{}`: {e}", path.display()))
-            })?;
-            println!(
-                "{}: {} failure(s); report in {}",
-                if verdict.passed { "PASS" } else { "FAIL" },
-                verdict.failures.len(),
-                path.display()
-            );
-        }
-        None => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!(
-                "{}",
-                report::render(format, set, measured, verdict, meta, color)
-            );
-        }
+    let stdout_format = match (format, outputs.is_empty()) {
+        (Some(f), true) => Format::from(f),
+        _ => Format::Text,
+    };
+    print!(
+        "{}",
+        report::render_styled(stdout_format, set, measured, verdict, meta, style)
+    );
+    if !outputs.is_empty() {
+        let written: Vec<String> = outputs
+            .iter()
+            .map(|(p, f)| format!("{} ({})", p.display(), f.name()))
+            .collect();
+        println!("reports: {}", written.join(", "));
     }
     Ok(match &measured.partial {
         Some(p) if p.interrupted => ExitStatus::Interrupted,
@@ -344,6 +504,32 @@ fn write_report(
         None if verdict.passed => ExitStatus::Success,
         None => ExitStatus::GateFailed,
     })
+}
+
+/// Write every `-o` report of a training-parity (`--reference`) or self-test run and print its text report (or the
+/// `--format` one when nothing is written to a file) and diagnoses; the exit status is its verdict's.
+fn emit_parity(
+    format: Option<FormatArg>,
+    outputs: &[(PathBuf, Format)],
+    render: &dyn Fn(Format) -> String,
+    status: ExitStatus,
+) -> Result<ExitStatus, validate::Error> {
+    for (path, format) in outputs {
+        write_report(path, &render(*format))?;
+    }
+    let stdout_format = match (format, outputs.is_empty()) {
+        (Some(f), true) => Format::from(f),
+        _ => Format::Text,
+    };
+    print!("{}", render(stdout_format));
+    if !outputs.is_empty() {
+        let written: Vec<String> = outputs
+            .iter()
+            .map(|(p, f)| format!("{} ({})", p.display(), f.name()))
+            .collect();
+        println!("reports: {}", written.join(", "));
+    }
+    Ok(status)
 }
 
 /// A flag Ctrl-C sets: the engine stops after the step in progress and the report of what finished is written.

@@ -47,6 +47,17 @@ pub enum ConvertError {
         /// The other side, described.
         right: String,
     },
+    /// `base_model_name_or_path` names another model family than the base GGUF.
+    #[error(
+        "the adapter was trained on `{}` ({}) but the base is {} ({}): the shapes may fit, the weights are another \
+         model's — convert against the base it was trained on, or pass --allow-other-base-family if its \
+         base_model_name_or_path is wrong",
+        .0.adapter_base,
+        .0.adapter_families.join(", "),
+        .0.base,
+        .0.base_families.join(", ")
+    )]
+    BaseFamily(super::base_family::FamilyMismatch),
     /// A PEFT module has no GGUF counterpart.
     #[error("module `{module}`: {source}")]
     Map {
@@ -388,7 +399,7 @@ impl ConvertError {
         let path = |p: &std::path::Path| p.display().to_string();
         match self {
             C::Adapter(e) => e.subject(),
-            C::Base(_) | C::NoBase { .. } => "(base)".into(),
+            C::Base(_) | C::NoBase { .. } | C::BaseFamily(_) => "(base)".into(),
             C::UnknownArchitecture { .. } | C::ArchMismatch { .. } => "(architecture)".into(),
             C::Map { module, .. }
             | C::Rows { module, .. }

@@ -5,6 +5,7 @@
 //! place.
 
 pub mod base;
+pub mod base_family;
 pub mod error;
 pub mod factor;
 pub mod manifest;
@@ -128,6 +129,7 @@ pub fn prepare(
     quirks: &Quirks,
 ) -> Result<Prepared, ConvertError> {
     let mut scan = adapter::scan(adapter_dir)?;
+    let base_path = base;
     let base = resolve_base_from(base, base_config, &scan.adapter);
     if let Ok(base) = &base
         && let Some(n_vocab) = base.n_vocab
@@ -147,6 +149,17 @@ pub fn prepare(
             None
         }
     };
+    if let (Some(_), Some(path)) = (&base, base_path)
+        && !quirks.other_base_family
+        && let Ok(file) = crate::gguf::GgufFile::open(path)
+        && let Some(m) = base_family::check(
+            adapter.config.base_model_name_or_path.as_deref(),
+            path,
+            &file,
+        )
+    {
+        refusals.push(ConvertError::BaseFamily(m));
+    }
     let family = match base.as_ref().map(|b| resolve_family(arch_override, b)) {
         Some(Ok(f)) => Some(f),
         Some(Err(e)) => {

@@ -56,6 +56,9 @@ pub struct Quirks {
     /// Planning for `merge`, not for a runtime adapter: an embedding LoRA on a base with a tied output head is
     /// planned instead of refused (merge writes it into the embedding alone and unties the head).
     pub merge_tied_embedding: bool,
+    /// `--allow-other-base-family`: convert although `base_model_name_or_path` names another model family than
+    /// the base GGUF (by default refused: the shapes may fit, the weights are another model's).
+    pub other_base_family: bool,
 }
 
 /// GGUF architectures torchtune's `QWEN2` model type converts to (Qwen2 and Qwen2.5).

@@ -469,16 +469,10 @@ pub fn check_base(
     }
 }
 
-/// sha256 (hex) of a vocabulary: for each token in id order, its UTF-8 byte length as a little-endian u64, then
-/// its bytes. (The length prefix keeps `["ab", "c"]` and `["a", "bc"]` apart.)
-pub fn vocab_sha256<'a>(tokens: impl IntoIterator<Item = &'a str>) -> String {
-    let mut h = Sha256::new();
-    for t in tokens {
-        h.update((t.len() as u64).to_le_bytes());
-        h.update(t.as_bytes());
-    }
-    hex(&h.finalize())
-}
+/// sha256 (hex) of a vocabulary, the hash a training reference pack records too (`reference::fingerprint`): for
+/// each token in id order, with SentencePiece's word marker U+2581 read as a space, its UTF-8 byte length as a
+/// little-endian u32, then its bytes.
+pub use crate::reference::fingerprint::vocab_sha256;
 
 fn vocab_of(base: &GgufFile) -> Option<Vocab> {
     let tokens = base.get(keys::TOKENIZER_TOKENS)?.as_array()?;
@@ -603,11 +597,11 @@ mod tests {
     }
 
     #[test]
-    fn vocab_hash_is_length_prefixed_utf8_as_defined() {
-        // Python: sha256 over struct.pack('<Q', len(b)) + b for b in tokens encoded as UTF-8.
+    fn vocab_hash_is_the_reference_packs() {
+        // Python (docs/base-fingerprint.md): b = t.replace("\u2581", " ").encode(); struct.pack("<I", len(b)) + b.
         assert_eq!(
-            vocab_sha256(["<s>", "a", "bc", "é"]),
-            "019c8148c7dcc6487d9b1930a1e3d35083c94ae37618b36de8fd1fd043be7ba8"
+            vocab_sha256(["<s>", "a", "bc", "é", "\u{2581}x"]),
+            "6ea9e1f50f0a7b3b92b5f039ef4b97f16cd434afac8cf013522a2624d30d5fc6"
         );
         assert_ne!(vocab_sha256(["ab", "c"]), vocab_sha256(["a", "bc"]));
     }
@@ -630,7 +624,7 @@ mod tests {
             (vocab.n_tokens, vocab.tokens_sha256.as_str()),
             (
                 272,
-                "1892966a6652a9fd50040538da4ce5e3cd8804eeed5545131afb99bfc485299f"
+                "f236effb16e5e40a0ef9ae99305cb2a413c4be7f450236cf349aaf267f41f361"
             )
         );
         assert_eq!(f.dims.n_vocab, Some(272));
@@ -691,7 +685,7 @@ mod tests {
             [Difference {
                 what: "vocabulary",
                 message: format!(
-                    "vocabulary differs (sha256 1892966a6652… ≠ {}…, 272 vs 272 tokens): the adapter was converted \
+                    "vocabulary differs (sha256 f236effb16e5… ≠ {}…, 272 vs 272 tokens): the adapter was converted \
                      against another tokenizer",
                     &actual[..12]
                 ),

@@ -40,6 +40,8 @@ pub struct Pair {
     pub factor: f32,
     /// The layout.
     pub layout: Layout,
+    /// DoRA's magnitude per row of the target, for a DoRA adapter's pair ([`super::dora`]).
+    pub magnitude: Option<super::dora::Magnitude>,
 }
 
 /// One adapter: where it came from, its scale, its pairs by target.
@@ -135,6 +137,7 @@ pub fn load_gguf(path: &Path, scale: f32, base: &GgufFile) -> Result<Adapter, Me
                 rank,
                 factor: runtime_factor(scale, alpha, rank),
                 layout: layout_of(&pair.target, &dims),
+                magnitude: None,
             },
         );
     }
@@ -149,7 +152,8 @@ pub fn load_gguf(path: &Path, scale: f32, base: &GgufFile) -> Result<Adapter, Me
 /// Convert an adapter directory (PEFT, mlx-lm and the other trainers `lora-convert` reads) in memory with the
 /// converter's own code: its plan (names, transforms, scaling folds, every refusal and check against the base)
 /// and its factors as the GGUF adapter would hold them in f32 (`--outtype f32`, which is exact). The one difference:
-/// an embedding LoRA on a tied base is planned rather than refused ([`super::tied`]).
+/// an embedding LoRA on a tied base is planned rather than refused ([`super::tied`]), and a DoRA adapter is merged
+/// ([`super::dora`]) rather than refused.
 pub fn load_dir(
     dir: &Path,
     scale: f32,
@@ -175,6 +179,7 @@ pub fn load_dir(
         &quirks,
     )
     .map_err(refused)?;
+    let magnitudes = super::dora::take(&mut prepared, dir)?;
     if !prepared.refusals.is_empty() {
         return Err(refused(prepared.refusals.remove(0)));
     }
@@ -200,6 +205,10 @@ pub fn load_dir(
                     .unwrap_or_default()
             )
         );
+        let magnitude = magnitudes
+            .as_ref()
+            .map(|m| super::dora::for_target(planned, &prepared.adapter, m, heads))
+            .transpose()?;
         pairs.insert(
             planned.target.clone(),
             Pair {
@@ -209,6 +218,7 @@ pub fn load_dir(
                 rank: planned.rank,
                 factor: runtime_factor(scale, plan.alpha, planned.rank),
                 layout,
+                magnitude,
             },
         );
     }

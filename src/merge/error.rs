@@ -36,6 +36,46 @@ pub enum MergeError {
         /// Every reason.
         mismatches: Vec<String>,
     },
+    /// A DoRA adapter that cannot be merged exactly (the module and the reason).
+    #[error("adapter `{}`: {message}", adapter.display())]
+    Dora {
+        /// The adapter directory.
+        adapter: PathBuf,
+        /// What, where, and why.
+        message: String,
+    },
+    /// A DoRA adapter and another adapter change the same tensor.
+    #[error(
+        "tensor `{tensor}`: DoRA adapter `{}` and adapter `{}` both change it; DoRA normalises the whole merged \
+         weight, so stacking depends on the order (peft's forward and its merge_and_unload disagree) and is not \
+         merged — merge the DoRA adapter alone, or drop the other adapter's pairs on this tensor",
+        dora.display(),
+        other.display()
+    )]
+    DoraStacked {
+        /// The base tensor.
+        tensor: String,
+        /// The DoRA adapter.
+        dora: PathBuf,
+        /// The other adapter.
+        other: PathBuf,
+    },
+    /// `--source` is not the float model of the base.
+    #[error("--source `{}`: {message}", path.display())]
+    Source {
+        /// The source file.
+        path: PathBuf,
+        /// What does not match, and where.
+        message: String,
+    },
+    /// The importance matrix cannot be read or does not fit the base.
+    #[error("--imatrix `{}`: {message}", path.display())]
+    Imatrix {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// ggml cannot quantize or dequantize a tensor as asked.
     #[error("tensor `{tensor}`: {source}")]
     Quant {

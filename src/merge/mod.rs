@@ -1,6 +1,7 @@
 //! `lora-convert merge`: bake LoRA adapters into a base model GGUF, for runtimes that cannot load adapters.
 //!
-//! W' = W + Σᵢ scaleᵢ · αᵢ/rᵢ · Bᵢ·Aᵢ for every adapted tensor, as llama.cpp applies the adapters at run time;
+//! W' = W + Σᵢ scaleᵢ · αᵢ/rᵢ · Bᵢ·Aᵢ for every adapted tensor, as llama.cpp applies the adapters at run time (a
+//! DoRA adapter's rows are then rescaled to its magnitudes, [`dora`]);
 //! every other tensor and all metadata are copied byte for byte, and the merge is recorded under
 //! `lora_gguf.merge.*` ([`provenance`]). Merged tensors are quantized by ggml's own quantizers ([`ggml`], the only
 //! part that needs the llama.cpp build: the `merge` feature), in a type chosen per tensor ([`outtype`]).
@@ -9,12 +10,15 @@
 //! directory, renamed into place only when complete. Its bytes do not depend on the thread count.
 
 pub mod adapters;
+pub mod dora;
 pub mod error;
 pub mod gemm;
 pub mod ggml;
+pub mod imatrix;
 pub mod modelfile;
 pub mod outtype;
 pub mod provenance;
+pub mod source;
 pub mod tensor;
 pub mod tied;
 
@@ -55,6 +59,12 @@ pub struct Options {
     pub threads: Option<usize>,
     /// Also write an Ollama Modelfile next to the output ([`modelfile`]).
     pub modelfile: bool,
+    /// `--source`: the float GGUF of the same model, from which merged tensors are computed and quantized once to
+    /// the base's types ([`source`]).
+    pub source: Option<PathBuf>,
+    /// `--imatrix`: llama.cpp's importance matrix, used for the merged tensors as `llama-quantize` uses it
+    /// ([`imatrix`]).
+    pub imatrix: Option<PathBuf>,
 }
 
 /// One merged tensor in the summary.
@@ -155,6 +165,12 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
             }
         })
         .collect::<Result<Vec<Adapter>, _>>()?;
+    dora::check_not_stacked(
+        &loaded
+            .iter()
+            .map(|a| (a.path.as_path(), &a.pairs))
+            .collect::<Vec<_>>(),
+    )?;
     let mut targets: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
     for a in &loaded {
         for (name, pair) in &a.pairs {
@@ -163,6 +179,20 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
     }
     if targets.is_empty() {
         return Err(MergeError::NothingToMerge);
+    }
+
+    let source = opts
+        .source
+        .as_deref()
+        .map(|p| source::open(p, &base, targets.keys().copied()))
+        .transpose()?;
+    let imatrix = opts.imatrix.as_deref().map(imatrix::load).transpose()?;
+    if let Some(m) = &imatrix {
+        for name in targets.keys() {
+            if let Some(info) = base.tensor(name) {
+                m.for_tensor(name, &info.dims)?;
+            }
+        }
     }
 
     let hashes = opts
@@ -206,7 +236,27 @@ fn run(opts: &Options) -> Result<Summary, MergeError> {
                 copied += 1;
             }
             Some(pairs) => {
-                let m = tensor::merge_tensor(&base, &base_file, info, pairs, opts.outtype, None)?;
+                // W from the source when given (checked: same shape, a float type), else from the base
+                let (w_file, w_handle, w_info) = match &source {
+                    Some(s) => (
+                        &s.file,
+                        &s.handle,
+                        s.file.tensor(&info.name).unwrap_or(info),
+                    ),
+                    None => (&base, &base_file, info),
+                };
+                let m = tensor::merge_tensor(
+                    w_file,
+                    w_handle,
+                    w_info,
+                    info.ggml_type,
+                    pairs,
+                    opts.outtype,
+                    match &imatrix {
+                        Some(m) => m.for_tensor(&info.name, &info.dims)?,
+                        None => None,
+                    },
+                )?;
                 writer
                     .begin_tensor(m.ggml_type)
                     .and_then(|()| writer.write_data(&m.bytes))

@@ -10,6 +10,10 @@
 //! | `lora_gguf.merge.adapter_sha256` | arr[string] | sha256 of each adapter (of its GGUF file; of a directory's weights file) |
 //! | `lora_gguf.merge.scales` | arr[f32] | each adapter's scale |
 //! | `lora_gguf.merge.outtype` | string | `auto` (with the budget: `auto:0.25`), `keep` or a ggml type name |
+//! | `lora_gguf.merge.source` | string | with `--source`: the float model's file name |
+//! | `lora_gguf.merge.source_sha256` | string | with `--source`: sha256 of that file (hex) |
+//! | `lora_gguf.merge.imatrix` | string | with `--imatrix`: the importance matrix file's name |
+//! | `lora_gguf.merge.imatrix_sha256` | string | with `--imatrix`: sha256 of that file (hex) |
 
 use std::fs::File;
 use std::io::Read;
@@ -27,6 +31,16 @@ use crate::gguf::{GgufFile, Value, ValueType, keys};
 pub use crate::inspect::merged::{
     ADAPTER_SHA256, ADAPTERS, BASE, BASE_SHA256, OUTTYPE, PREFIX, SCALES, TOOL,
 };
+
+/// `--source`: the float model's file name.
+pub const SOURCE: &str = "lora_gguf.merge.source";
+/// `--source`: sha256 of the float model file.
+pub const SOURCE_SHA256: &str = "lora_gguf.merge.source_sha256";
+
+/// `--imatrix`: the importance matrix file's name.
+pub const IMATRIX: &str = "lora_gguf.merge.imatrix";
+/// `--imatrix`: sha256 of the importance matrix file.
+pub const IMATRIX_SHA256: &str = "lora_gguf.merge.imatrix_sha256";
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, MergeError> {
@@ -112,6 +126,15 @@ pub fn metadata(
     ];
     for (key, value) in entries {
         out.push(encode_entry(key, &value));
+    }
+    for (path, name_key, sha_key) in [
+        (&opts.source, SOURCE, SOURCE_SHA256),
+        (&opts.imatrix, IMATRIX, IMATRIX_SHA256),
+    ] {
+        if let Some(path) = path {
+            out.push(encode_entry(name_key, &Value::String(file_name(path))));
+            out.push(encode_entry(sha_key, &Value::String(sha256_file(path)?)));
+        }
     }
     Ok(out)
 }

@@ -1,4 +1,5 @@
-//! Merge one base tensor: W + Σ factor · ΔW, in slabs of whole rows on all cores, quantized by ggml.
+//! Merge one base tensor: W + Σ factor · ΔW (rows rescaled to DoRA's magnitudes for a DoRA pair), in slabs of
+//! whole rows on all cores, quantized by ggml.
 //!
 //! Each slab is independent: its rows of W are read from the base file and dequantized by ggml, each adapter's
 //! ΔW rows are added (one small matrix product per pair), and the result is quantized row by row — which is
@@ -11,6 +12,7 @@ use std::fs::File;
 use rayon::prelude::*;
 
 use super::adapters::{Layout, Pair};
+use super::dora::{self, Magnitude, Rescale};
 use super::error::MergeError;
 use super::gemm::{self, View};
 use super::ggml;
@@ -130,11 +132,15 @@ fn sample_slabs(rows_per_expert: usize, experts: usize) -> Vec<Slab> {
 /// Per-slab result: quantized bytes and the sums.
 type SlabOut = (Vec<u8>, Sums);
 
-/// Merge `pairs` into base tensor `info` of `base` (opened as `file`), choosing the type by `outtype`.
+/// Merge `pairs` into W, tensor `info` of `base` (opened as `file`), choosing the type by `outtype`, where "the
+/// base's type" is `base_type`: W's own type, or with `--source` the type the quantized base has for the tensor
+/// (W is then the source's float weights, quantized once).
+#[allow(clippy::too_many_arguments)] // one call site; W's file, handle and entry, and the choice of type
 pub fn merge_tensor(
     base: &GgufFile,
     file: &File,
     info: &TensorInfo,
+    base_type: GgmlType,
     pairs: &[&Pair],
     outtype: OutType,
     imatrix: Option<&[f32]>,
@@ -156,8 +162,8 @@ pub fn merge_tensor(
             },
         })?;
     let types = match outtype {
-        OutType::Auto { .. } => outtype::candidates(info.ggml_type, row_len as u64),
-        OutType::Keep => vec![info.ggml_type],
+        OutType::Auto { .. } => outtype::candidates(base_type, row_len as u64),
+        OutType::Keep => vec![base_type],
         OutType::Fixed(t) => {
             if !(row_len as u64).is_multiple_of(t.block_size()) {
                 return Err(MergeError::TypeDoesNotFit {
@@ -173,23 +179,29 @@ pub fn merge_tensor(
         OutType::Auto { budget } => Some(budget),
         _ => None,
     };
+    let src = SlabSource {
+        path: &base.path,
+        file,
+        data_start,
+        src_row_bytes,
+        info,
+        rows_per_expert,
+        pairs,
+    };
+    // DoRA: row magnitudes apply slab by slab; an embedding's column norms need every row first
+    let column_factors = match pairs.iter().find_map(|p| p.magnitude.as_ref()) {
+        Some(Magnitude::Columns(m)) => Some(dora::column_factors(m, &column_sums(src, &slabs)?)),
+        _ => None,
+    };
+    let rescale = match pairs.iter().find_map(|p| p.magnitude.as_ref()) {
+        Some(Magnitude::Rows(m)) => Some(Rescale::Rows(m)),
+        Some(Magnitude::Columns(_)) => column_factors.as_deref().map(Rescale::Columns),
+        None => None,
+    };
     let run = |slabs: &[Slab], ty: GgmlType| -> Result<(Vec<u8>, Sums), MergeError> {
         let results: Vec<Result<SlabOut, MergeError>> = slabs
             .par_iter()
-            .map(|slab| {
-                merge_slab(
-                    &base.path,
-                    file,
-                    data_start,
-                    src_row_bytes,
-                    info,
-                    *slab,
-                    rows_per_expert,
-                    pairs,
-                    ty,
-                    imatrix,
-                )
-            })
+            .map(|slab| merge_slab(src, *slab, rescale, ty, imatrix))
             .collect();
         let mut bytes = Vec::new();
         let mut sums = Sums::default();
@@ -201,7 +213,7 @@ pub fn merge_tensor(
         Ok((bytes, sums))
     };
     let accepts = |ty: GgmlType, sums: &Sums| {
-        budget.is_none_or(|b| outtype::accepts(ty == info.ggml_type, sums, b))
+        budget.is_none_or(|b| outtype::accepts(ty == base_type, sums, b))
     };
     let mut tried = Vec::new();
     // Screen the candidates on a sample of rows, so that only the chosen type quantizes the whole tensor.
@@ -240,19 +252,56 @@ pub fn merge_tensor(
     Err(MergeError::NothingToMerge)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; the slab's context
-fn merge_slab(
-    path: &std::path::Path,
-    file: &File,
+/// Where a tensor's slabs come from: W in the file, and the pairs that change it.
+#[derive(Clone, Copy)]
+struct SlabSource<'a> {
+    path: &'a std::path::Path,
+    file: &'a File,
     data_start: u64,
     src_row_bytes: usize,
-    info: &TensorInfo,
-    slab: Slab,
+    info: &'a TensorInfo,
     rows_per_expert: usize,
-    pairs: &[&Pair],
-    ty: GgmlType,
-    imatrix: Option<&[f32]>,
-) -> Result<SlabOut, MergeError> {
+    pairs: &'a [&'a Pair],
+}
+
+/// Per-column sums of squares of W + ΔW over the whole tensor (summed per slab, then over slabs in order: the same
+/// at any thread count), for DoRA on an embedding.
+fn column_sums(src: SlabSource<'_>, slabs: &[Slab]) -> Result<Vec<f64>, MergeError> {
+    let row_len = src.info.dims.first().copied().unwrap_or(1) as usize;
+    let partial: Vec<Result<Vec<f64>, MergeError>> = slabs
+        .par_iter()
+        .map(|slab| {
+            let (w, delta) = slab_weights(src, *slab)?;
+            let mut sums = vec![0f64; row_len];
+            for (rw, rd) in w.chunks_exact(row_len).zip(delta.chunks_exact(row_len)) {
+                for ((s, w), d) in sums.iter_mut().zip(rw).zip(rd) {
+                    let x = f64::from(*w + *d);
+                    *s += x * x;
+                }
+            }
+            Ok(sums)
+        })
+        .collect();
+    let mut total = vec![0f64; row_len];
+    for p in partial {
+        for (t, s) in total.iter_mut().zip(p?) {
+            *t += s;
+        }
+    }
+    Ok(total)
+}
+
+/// A slab's W (dequantized) and the sum of its pairs' ΔW, both row-major.
+fn slab_weights(src: SlabSource<'_>, slab: Slab) -> Result<(Vec<f32>, Vec<f32>), MergeError> {
+    let SlabSource {
+        path,
+        file,
+        data_start,
+        src_row_bytes,
+        info,
+        rows_per_expert,
+        pairs,
+    } = src;
     let row_len = info.dims.first().copied().unwrap_or(1) as usize;
     let n = slab.rows * row_len;
     let mut raw = vec![0u8; slab.rows * src_row_bytes];
@@ -313,10 +362,44 @@ fn merge_slab(
             });
         }
     }
+    Ok((w, delta))
+}
+
+fn merge_slab(
+    src: SlabSource<'_>,
+    slab: Slab,
+    dora: Option<Rescale<'_>>,
+    ty: GgmlType,
+    imatrix: Option<&[f32]>,
+) -> Result<SlabOut, MergeError> {
+    let info = src.info;
+    let row_len = info.dims.first().copied().unwrap_or(1) as usize;
+    let n = slab.rows * row_len;
+    let quant = |source| MergeError::Quant {
+        tensor: info.name.clone(),
+        source,
+    };
+    let expert = slab.row / src.rows_per_expert;
+    let (w, mut delta) = slab_weights(src, slab)?;
+    let mut merged: Vec<f32> = w.iter().zip(&delta).map(|(w, d)| *w + *d).collect();
+    // DoRA (the only pair on its tensor, `dora::check_not_stacked`): rows or columns rescaled to their magnitudes;
+    // the change measured for the type choice is then the whole change
+    if let Some(how) = dora {
+        super::dora::rescale(&mut merged, row_len, slab.row, how).ok_or_else(|| {
+            quant(ggml::QuantError::Shape {
+                ggml_type: GgmlType::F32,
+                values: n,
+                row_len,
+                bytes: 0,
+                block: 1,
+            })
+        })?;
+        for ((d, m), w) in delta.iter_mut().zip(&merged).zip(&w) {
+            *d = *m - *w;
+        }
+    }
     let mut sums = Sums::default();
-    let mut merged = vec![0f32; n];
-    for ((m, w), d) in merged.iter_mut().zip(&w).zip(&delta) {
-        *m = *w + *d;
+    for (w, d) in w.iter().zip(&delta) {
         sums.delta2 += f64::from(*d) * f64::from(*d);
         sums.w2 += f64::from(*w) * f64::from(*w);
     }

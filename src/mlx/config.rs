@@ -74,9 +74,9 @@ impl MlxConfig {
         let refusal = match fine_tune_type {
             "lora" => None,
             "dora" => Some(refuse(
-                "is `dora`: DoRA rescales each column of the merged weight by a learned magnitude (the `.m` \
-                 tensors), which a GGUF LoRA cannot express — fuse the adapter into the model with `mlx_lm \
-                 fuse` and convert the fused model instead"
+                "is `dora`: DoRA rescales each output row of the adapted weight to a learned magnitude (the \
+                 `.m` tensors), which a GGUF LoRA adapter cannot express — merge it into the base model instead: \
+                 `lora-convert merge --base BASE.gguf --adapter DIR -o MERGED.gguf`"
                     .into(),
             )),
             "full" => Some(refuse(

@@ -154,8 +154,8 @@ impl KeyScheme for Scheme<'_> {
             tensors::KeyKind::DoraMagnitude => Key::Other {
                 kind: KeyKind::DoraMagnitude,
                 refusal: Some(
-                    "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — fuse the adapter with \
-                     `mlx_lm fuse` and convert the fused model instead"
+                    "is a DoRA magnitude vector: DoRA cannot be a GGUF LoRA adapter — merge the adapter into \
+                     the base model with `lora-convert merge` instead"
                         .into(),
                 ),
             },

@@ -288,8 +288,9 @@ fn refusals(cfg: &Reader<'_>, path: &Path) -> Result<Vec<Error>, Error> {
     if cfg.boolean("use_dora")? == Some(true) {
         refuse(
             "use_dora",
-            "is true: DoRA rescales each column of the merged weight by a learned magnitude, which a GGUF LoRA \
-             cannot express — merge the adapter into the base model instead",
+            "is true: DoRA rescales each output row of the adapted weight to a learned magnitude, which a GGUF \
+             LoRA adapter cannot express — merge it into the base model instead: `lora-convert merge --base \
+             BASE.gguf --adapter DIR -o MERGED.gguf`",
         );
     }
     if cfg.boolean("lora_bias")? == Some(true) {

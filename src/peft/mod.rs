@@ -102,8 +102,8 @@ impl KeyScheme for Scheme<'_> {
             KeyKind::BaseLayerCopy => Key::Ignored,
             KeyKind::DoraMagnitude => refused(
                 KeyKind::DoraMagnitude,
-                "is a DoRA magnitude vector: DoRA cannot be expressed as a GGUF LoRA — merge the adapter into \
-                 the base model instead"
+                "is a DoRA magnitude vector: DoRA cannot be a GGUF LoRA adapter — merge the adapter into the \
+                 base model with `lora-convert merge` instead"
                     .into(),
             ),
             KeyKind::LoraBias => refused(

@@ -1,8 +1,13 @@
-//! Reports of a validation run: text for people (per-scale table, worst prompts with a word diff), JSON with a
-//! versioned schema (golden-prompts/README.md), JUnit XML (one test case per prompt × scale) and Markdown for a CI
-//! step summary. Every format carries the timings.
+//! Reports of a validation run: text for people (per-scale table, recommended scale, per-tag slices, worst prompts
+//! with a word diff, failures grouped), JSON with a versioned schema (golden-prompts/README.md), JUnit XML (one test
+//! case per prompt × scale), Markdown for a CI step summary and one self-contained HTML page with plots
+//! ([`html`]). Every format carries the timings.
 
 use std::fmt::Write as _;
+use std::path::Path;
+
+pub mod failures;
+pub mod html;
 
 use serde_json::json;
 
@@ -25,6 +30,43 @@ pub enum Format {
     Junit,
     /// For CI step summaries.
     Markdown,
+    /// For people deciding: one self-contained page with plots.
+    Html,
+}
+
+impl Format {
+    /// The format a report file's extension asks for: `.txt`, `.json`, `.xml` (JUnit), `.md`, `.html`.
+    pub fn from_extension(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "txt" => Format::Text,
+            "json" => Format::Json,
+            "xml" => Format::Junit,
+            "md" | "markdown" => Format::Markdown,
+            "html" | "htm" => Format::Html,
+            _ => return None,
+        })
+    }
+
+    /// The format's name, as `--format` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Junit => "junit",
+            Format::Markdown => "markdown",
+            Format::Html => "html",
+        }
+    }
+}
+
+/// How a report is rendered for its reader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Style {
+    /// ANSI colours (a terminal).
+    pub color: bool,
+    /// Every failure instead of the grouped summary (text).
+    pub verbose: bool,
 }
 
 /// What the run was about.
@@ -53,8 +95,25 @@ pub fn render(
     meta: &ReportMeta,
     color: bool,
 ) -> String {
+    let style = Style {
+        color,
+        verbose: false,
+    };
+    render_styled(format, set, run, verdict, meta, style)
+}
+
+/// Render a report in a style.
+pub fn render_styled(
+    format: Format,
+    set: &GoldenSet,
+    run: &RunMeasurements,
+    verdict: &Verdict,
+    meta: &ReportMeta,
+    style: Style,
+) -> String {
     match format {
-        Format::Text => text(set, run, verdict, meta, color),
+        Format::Text => text(set, run, verdict, meta, style),
+        Format::Html => html::render(set, run, verdict, meta),
         Format::Json => {
             serde_json::to_string_pretty(&json_value(set, run, verdict, meta)).unwrap_or_default()
                 + "\n"
@@ -133,8 +192,9 @@ fn text(
     run: &RunMeasurements,
     verdict: &Verdict,
     meta: &ReportMeta,
-    color: bool,
+    style: Style,
 ) -> String {
+    let color = style.color;
     let mut o = String::new();
     let adapters: Vec<String> = meta
         .adapters
@@ -153,6 +213,9 @@ fn text(
             "PARTIAL RUN: {}; {} of {} prompts measured at every scale",
             p.reason, p.prompts_done, p.prompts_total
         );
+    }
+    if let Some(a) = &run.alora {
+        let _ = writeln!(o, "{}", a.summary());
     }
     let _ = writeln!(
         o,
@@ -187,7 +250,12 @@ fn text(
             s.expectation_failures
         );
     }
-    merged_text(&mut o, run, verdict, meta, color);
+    o.push_str(&recommendation_lines(verdict));
+    o.push_str(&tag_table(verdict, false));
+    merged_text(&mut o, run, verdict, meta, style.color);
+    if let Some(b) = &verdict.baseline {
+        let _ = writeln!(o, "\n{}", b.lines().join("\n"));
+    }
     let top = run
         .settings
         .scales
@@ -221,14 +289,112 @@ fn text(
     for w in &verdict.warnings {
         let _ = writeln!(o, "\nwarning: {w}");
     }
-    if !verdict.failures.is_empty() {
-        let _ = writeln!(o, "\nfailures:");
-        for f in &verdict.failures {
-            let _ = writeln!(o, "  - {}", f.message);
-        }
-    }
+    o.push_str(&failures::text_section(verdict, style.verbose));
     let _ = writeln!(o, "\ntimings: {}", timings_line(run));
     let _ = writeln!(o, "\n{}", if verdict.passed { "PASS" } else { "FAIL" });
+    o
+}
+
+/// `recommended scale: …` and the refinement, for the text report.
+fn recommendation_lines(verdict: &Verdict) -> String {
+    let mut o = String::new();
+    if let Some(r) = &verdict.recommendation {
+        let _ = writeln!(o, "\nrecommended scale: {}", r.reason);
+        if let Some(e) = r.min_effective_scale {
+            let _ = writeln!(o, "  targets move enough from scale {e}");
+        }
+        if !r.refined_scales.is_empty() {
+            let shown: Vec<String> = r.refined_scales.iter().map(f32::to_string).collect();
+            let _ = writeln!(
+                o,
+                "  --scales auto: {} extra pass(es) at {}, reusing the base pass",
+                r.refined_scales.len(),
+                shown.join(", ")
+            );
+        }
+    }
+    o
+}
+
+/// The per-tag table: failing prompts per tag at each scale, and the tag that broke first.
+fn tag_table(verdict: &Verdict, markdown: bool) -> String {
+    let mut o = String::new();
+    if verdict.per_tag.is_empty() {
+        return o;
+    }
+    let mut scales: Vec<f32> = verdict.per_tag.iter().map(|t| t.scale).collect();
+    scales.sort_by(f32::total_cmp);
+    scales.dedup();
+    let mut tags: Vec<&str> = verdict.per_tag.iter().map(|t| t.tag.as_str()).collect();
+    tags.dedup();
+    let top = scales.last().copied().unwrap_or(0.0);
+    let cell = |tag: &str, s: f32| {
+        verdict
+            .per_tag
+            .iter()
+            .find(|t| t.tag == tag && t.scale == s)
+            .map_or("-".to_string(), |t| format!("{}/{}", t.failing, t.prompts))
+    };
+    let kl_at_top = |tag: &str| {
+        verdict
+            .per_tag
+            .iter()
+            .find(|t| t.tag == tag && t.scale == top)
+            .map_or(0.0, |t| t.kl_mean)
+    };
+    if markdown {
+        let heads: Vec<String> = scales.iter().map(|s| format!("×{s}")).collect();
+        let _ = writeln!(
+            o,
+            "\n**Per tag** (failing prompts / prompts)\n\n| tag | {} | KL mean at {top} |",
+            heads.join(" | ")
+        );
+        let _ = writeln!(o, "|---|{}---:|", "---:|".repeat(scales.len()));
+        for tag in &tags {
+            let cells: Vec<String> = scales.iter().map(|&s| cell(tag, s)).collect();
+            let _ = writeln!(
+                o,
+                "| {tag} | {} | {:.4} |",
+                cells.join(" | "),
+                kl_at_top(tag)
+            );
+        }
+    } else {
+        let width = tags.iter().map(|t| t.len()).max().unwrap_or(3).max(3);
+        let heads: Vec<String> = scales
+            .iter()
+            .map(|s| format!("{:>7}", format!("×{s}")))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nper tag (failing prompts / prompts):\n  {:<width$}  {}  KL mean at {top}",
+            "tag",
+            heads.join(" ")
+        );
+        for tag in &tags {
+            let cells: Vec<String> = scales
+                .iter()
+                .map(|&s| format!("{:>7}", cell(tag, s)))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  {tag:<width$}  {}  {:.4}",
+                cells.join(" "),
+                kl_at_top(tag)
+            );
+        }
+    }
+    if let Some(b) = &verdict.first_broken_tag {
+        let _ = writeln!(
+            o,
+            "{}first to break: `{}` at scale {} ({} of {} prompts fail)",
+            if markdown { "\n" } else { "  " },
+            b.tag,
+            b.scale,
+            b.failing,
+            b.prompts
+        );
+    }
     o
 }
 
@@ -314,7 +480,11 @@ pub fn json_value(
         "failures": verdict.failures,
         "warnings": verdict.warnings,
         "per_scale": verdict.per_scale,
+        "limits": verdict.limits,
         "prompts": verdict.prompts,
+        "recommendation": verdict.recommendation,
+        "per_tag": verdict.per_tag,
+        "first_broken_tag": verdict.first_broken_tag,
         "measurements": run.measurements,
         "base_continuations": run.base,
         "engine": {
@@ -330,12 +500,18 @@ pub fn json_value(
     if let Some(partial) = &run.partial {
         value["partial"] = json!(partial);
     }
+    if let Some(alora) = &run.alora {
+        value["alora"] = json!(alora);
+    }
     if let (Some(summary), Some(prompts)) = (&verdict.merged, &run.merged) {
         value["merged"] = json!({
             "path": meta.merged,
             "summary": summary,
             "prompts": prompts,
         });
+    }
+    if let Some(baseline) = &verdict.baseline {
+        value["baseline"] = json!(baseline);
     }
     value
 }
@@ -356,6 +532,34 @@ fn xml_escape(s: &str) -> String {
         }
     }
     o
+}
+
+/// The run's findings as JUnit properties: the recommended scale and the first tag to break.
+fn run_properties(verdict: &Verdict) -> Vec<(&'static str, String)> {
+    let mut p = Vec::new();
+    if let Some(r) = &verdict.recommendation {
+        p.push((
+            "recommended_scale",
+            r.scale.map_or("none".into(), |s| s.to_string()),
+        ));
+        if let Some(x) = r.precision {
+            p.push(("recommended_scale_precision", x.to_string()));
+        }
+        if let Some(x) = r.controls_break_at {
+            p.push(("controls_break_at", x.to_string()));
+        }
+        if let Some(x) = r.min_effective_scale {
+            p.push(("min_effective_scale", x.to_string()));
+        }
+        p.push(("recommendation", r.reason.clone()));
+    }
+    if let Some(b) = &verdict.first_broken_tag {
+        p.push((
+            "first_broken_tag",
+            format!("{} at scale {}", b.tag, b.scale),
+        ));
+    }
+    p
 }
 
 fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String {
@@ -460,6 +664,9 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         }
         let _ = writeln!(o, "  </testsuite>");
     }
+    if let Some(b) = &verdict.baseline {
+        o.push_str(&junit_baseline(b));
+    }
     let global: Vec<_> = verdict
         .failures
         .iter()
@@ -470,6 +677,15 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         "  <testsuite name=\"run\" tests=\"1\" failures=\"{}\">",
         usize::from(!global.is_empty())
     );
+    let _ = writeln!(o, "    <properties>");
+    for (name, value) in run_properties(verdict) {
+        let _ = writeln!(
+            o,
+            "      <property name=\"{name}\" value=\"{}\"/>",
+            xml_escape(&value)
+        );
+    }
+    let _ = writeln!(o, "    </properties>");
     let _ = write!(
         o,
         "    <testcase classname=\"lora-validate.run\" name=\"self-check, effect and monotone sweep\""
@@ -486,6 +702,74 @@ fn junit(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> String 
         );
     }
     let _ = writeln!(o, "  </testsuite>\n</testsuites>");
+    o
+}
+
+/// The `baseline` test suite: one case per prompt compared with the previous adapter.
+fn junit_baseline(b: &crate::validate::baseline::BaselineVerdict) -> String {
+    let mut o = String::new();
+    let drift_failure = b
+        .failures
+        .iter()
+        .find(|f| f.metric == "baseline_control_drift");
+    let has_drift = b.candidate_control_drift.is_some();
+    let failing = b
+        .prompts
+        .iter()
+        .filter(|p| !p.regressions.is_empty())
+        .count()
+        + usize::from(drift_failure.is_some());
+    let _ = writeln!(
+        o,
+        "  <testsuite name=\"baseline\" tests=\"{}\" failures=\"{failing}\">",
+        b.prompts.len() + usize::from(has_drift)
+    );
+    let _ = writeln!(
+        o,
+        "    <properties><property name=\"previous_adapter\" value=\"{}\"/><property name=\"previous_scale\" value=\"{}\"/></properties>",
+        xml_escape(&b.adapter),
+        b.scale
+    );
+    for p in &b.prompts {
+        let _ = write!(
+            o,
+            "    <testcase classname=\"lora-validate.baseline\" name=\"{}\"",
+            xml_escape(&p.prompt_id)
+        );
+        match p.regressions.first() {
+            None => {
+                let _ = writeln!(o, "/>");
+            }
+            Some(first) => {
+                let _ = writeln!(
+                    o,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    xml_escape(first),
+                    xml_escape(&p.regressions.join("\n"))
+                );
+            }
+        }
+    }
+    if has_drift {
+        let _ = write!(
+            o,
+            "    <testcase classname=\"lora-validate.baseline\" name=\"collateral drift against the previous adapter\""
+        );
+        match drift_failure {
+            None => {
+                let _ = writeln!(o, "/>");
+            }
+            Some(f) => {
+                let _ = writeln!(
+                    o,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    xml_escape(&f.message),
+                    xml_escape(&f.message)
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "  </testsuite>");
     o
 }
 
@@ -511,6 +795,16 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
         "Base `{}` on {}. Engine self-check at scale 0: max |Δlogit| = {}.\n",
         meta.base, run.settings.backend, run.scale_zero_max_abs_logit_delta
     );
+    if let Some(p) = &run.partial {
+        let _ = writeln!(
+            o,
+            "**PARTIAL RUN:** {}; {} of {} prompts measured at every scale.\n",
+            p.reason, p.prompts_done, p.prompts_total
+        );
+    }
+    if let Some(a) = &run.alora {
+        let _ = writeln!(o, "{}.\n", a.summary());
+    }
     let _ = writeln!(
         o,
         "| scale | control KL mean | control KL max | control top-1 | target KL mean | changed | expectation failures |"
@@ -529,6 +823,13 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
             s.expectation_failures
         );
     }
+    if let Some(r) = &verdict.recommendation {
+        let _ = writeln!(
+            o,
+            "\n**Recommended scale:** {}",
+            r.reason.replace('|', "\\|")
+        );
+    }
     if let Some(s) = &verdict.merged {
         let _ = writeln!(
             o,
@@ -537,12 +838,14 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
             merged_line(s)
         );
     }
-    if !verdict.failures.is_empty() {
-        let _ = writeln!(o, "\n**Failures**\n");
-        for f in &verdict.failures {
-            let _ = writeln!(o, "- {}", f.message.replace('|', "\\|"));
+    o.push_str(&tag_table(verdict, true));
+    if let Some(b) = &verdict.baseline {
+        let _ = writeln!(o, "\n**{}**\n", b.lines()[0]);
+        for line in &b.lines()[1..] {
+            let _ = writeln!(o, "- {}", line.trim());
         }
     }
+    o.push_str(&failures::markdown_section(verdict));
     let _ = writeln!(o, "\n<sub>{}</sub>", timings_line(run));
     o
 }
@@ -568,6 +871,7 @@ mod tests {
                 max_tokens: None,
                 expect: Expectations::default(),
                 limits: PromptLimits::default(),
+                tags: vec![],
                 source: "s:1".into(),
             }],
         };
@@ -605,6 +909,7 @@ mod tests {
             },
             timings: Timings::default(),
             partial: None,
+            alora: None,
             merged: None,
         };
         let verdict = judge(&set, &run, &Limits::default());
@@ -702,6 +1007,13 @@ mod tests {
             )),
             "{md}"
         );
+        let html = render(Format::Html, &set, &run, &v, &meta, false);
+        assert!(
+            html.contains(&format!(
+                "<p id=\"merged\"><b>Merged</b> <code>m.gguf</code> vs base + runtime adapter (×1): {line}</p>"
+            )),
+            "{html}"
+        );
     }
 
     #[test]
@@ -734,10 +1046,20 @@ mod tests {
         );
         assert!(t.contains("the [-cat-]{+dog+} sat"), "{t}");
         assert!(
-            t.contains("prompt `a<&>` at scale 1: control drift: mean KL 0.5000 > 0.25"),
+            t.contains("  scale 1      control mean KL                            1 of 1   prompts  worst: a<&> 0.5000 (limit 0.25)\n"),
             "{t}"
         );
+        assert!(t.contains("recommended scale: none: "), "{t}");
         assert!(t.trim_end().ends_with("FAIL"));
+        let style = Style {
+            color: false,
+            verbose: true,
+        };
+        let all = render_styled(Format::Text, &set, &run, &v, &meta, style);
+        assert!(
+            all.contains("  - prompt `a<&>` at scale 1: control drift: mean KL 0.5000 > 0.25\n"),
+            "{all}"
+        );
     }
 
     #[test]

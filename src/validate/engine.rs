@@ -30,12 +30,13 @@ use llama_cpp_2::token::LlamaToken;
 
 use rayon::prelude::*;
 
+use super::alora::{self, Activation};
 use super::divergence::{BaseRow, RowComparison, compare, max_argmax};
 use super::golden::{GoldenPrompt, PromptText};
 pub use super::request::{EngineConfig, EngineError, Progress};
 use super::results::{
-    BaseContinuation, EngineSettings, MergedMeasurement, Partial, PassTiming, PhaseTimings,
-    PromptMeasurement, RunMeasurements, Timings,
+    AloraRun, BaseContinuation, EngineSettings, MergedMeasurement, Partial, PassTiming,
+    PhaseTimings, PromptMeasurement, RunMeasurements, Timings,
 };
 
 /// The process-wide llama.cpp backend (llama.cpp allows one initialisation per process).
@@ -183,24 +184,7 @@ pub fn logits_for_tokens(
     };
     let _ = &mut model;
     let n = tokens.len();
-    let n_ctx = (n as u32).next_power_of_two().max(64);
-    // An F32 KV cache and no flash attention: the comparison with PyTorch measures the adapter, not f16 rounding of keys and values.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_ctx)
-        .with_n_ubatch(n_ctx)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_type_k(KvCacheType::F32)
-        .with_type_v(KvCacheType::F32)
-        // The CPU flash-attention kernel rounds Q to f16; the exactness probe wants f32 attention.
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    let mut ctx = model
-        .new_context(backend(false)?, params)
-        .map_err(|e| EngineError::Context {
-            n_ctx,
-            message: e.to_string(),
-        })?;
+    let mut ctx = exact_probe_context(&model, n, threads)?;
     let n_vocab = model.n_vocab() as usize;
     let mut out = Vec::new();
     let pass = |ctx: &mut LlamaContext| -> Result<Vec<f32>, EngineError> {
@@ -232,6 +216,79 @@ pub fn logits_for_tokens(
     Ok(out)
 }
 
+/// A context for the exactness probes: room for `n` tokens in one batch, an F32 KV cache and no flash attention
+/// (the CPU flash-attention kernel rounds Q to f16), so that a comparison with PyTorch measures the adapter, not f16
+/// rounding of queries, keys and values.
+fn exact_probe_context(
+    model: &LlamaModel,
+    n: usize,
+    threads: i32,
+) -> Result<LlamaContext<'_>, EngineError> {
+    let n_ctx = (n as u32).next_power_of_two().max(64);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(n_ctx)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(KvCacheType::F32)
+        .with_type_v(KvCacheType::F32)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    model
+        .new_context(backend(false)?, params)
+        .map_err(|e| EngineError::Context {
+            n_ctx,
+            message: e.to_string(),
+        })
+}
+
+/// Decode `tokens` as one sequence with `adapter` at `scale` acting only from position `first_adapted` on (the
+/// positions before it decoded first, without the adapter, as llama-server runs an aLoRA); returns the logits of
+/// every position (T × V, row-major). The probe the aLoRA fixture's logits are checked with.
+pub fn logits_activated_from(
+    base: &Path,
+    adapter: &Path,
+    scale: f32,
+    tokens: &[i32],
+    first_adapted: usize,
+    threads: i32,
+) -> Result<Vec<f32>, EngineError> {
+    let (model, mut lora) = {
+        let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut model = load_model(base, false)?;
+        let lora = load_adapter(&mut model, adapter)?;
+        (model, lora)
+    };
+    let n = tokens.len();
+    let mut ctx = exact_probe_context(&model, n, threads)?;
+    let n_vocab = model.n_vocab() as usize;
+    let dec = |e: String| EngineError::Decode(e);
+    let mut logits = Vec::with_capacity(n * n_vocab);
+    for (range, on) in [
+        (0..first_adapted.min(n), false),
+        (first_adapted.min(n)..n, true),
+    ] {
+        if range.is_empty() {
+            continue;
+        }
+        if on {
+            ctx.lora_adapter_set(&mut lora, scale)
+                .map_err(|e| dec(e.to_string()))?;
+        }
+        let mut batch = LlamaBatch::new(range.len(), 1);
+        for i in range.clone() {
+            batch
+                .add(LlamaToken::new(tokens[i]), i as i32, &[0], true)
+                .map_err(|e| dec(e.to_string()))?;
+        }
+        ctx.decode(&mut batch).map_err(|e| dec(e.to_string()))?;
+        for k in 0..range.len() {
+            logits.extend_from_slice(&ctx.get_logits_ith(k as i32)[..n_vocab]);
+        }
+    }
+    Ok(logits)
+}
+
 /// The base model and adapters, loaded once for a whole run.
 pub struct Engine {
     model: LlamaModel,
@@ -253,6 +310,8 @@ pub struct Engine {
 struct Prepared {
     tokens: Vec<i32>,
     max_tokens: usize,
+    /// Where the adapter acts (an aLoRA: from its invocation, as llama-server runs it).
+    activation: Activation,
 }
 
 /// Per-prompt teacher-forced comparison.
@@ -354,7 +413,20 @@ impl Engine {
     /// The prompt as tokens: raw text with BOS as the model wants, chat messages through the GGUF's own template.
     pub fn tokenize_prompt(&self, p: &GoldenPrompt) -> Result<Vec<i32>, EngineError> {
         let vocab = self.model.vocab();
-        let text = match &p.text {
+        let text = self.render_prompt(p)?;
+        // A template that already writes the BOS text must not get a second BOS token.
+        let bos = vocab.token_to_piece(vocab.bos(), true, None);
+        let add_bos = bos.is_empty() || !text.as_bytes().starts_with(&bos);
+        Ok(vocab
+            .tokenize(text.as_bytes(), add_bos, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
+
+    /// The text llama.cpp tokenizes for a prompt: raw text as is, chat messages through the GGUF's own template.
+    pub fn render_prompt(&self, p: &GoldenPrompt) -> Result<String, EngineError> {
+        Ok(match &p.text {
             PromptText::Raw(t) => t.clone(),
             PromptText::Chat(messages) => {
                 let err = |message: String| EngineError::Template {
@@ -375,15 +447,7 @@ impl Engine {
                     .apply_chat_template(&template, &chat, true)
                     .map_err(|e| err(format!("applying the chat template: {e}")))?
             }
-        };
-        // A template that already writes the BOS text must not get a second BOS token.
-        let bos = vocab.token_to_piece(vocab.bos(), true, None);
-        let add_bos = bos.is_empty() || !text.as_bytes().starts_with(&bos);
-        Ok(vocab
-            .tokenize(text.as_bytes(), add_bos, true)
-            .into_iter()
-            .map(|t| t.0)
-            .collect())
+        })
     }
 
     /// Run the whole sweep. See the module docs for the pass structure.
@@ -392,6 +456,79 @@ impl Engine {
         prompts: &[GoldenPrompt],
         scales: &[f32],
         progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
+        self.run_refined(prompts, scales, &mut |_| None, progress)
+    }
+
+    /// Run the sweep, then as long as `refine` asks for another scale (seeing everything measured so far), one more
+    /// pass at that scale reusing the base pass: the base continuations are not generated again, and only the
+    /// teacher-forced base rows are decoded again (one batch per chunk) to compare against. Refined scales join the
+    /// sweep, which is then sorted by scale.
+    pub fn run_refined(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        scales: &[f32],
+        refine: &mut dyn FnMut(&RunMeasurements) -> Option<f32>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
+        self.sweep(prompts, scales, refine, progress, None)
+    }
+
+    /// One pass with the adapters at their own scales against `previous` (an adapter at its own scale) instead of
+    /// the bare base: the reference continuations are the previous adapter's, and the KL is KL(previous ‖
+    /// candidate). No scale-0 self-check (the reference is not the base graph); `--baseline-adapter`.
+    pub fn run_against(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        previous: &(PathBuf, f32),
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
+        let t = Instant::now();
+        let lora = {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            load_adapter(&mut self.model, &previous.0)?
+        };
+        self.adapter_load_ms += ms(t);
+        self.sweep(
+            prompts,
+            &[1.0],
+            &mut |_| None,
+            progress,
+            Some((lora, previous.1)),
+        )
+    }
+
+    /// The previous adapter alone against the base at its own scale (the scale-0 self-check and scale 1): its
+    /// collateral drift, which `--baseline-adapter` compares the candidate's with. The merged model does not run.
+    pub fn run_alone(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        previous: &(PathBuf, f32),
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunMeasurements, EngineError> {
+        let t = Instant::now();
+        let lora = {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            load_adapter(&mut self.model, &previous.0)?
+        };
+        self.adapter_load_ms += ms(t);
+        let mut adapters = vec![(previous.0.clone(), previous.1, lora)];
+        std::mem::swap(&mut self.adapters, &mut adapters);
+        let merged = self.merged.take();
+        let run = self.sweep(prompts, &[1.0], &mut |_| None, progress, None);
+        self.merged = merged;
+        std::mem::swap(&mut self.adapters, &mut adapters);
+        run
+    }
+
+    fn sweep(
+        &mut self,
+        prompts: &[GoldenPrompt],
+        scales: &[f32],
+        refine: &mut dyn FnMut(&RunMeasurements) -> Option<f32>,
+        progress: &mut dyn FnMut(Progress),
+        // A parameter, so it outlives the contexts that use it.
+        mut reference: Option<(LlamaLoraAdapter, f32)>,
     ) -> Result<RunMeasurements, EngineError> {
         let started = Instant::now();
         let layout = self.layout(prompts)?;
@@ -406,11 +543,19 @@ impl Engine {
             merged,
             ..
         } = self;
-        let mut run = Run::new(model, merged.as_ref(), &layout, cfg)?;
+        let against_base = reference.is_none();
+        // The merged model (`--merged`) is compared with the runtime adapter, not in the baseline comparison.
+        let merged = merged.as_ref().filter(|_| against_base);
+        let mut run = Run::new(model, merged, &layout, cfg)?;
+        if let Some((lora, scale)) = reference.as_mut() {
+            run.ctx_base
+                .lora_adapter_set(lora, *scale)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
         // The engine self-check runs at scale 0 even when the sweep does not include it; a merged model is compared
         // with the runtime adapter at scale 1, which runs too.
         let mut sweep: Vec<(f32, bool)> = scales.iter().map(|&s| (s, true)).collect();
-        if !scales.contains(&0.0) {
+        if against_base && !scales.contains(&0.0) {
             sweep.insert(0, (0.0, false));
         }
         if merged.is_some() && !scales.contains(&1.0) {
@@ -459,15 +604,10 @@ impl Engine {
             );
         }
         let done = swept.done;
-        let zero = sweep.iter().position(|s| s.0 == 0.0).unwrap_or(0);
-        let scale_zero_delta = swept.compares[zero][..done]
-            .iter()
-            .map(|c| c.max_abs)
-            .fold(0.0, f32::max);
-        let noise_floor = swept.compares[zero][..done]
-            .iter()
-            .map(|c| c.kl_max)
-            .fold(0.0, f64::max);
+        let zero = sweep.iter().position(|s| s.0 == 0.0);
+        let at_zero = zero.map_or(&[][..], |z| &swept.compares[z][..done]);
+        let scale_zero_delta = at_zero.iter().map(|c| c.max_abs).fold(0.0, f32::max);
+        let noise_floor = at_zero.iter().map(|c| c.kl_max).fold(0.0, f64::max);
         let mut timings = Timings {
             model_load_ms: *model_load_ms,
             adapter_load_ms: *adapter_load_ms,
@@ -491,16 +631,7 @@ impl Engine {
             let one = sweep.iter().position(|s| s.0 == 1.0).unwrap_or(0);
             run.merged_measurements(&prompts[..done], &swept, one)
         });
-        let reset = set_scale(adapters, &mut run.ctx_adapted, 0.0);
-        if stopped.is_none() {
-            reset?;
-        }
-        timings.adapter_switch_ms = run.switch.mean_ms();
-        timings.adapter_switch_max_ms = run.switch.max_ms;
-        timings.adapter_switches = run.switch.count;
-        timings.phases = run.phases;
-        timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
-        Ok(RunMeasurements {
+        let mut measured = RunMeasurements {
             base,
             measurements,
             scale_zero_max_abs_logit_delta: scale_zero_delta,
@@ -515,18 +646,88 @@ impl Engine {
                 backend: backend.clone(),
                 gpu_layers: *gpu_layers,
             },
-            timings,
+            timings: Timings::default(),
+            partial: None,
             merged: merged_measurements,
-            partial: stopped.map(|stop| Partial {
-                interrupted: matches!(stop, Stopped::Interrupted),
-                reason: match stop {
-                    Stopped::Interrupted => "interrupted (Ctrl-C)".into(),
-                    Stopped::Failed(e) => e.to_string(),
-                },
-                prompts_done: done,
-                prompts_total: prompts.len(),
+            alora: cfg.alora_invocation.as_ref().map(|inv| {
+                let (invoked, not): (Vec<_>, Vec<_>) = prompts
+                    .iter()
+                    .zip(&layout.prepared)
+                    .partition(|(_, prep)| prep.activation != Activation::Never);
+                AloraRun {
+                    invocation_tokens: inv.clone(),
+                    prompts_invoked: invoked.into_iter().map(|(p, _)| p.id.clone()).collect(),
+                    prompts_not_invoked: not.into_iter().map(|(p, _)| p.id.clone()).collect(),
+                }
             }),
-        })
+        };
+        // Refinement passes only follow a complete sweep; one that stops leaves the sweep's results, marked partial.
+        let mut refined = false;
+        let sweep_stopped = stopped.is_some();
+        while stopped.is_none() {
+            let Some(scale) = refine(&measured) else {
+                break;
+            };
+            progress(Progress::Pass {
+                scale: Some(scale),
+                done: total_steps,
+                total: total_steps,
+            });
+            let one = [(scale, true)];
+            let mut swept = Swept::new(1, layout.prepared.len());
+            stopped = run.teacher_forced(
+                &layout,
+                &base_tokens,
+                adapters,
+                &one,
+                &mut (0, 0),
+                &mut swept,
+                cfg,
+                &mut |_| {},
+            );
+            if stopped.is_none() {
+                measured.measurements.extend(run.measurements(
+                    prompts,
+                    &one,
+                    &swept,
+                    &base_tokens,
+                    &mut timings.passes,
+                ));
+                measured.settings.scales.push(scale);
+                refined = true;
+            }
+        }
+        if refined {
+            measured.settings.scales.sort_by(f32::total_cmp);
+            measured
+                .measurements
+                .sort_by(|a, b| a.scale.total_cmp(&b.scale));
+        }
+        let reset = set_scale(adapters, &mut run.ctx_adapted, 0.0);
+        if stopped.is_none() {
+            reset?;
+        }
+        timings.adapter_switch_ms = run.switch.mean_ms();
+        timings.adapter_switch_max_ms = run.switch.max_ms;
+        timings.adapter_switches = run.switch.count;
+        timings.phases = run.phases;
+        timings.total_ms = ms(started) + *model_load_ms + *adapter_load_ms;
+        measured.timings = timings;
+        let during = if sweep_stopped {
+            ""
+        } else {
+            " while refining the recommended scale (the sweep finished)"
+        };
+        measured.partial = stopped.map(|stop| Partial {
+            interrupted: matches!(stop, Stopped::Interrupted),
+            reason: match stop {
+                Stopped::Interrupted => format!("interrupted (Ctrl-C){during}"),
+                Stopped::Failed(e) => format!("{e}{during}"),
+            },
+            prompts_done: done,
+            prompts_total: prompts.len(),
+        });
+        Ok(measured)
     }
 
     /// Tokenize the prompts, group them (one group in sequential mode is one prompt), size the context for the
@@ -535,8 +736,10 @@ impl Engine {
         let prepared: Vec<Prepared> = prompts
             .iter()
             .map(|p| {
+                let tokens = self.tokenize_prompt(p)?;
                 Ok(Prepared {
-                    tokens: self.tokenize_prompt(p)?,
+                    activation: alora::activation(&tokens, self.cfg.alora_invocation.as_deref()),
+                    tokens,
                     max_tokens: p.max_tokens.unwrap_or(self.cfg.max_tokens) as usize,
                 })
             })
@@ -813,7 +1016,8 @@ impl<'m> Run<'m> {
         let n_vocab = *n_vocab;
         let mut tf = TeacherForced::new(chunk_prompts, chunk_base)?;
         let t = Instant::now();
-        decode_fresh(ctx_base, &mut tf.batch)?;
+        clear(ctx_base)?;
+        tf.decode(ctx_base, &mut |_| Ok(()))?;
         phases.base_teacher_forced_ms += ms(t);
         base_counts.0 += tf.tokens;
         let t = Instant::now();
@@ -829,13 +1033,16 @@ impl<'m> Run<'m> {
         let reference = sweep.iter().position(|s| s.0 == 1.0);
         for (si, &(scale, _)) in sweep.iter().enumerate() {
             let t = Instant::now();
-            set_scale(adapters, ctx_adapted, scale)?;
+            // An aLoRA's positions before its activation are decoded without it (llama-server's semantics).
+            set_scale(
+                adapters,
+                ctx_adapted,
+                if tf.pre.is_some() { 0.0 } else { scale },
+            )?;
             clear(ctx_adapted)?;
             switch.push(t);
             let t = Instant::now();
-            ctx_adapted
-                .decode(&mut tf.batch)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            tf.decode(ctx_adapted, &mut |ctx| set_scale(adapters, ctx, scale))?;
             let decoded_ms = ms(t);
             phases.adapted_teacher_forced_ms += decoded_ms;
             let t = Instant::now();
@@ -858,7 +1065,8 @@ impl<'m> Run<'m> {
                 && let Some(ctx_m) = ctx_merged.as_mut()
             {
                 let t = Instant::now();
-                decode_fresh(ctx_m, &mut tf.batch)?;
+                clear(ctx_m)?;
+                tf.decode(ctx_m, &mut |_| Ok(()))?;
                 let merged_rows: Vec<&[f32]> = tf
                     .rows
                     .iter()
@@ -890,10 +1098,22 @@ impl<'m> Run<'m> {
             // The adapted greedy continuation is the base's up to the first position where the adapter changes the
             // argmax — adapted vs base row of this same batch, so that logit noise from the batch layout (which
             // flips near-ties between layouts) is never counted as the adapter's doing.
+            // An aLoRA not invoked in the prompt runs at scale 0 (the base graph, checked bit for bit at scale 0):
+            // its prompts are the base's, exactly.
+            for &(seq, positions) in &tf.never {
+                swept.compares[si][first + seq] = Compare {
+                    agree: positions,
+                    positions,
+                    ..Compare::default()
+                };
+            }
             for (&(_, seq), c) in tf.rows.iter().zip(&rows) {
                 swept.compares[si][first + seq].add(*c);
             }
             let (mut outs, departed) = departures(&tf.rows, &rows, chunk_base);
+            for &(seq, _) in &tf.never {
+                outs[seq] = chunk_base[seq].clone();
+            }
             let compared_ms = ms(t) - merged_compare_ms;
             phases.compare_ms += compared_ms;
             let t = Instant::now();
@@ -1154,13 +1374,6 @@ fn clear(ctx: &mut LlamaContext) -> Result<(), EngineError> {
         .map_err(|e| EngineError::Decode(e.to_string()))
 }
 
-/// One decode of `batch` on an emptied KV cache.
-fn decode_fresh(ctx: &mut LlamaContext, batch: &mut LlamaBatch) -> Result<(), EngineError> {
-    clear(ctx)?;
-    ctx.decode(batch)
-        .map_err(|e| EngineError::Decode(e.to_string()))
-}
-
 /// The logits of batch position `k`, cut to the vocabulary.
 fn row<'c>(ctx: &'c LlamaContext, k: i32, n_vocab: usize) -> &'c [f32] {
     let r = ctx.get_logits_ith(k);
@@ -1305,10 +1518,16 @@ fn tf_chunks(prompts: &[Prepared], n_ubatch: usize) -> Vec<Range<usize>> {
 
 /// One teacher-forced chunk: prompt + base continuation (minus its last token) of each sequence, in one batch; the
 /// positions from each prompt's last token on predict the continuation, one distribution per generated token.
+/// With an aLoRA, the positions before each sequence's activation go into a batch of their own (`pre`), decoded
+/// first and without the adapter, and sequences that do not invoke it are left out (they run as the base).
 struct TeacherForced<'a> {
+    /// Positions before the aLoRA activation, when there are any.
+    pre: Option<LlamaBatch<'a>>,
     batch: LlamaBatch<'a>,
-    /// (batch position, sequence in the chunk) of every predicting position.
+    /// (batch position, sequence in the chunk) of every predicting position (all in `batch`).
     rows: Vec<(i32, usize)>,
+    /// Sequences an aLoRA does not act on, with their predicting positions.
+    never: Vec<(usize, usize)>,
     tokens: usize,
 }
 
@@ -1325,25 +1544,70 @@ impl TeacherForced<'_> {
                     .collect()
             })
             .collect();
-        let tokens: usize = feeds.iter().map(Vec::len).sum();
-        let mut batch = LlamaBatch::new(tokens.max(1), prompts.len() as i32);
+        let first_adapted = |p: &Prepared| match p.activation {
+            Activation::Always => Some(0),
+            Activation::From(a) => Some(a),
+            Activation::Never => None,
+        };
+        let (mut pre_tokens, mut tokens) = (0, 0);
+        for (p, feed) in prompts.iter().zip(&feeds) {
+            if let Some(a) = first_adapted(p) {
+                pre_tokens += a.min(feed.len());
+                tokens += feed.len();
+            }
+        }
+        let add = |batch: &mut LlamaBatch, t: i32, i: usize, s: usize, logits: bool| {
+            batch
+                .add(LlamaToken::new(t), i as i32, &[s as i32], logits)
+                .map_err(|e| EngineError::Decode(e.to_string()))
+        };
+        let mut pre = (pre_tokens > 0).then(|| LlamaBatch::new(pre_tokens, prompts.len() as i32));
+        let mut batch = LlamaBatch::new((tokens - pre_tokens).max(1), prompts.len() as i32);
         let mut rows = Vec::new();
+        let mut never = Vec::new();
         for (s, (p, feed)) in prompts.iter().zip(&feeds).enumerate() {
+            let Some(a) = first_adapted(p) else {
+                never.push((s, feed.len() + 1 - p.tokens.len()));
+                continue;
+            };
             for (i, &t) in feed.iter().enumerate() {
                 let predicts = i + 1 >= p.tokens.len();
-                if predicts {
-                    rows.push((batch.n_tokens(), s));
+                match pre.as_mut() {
+                    Some(pre) if i < a => add(pre, t, i, s, false)?,
+                    _ => {
+                        if predicts {
+                            rows.push((batch.n_tokens(), s));
+                        }
+                        add(&mut batch, t, i, s, predicts)?;
+                    }
                 }
-                batch
-                    .add(LlamaToken::new(t), i as i32, &[s as i32], predicts)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
             }
         }
         Ok(TeacherForced {
+            pre,
             batch,
             rows,
+            never,
             tokens,
         })
+    }
+
+    /// Decode the chunk in `ctx` (its KV cache emptied before): the pre-activation batch, then `between(ctx)` (an
+    /// aLoRA: switch the adapter on), then the main batch.
+    fn decode(
+        &mut self,
+        ctx: &mut LlamaContext,
+        between: &mut dyn FnMut(&mut LlamaContext) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let dec = |e: llama_cpp_2::DecodeError| EngineError::Decode(e.to_string());
+        if let Some(pre) = self.pre.as_mut() {
+            ctx.decode(pre).map_err(dec)?;
+            between(ctx)?;
+        }
+        if self.batch.n_tokens() > 0 {
+            ctx.decode(&mut self.batch).map_err(dec)?;
+        }
+        Ok(())
     }
 }
 
@@ -1366,5 +1630,128 @@ pub fn ggml_gguf_tensor_count(path: &Path) -> Option<i64> {
         let n = llama_cpp_sys_2::gguf_get_n_tensors(ctx);
         llama_cpp_sys_2::gguf_free(ctx);
         Some(n)
+    }
+}
+
+// Reference packs (`lora-validate --reference`): the pack's own token ids, teacher-forced at the base and at adapter
+// scales, rows handed to the caller (src/reference compares them with the pack); greedy continuations at a scale.
+
+/// Hears each teacher-forced row: (scale index, feed index, row within the feed, logits).
+pub type RowVisitor<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
+impl Engine {
+    /// The model's vocabulary size (logit row length).
+    pub fn vocab_size(&self) -> usize {
+        self.model.n_vocab() as usize
+    }
+
+    /// Each token's text as llama.cpp renders it, special tokens included (`<bos>`); ids outside the vocabulary
+    /// show as `<id N not in the vocabulary>`.
+    pub fn token_pieces(&self, tokens: &[i32]) -> Vec<String> {
+        let vocab = self.model.vocab();
+        let n = self.vocab_size();
+        tokens
+            .iter()
+            .map(|&t| {
+                if t < 0 || t as usize >= n {
+                    format!("<id {t} not in the vocabulary>")
+                } else {
+                    String::from_utf8_lossy(&vocab.token_to_piece(LlamaToken::new(t), true, None))
+                        .into_owned()
+                }
+            })
+            .collect()
+    }
+
+    /// Decode every feed (tokens, first predicting position) as its own sequence on an emptied cache, once per
+    /// scale (0: the base graph, adapters removed), and call `visit(scale index, feed index, row, logits)` for
+    /// every row from the feed's first predicting position on. Feeds use the identical layout at every scale.
+    pub fn teacher_forced_rows(
+        &mut self,
+        feeds: &[(Vec<i32>, usize)],
+        scales: &[f32],
+        visit: &mut RowVisitor<'_>,
+    ) -> Result<(), EngineError> {
+        let longest = feeds.iter().map(|f| f.0.len()).max().unwrap_or(1).max(1);
+        if longest > self.model.n_ctx_train() as usize {
+            return Err(EngineError::PromptTooLong {
+                id: "(a reference prompt)".into(),
+                tokens: longest,
+                n_ctx: self.model.n_ctx_train(),
+            });
+        }
+        let n_ctx = (longest as u32).div_ceil(256) * 256;
+        let Engine {
+            model,
+            adapters,
+            cfg,
+            ..
+        } = self;
+        let model: &LlamaModel = model;
+        let n_vocab = model.n_vocab() as usize;
+        let mut ctx = new_context(model, n_ctx, n_ctx, n_ctx, 1, cfg.threads)?;
+        for (si, &scale) in scales.iter().enumerate() {
+            set_scale(adapters, &mut ctx, scale)?;
+            for (fi, (tokens, first)) in feeds.iter().enumerate() {
+                let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+                for (i, &t) in tokens.iter().enumerate() {
+                    batch
+                        .add(LlamaToken::new(t), i as i32, &[0], i >= *first)
+                        .map_err(|e| EngineError::Decode(e.to_string()))?;
+                }
+                clear(&mut ctx)?;
+                ctx.decode(&mut batch)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                for (k, i) in (*first..tokens.len()).enumerate() {
+                    visit(si, fi, k, row(&ctx, i as i32, n_vocab));
+                }
+            }
+        }
+        set_scale(adapters, &mut ctx, 0.0)
+    }
+
+    /// Greedy continuations (up to `max_tokens` each, EOG included when produced) of `prompts` at `scale` (0: the
+    /// base), all prompts in one context.
+    pub fn greedy_at(
+        &mut self,
+        prompts: &[(Vec<i32>, usize)],
+        scale: f32,
+    ) -> Result<Vec<Vec<i32>>, EngineError> {
+        let prepared: Vec<Prepared> = prompts
+            .iter()
+            .map(|(tokens, max_tokens)| Prepared {
+                tokens: tokens.clone(),
+                max_tokens: *max_tokens,
+                activation: Activation::Always, // --reference refuses aLoRAs
+            })
+            .collect();
+        let needed: usize = prepared
+            .iter()
+            .map(|p| p.tokens.len() + p.max_tokens + 1)
+            .sum();
+        let n_ctx = (needed.max(1) as u32).div_ceil(256) * 256;
+        let Engine {
+            model,
+            adapters,
+            cfg,
+            ..
+        } = self;
+        let model: &LlamaModel = model;
+        let n_ubatch = cfg.n_batch;
+        let mut ctx = new_context(
+            model,
+            n_ctx,
+            n_ubatch,
+            n_ubatch,
+            prepared.len().max(1) as u32,
+            cfg.threads,
+        )?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.max(1) as usize)
+            .build()
+            .map_err(|e| EngineError::Backend(format!("starting worker threads: {e}")))?;
+        set_scale(adapters, &mut ctx, scale)?;
+        let (out, _) = generate(model, &mut ctx, &prepared, n_ubatch, &pool)?;
+        set_scale(adapters, &mut ctx, 0.0)?;
+        Ok(out)
     }
 }

@@ -13,7 +13,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::golden::{GoldenPrompt, GoldenSet, PromptKind};
+use super::recommend::{Recommendation, recommend};
 use super::results::{PromptMeasurement, RunMeasurements};
+use super::tags::{TagBreak, TagSummary};
 
 /// Gate limits. Defaults suit a narrow adapter on a small model; override with flags or a JSON file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +38,11 @@ pub struct Limits {
     /// `--merged`: smallest mean over prompts of the share of the runtime adapter's greedy continuation the
     /// merged model reproduces.
     pub merged_min_greedy_agreement: f64,
+    /// `--baseline-adapter`: the candidate's mean control drift from the base (KL mean at scale 1) may be at most
+    /// this many times the previous adapter's …
+    pub baseline_drift_factor: f64,
+    /// … plus this many nats.
+    pub baseline_drift_margin: f64,
 }
 
 impl Default for Limits {
@@ -49,6 +56,8 @@ impl Default for Limits {
             merged_max_kl_mean: 0.05,
             merged_min_top1_agreement: 0.9,
             merged_min_greedy_agreement: 0.7,
+            baseline_drift_factor: 1.5,
+            baseline_drift_margin: 0.01,
         }
     }
 }
@@ -126,6 +135,9 @@ pub struct PromptVerdict {
     pub passed: bool,
     /// Failed expectation descriptions.
     pub expectation_failures: Vec<String>,
+    /// The prompt's tags (slices), for per-tag aggregates.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// The verdict of a run.
@@ -141,9 +153,24 @@ pub struct Verdict {
     pub per_scale: Vec<ScaleSummary>,
     /// Per prompt × scale.
     pub prompts: Vec<PromptVerdict>,
+    /// The recommended scale from the sweep.
+    #[serde(default)]
+    pub recommendation: Option<Recommendation>,
+    /// Per tag and scale: prompts, failing prompts, drift.
+    #[serde(default)]
+    pub per_tag: Vec<TagSummary>,
+    /// The tag whose prompts broke first as the scale grows.
+    #[serde(default)]
+    pub first_broken_tag: Option<TagBreak>,
+    /// The limits the run was judged with.
+    #[serde(default)]
+    pub limits: Limits,
     /// `--merged`: the merged model against base + runtime adapter, over the golden set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<super::merged::MergedSummary>,
+    /// The comparison with the previous adapter (`--baseline-adapter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<super::baseline::BaselineVerdict>,
 }
 
 fn prompt_limits<'a>(set: &'a GoldenSet, id: &str) -> Option<&'a GoldenPrompt> {
@@ -228,48 +255,24 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
         let at = format!("prompt `{}` at scale {}", m.prompt_id, m.scale);
         match p.kind {
             PromptKind::Control if m.scale > 0.0 => {
-                let max_mean = p.limits.max_kl_mean.unwrap_or(limits.control_max_kl_mean);
-                let max_max = p.limits.max_kl_max.unwrap_or(limits.control_max_kl_max);
-                let min_top1 = p
-                    .limits
-                    .min_top1_agreement
-                    .unwrap_or(limits.control_min_top1_agreement);
-                if m.kl_mean > max_mean {
-                    fail(
-                        &mut failures,
-                        Some(m),
-                        "kl_mean",
-                        m.kl_mean,
-                        max_mean,
-                        format!("{at}: control drift: mean KL {:.4} > {max_mean}", m.kl_mean),
-                    );
-                }
-                if m.kl_max > max_max {
-                    fail(
-                        &mut failures,
-                        Some(m),
-                        "kl_max",
-                        m.kl_max,
-                        max_max,
-                        format!("{at}: control drift: max KL {:.4} > {max_max}", m.kl_max),
-                    );
-                }
-                if m.top1_agreement < min_top1 {
-                    fail(
-                        &mut failures,
-                        Some(m),
-                        "top1_agreement",
-                        m.top1_agreement,
-                        min_top1,
-                        format!(
-                            "{at}: control drift: top-1 agreement {:.3} < {min_top1}",
-                            m.top1_agreement
+                for b in control_breaches(p, m, limits) {
+                    let message = match b.metric {
+                        "kl_mean" => {
+                            format!("{at}: control drift: mean KL {:.4} > {}", b.value, b.limit)
+                        }
+                        "kl_max" => {
+                            format!("{at}: control drift: max KL {:.4} > {}", b.value, b.limit)
+                        }
+                        _ => format!(
+                            "{at}: control drift: top-1 agreement {:.3} < {}",
+                            b.value, b.limit
                         ),
-                    );
+                    };
+                    fail(&mut failures, Some(m), b.metric, b.value, b.limit, message);
                 }
             }
             PromptKind::Target if m.scale == max_scale && max_scale > 0.0 => {
-                let min = p.limits.min_kl_mean.unwrap_or(limits.target_min_kl_mean);
+                let min = target_min_kl(p, limits);
                 if m.kl_mean < min {
                     fail(
                         &mut failures,
@@ -288,23 +291,7 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
         }
         // Expectations describe the adapter's intended behaviour: checked at scale 1 (or the largest scale ≤ 1).
         if m.scale == expectation_scale(&run.settings.scales) {
-            for c in &p.expect.contains {
-                if !m.adapted_text.contains(c.as_str()) {
-                    expectation_failures.push(format!("does not contain {c:?}"));
-                }
-            }
-            for c in &p.expect.not_contains {
-                if m.adapted_text.contains(c.as_str()) {
-                    expectation_failures.push(format!("contains {c:?}"));
-                }
-            }
-            if let Some(re) = &p.expect.regex
-                && regex::Regex::new(re)
-                    .map(|r| !r.is_match(&m.adapted_text))
-                    .unwrap_or(true)
-            {
-                expectation_failures.push(format!("does not match /{re}/"));
-            }
+            expectation_failures = unmet_expectations(p, &m.adapted_text);
             for e in &expectation_failures {
                 fail(
                     &mut failures,
@@ -319,6 +306,7 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
         prompts.push(PromptVerdict {
             prompt_id: m.prompt_id.clone(),
             kind: p.kind,
+            tags: p.tags.clone(),
             scale: m.scale,
             passed: failures.len() == before,
             expectation_failures,
@@ -377,6 +365,7 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
             "the sweep does not include scale 1.0, the scale the adapter was trained for".into(),
         );
     }
+    let per_tag = super::tags::summarize(&prompts, run);
     let merged = run
         .merged
         .as_deref()
@@ -387,8 +376,85 @@ fn judge_complete(set: &GoldenSet, run: &RunMeasurements, limits: &Limits) -> Ve
         failures,
         warnings,
         per_scale,
+        first_broken_tag: super::tags::first_broken(&per_tag),
+        per_tag,
         prompts,
+        recommendation: Some(recommend(set, run, limits)),
+        limits: limits.clone(),
+        baseline: None,
     }
+}
+
+/// A control limit a measurement breaks: metric, measured value and limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Breach {
+    /// `kl_mean`, `kl_max` or `top1_agreement`.
+    pub metric: &'static str,
+    /// The measured value.
+    pub value: f64,
+    /// The limit it broke.
+    pub limit: f64,
+}
+
+/// The control limits `m` breaks (per-prompt overrides first, then the run's limits). Scale 0 breaks none.
+pub fn control_breaches(p: &GoldenPrompt, m: &PromptMeasurement, limits: &Limits) -> Vec<Breach> {
+    let mut out = Vec::new();
+    if m.scale <= 0.0 {
+        return out;
+    }
+    let max_mean = p.limits.max_kl_mean.unwrap_or(limits.control_max_kl_mean);
+    let max_max = p.limits.max_kl_max.unwrap_or(limits.control_max_kl_max);
+    let min_top1 = p
+        .limits
+        .min_top1_agreement
+        .unwrap_or(limits.control_min_top1_agreement);
+    for (metric, value, limit, broken) in [
+        ("kl_mean", m.kl_mean, max_mean, m.kl_mean > max_mean),
+        ("kl_max", m.kl_max, max_max, m.kl_max > max_max),
+        (
+            "top1_agreement",
+            m.top1_agreement,
+            min_top1,
+            m.top1_agreement < min_top1,
+        ),
+    ] {
+        if broken {
+            out.push(Breach {
+                metric,
+                value,
+                limit,
+            });
+        }
+    }
+    out
+}
+
+/// The smallest mean KL a target prompt must reach to count as moved.
+pub fn target_min_kl(p: &GoldenPrompt, limits: &Limits) -> f64 {
+    p.limits.min_kl_mean.unwrap_or(limits.target_min_kl_mean)
+}
+
+/// The expectations of `p` that `text` does not meet, described (`does not contain "X"` …).
+pub fn unmet_expectations(p: &GoldenPrompt, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &p.expect.contains {
+        if !text.contains(c.as_str()) {
+            out.push(format!("does not contain {c:?}"));
+        }
+    }
+    for c in &p.expect.not_contains {
+        if text.contains(c.as_str()) {
+            out.push(format!("contains {c:?}"));
+        }
+    }
+    if let Some(re) = &p.expect.regex
+        && regex::Regex::new(re)
+            .map(|r| !r.is_match(text))
+            .unwrap_or(true)
+    {
+        out.push(format!("does not match /{re}/"));
+    }
+    out
 }
 
 /// The scale at which expectations are checked: 1.0 if swept, else the largest swept scale.
@@ -430,21 +496,8 @@ fn summarize(set: &GoldenSet, run: &RunMeasurements) -> Vec<ScaleSummary> {
             let expectation_failures = if scale == expect_scale {
                 at.iter()
                     .filter(|m| {
-                        prompt_limits(set, &m.prompt_id).is_some_and(|p| {
-                            p.expect
-                                .contains
-                                .iter()
-                                .any(|c| !m.adapted_text.contains(c.as_str()))
-                                || p.expect
-                                    .not_contains
-                                    .iter()
-                                    .any(|c| m.adapted_text.contains(c.as_str()))
-                                || p.expect.regex.as_ref().is_some_and(|re| {
-                                    regex::Regex::new(re)
-                                        .map(|r| !r.is_match(&m.adapted_text))
-                                        .unwrap_or(true)
-                                })
-                        })
+                        prompt_limits(set, &m.prompt_id)
+                            .is_some_and(|p| !unmet_expectations(p, &m.adapted_text).is_empty())
                     })
                     .count()
             } else {

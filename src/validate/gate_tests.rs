@@ -16,6 +16,7 @@ fn prompt(id: &str, kind: PromptKind, contains: &[&str]) -> GoldenPrompt {
             ..Expectations::default()
         },
         limits: PromptLimits::default(),
+        tags: vec![],
         source: "t.jsonl:1".into(),
     }
 }
@@ -53,6 +54,7 @@ fn run(ms: Vec<PromptMeasurement>, scales: &[f32]) -> RunMeasurements {
         },
         timings: Timings::default(),
         partial: None,
+        alora: None,
         merged: None,
     }
 }

@@ -66,6 +66,10 @@ pub struct GoldenPrompt {
     pub expect: Expectations,
     /// Per-prompt limits.
     pub limits: PromptLimits,
+    /// Slices this prompt belongs to (`math`, `german`, `refusal` …): reports aggregate per tag and name the tag
+    /// that breaks first as the scale grows.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Where it came from, for error messages: `file:line`.
     pub source: String,
 }
@@ -130,6 +134,8 @@ struct Line {
     regex: Option<String>,
     #[serde(default)]
     limits: Option<LimitsLine>,
+    #[serde(default)]
+    tags: Vec<String>,
     /// Free text for people; ignored.
     #[serde(default)]
     #[allow(dead_code)]
@@ -261,6 +267,18 @@ pub fn parse_into(
         if let Some(re) = &l.regex {
             regex::Regex::new(re).map_err(|e| err(format!("`regex` does not compile: {e}")))?;
         }
+        if let Some(bad) = l
+            .tags
+            .iter()
+            .find(|t| t.trim().is_empty() || t.trim() != *t)
+        {
+            return Err(err(format!(
+                "tag {bad:?}: tags are non-empty words without surrounding spaces, e.g. \"math\""
+            )));
+        }
+        let mut tags = l.tags;
+        tags.sort();
+        tags.dedup();
         if l.max_tokens == Some(0) {
             return Err(err("`max_tokens` must be at least 1".into()));
         }
@@ -283,6 +301,7 @@ pub fn parse_into(
                 regex: l.regex,
             },
             limits,
+            tags,
             source: format!("{}:{line}", path.display()),
         });
     }
@@ -312,6 +331,20 @@ mod tests {
         assert_eq!(s.prompts[1].source, "g.jsonl:3");
         assert_eq!(s.prompts[1].limits.min_kl_mean, Some(0.5));
         assert_eq!(s.prompts[0].text, PromptText::Raw("2+2=".into()));
+        assert!(s.prompts[0].tags.is_empty());
+    }
+
+    #[test]
+    fn tags_are_sorted_deduplicated_and_checked() {
+        let s = parse("{\"id\":\"a\",\"kind\":\"control\",\"prompt\":\"x\",\"tags\":[\"math\",\"de\",\"math\"]}")
+            .unwrap();
+        assert_eq!(s.prompts[0].tags, ["de", "math"]);
+        let e = parse("{\"id\":\"a\",\"kind\":\"control\",\"prompt\":\"x\",\"tags\":[\" math\"]}")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "g.jsonl:1: tag \" math\": tags are non-empty words without surrounding spaces, e.g. \"math\""
+        );
     }
 
     #[test]

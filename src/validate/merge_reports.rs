@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::gate::Limits;
 use super::golden::{GoldenPrompt, GoldenSet};
 use super::results::{
-    BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings, PromptMeasurement,
-    RunMeasurements, Timings,
+    AloraRun, BaseContinuation, EngineSettings, Partial, PassTiming, PhaseTimings,
+    PromptMeasurement, RunMeasurements, Timings,
 };
 use super::shard::ShardInfo;
 use crate::report::{JSON_SCHEMA_VERSION, ReportMeta};
@@ -56,6 +56,10 @@ struct Wire {
     partial: Option<Partial>,
     #[serde(default)]
     merged: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    alora: Option<AloraRun>,
+    #[serde(default)]
+    baseline: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +99,13 @@ pub fn read_report(path: &Path) -> Result<RunReport, MergeError> {
                 .into(),
         ));
     }
+    if w.baseline.is_some() {
+        return Err(err(
+            "a --baseline-adapter run: merge-reports does not combine baseline comparisons; run the baseline gate \
+             unsharded"
+                .into(),
+        ));
+    }
     let (Some(golden), Some(limits)) = (w.golden, w.limits) else {
         return Err(err(
             "it lacks `golden` and `limits` (written by an older lora-validate); run it again"
@@ -113,6 +124,7 @@ pub fn read_report(path: &Path) -> Result<RunReport, MergeError> {
             timings: w.timings,
             partial: None,
             merged: None,
+            alora: w.alora,
         },
         meta: ReportMeta {
             base: w.base,
@@ -194,6 +206,7 @@ pub fn merge(mut reports: Vec<RunReport>) -> Result<RunReport, MergeError> {
         timings: merged_timings(&runs),
         partial: None,
         merged: None,
+        alora: merged_alora(&runs, &prompts),
     };
     let first = &reports[0];
     Ok(RunReport {
@@ -204,6 +217,25 @@ pub fn merge(mut reports: Vec<RunReport>) -> Result<RunReport, MergeError> {
             shard: None,
             ..first.meta.clone()
         },
+    })
+}
+
+/// An aLoRA run's shards: one invocation, the prompts that invoke it (or not) in the whole set's order.
+fn merged_alora(runs: &[&RunMeasurements], prompts: &[GoldenPrompt]) -> Option<AloraRun> {
+    let first = runs[0].alora.as_ref()?;
+    let invoked = |id: &String| {
+        runs.iter()
+            .filter_map(|r| r.alora.as_ref())
+            .any(|a| a.prompts_invoked.contains(id))
+    };
+    let (yes, no): (Vec<String>, Vec<String>) = prompts
+        .iter()
+        .map(|p| p.id.clone())
+        .partition(|id| invoked(id));
+    Some(AloraRun {
+        invocation_tokens: first.invocation_tokens.clone(),
+        prompts_invoked: yes,
+        prompts_not_invoked: no,
     })
 }
 
@@ -368,6 +400,7 @@ mod tests {
             expect: Expectations::default(),
             limits: PromptLimits::default(),
             source: format!("set.jsonl:{}", i + 1),
+            tags: vec![],
         };
         GoldenSet {
             prompts: (0..7).map(prompt).collect(),
@@ -430,6 +463,7 @@ mod tests {
             },
             partial: None,
             merged: None,
+            alora: None,
         }
     }
 

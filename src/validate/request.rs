@@ -11,6 +11,7 @@ use crate::report::ReportMeta;
 use super::gate::{Limits, LimitsError, Verdict};
 use super::golden::{GoldenError, GoldenSet};
 use super::results::RunMeasurements;
+pub use crate::reference::{ReferenceOutcome, ReferenceRequest, SelfTestOutcome};
 
 /// One validation run: a base, the adapters (each with its own scale), the golden prompts, the sweep and the limits.
 #[derive(Clone, Debug)]
@@ -27,6 +28,11 @@ pub struct Request {
     pub limits: Limits,
     /// How the engine runs.
     pub engine: EngineConfig,
+    /// Training parity against a reference pack instead of the golden sweep (`--reference`; prompts and scales
+    /// then come from the pack).
+    pub reference: Option<ReferenceRequest>,
+    /// `--scales auto`: refine the recommended scale by bisection after the sweep.
+    pub refine: Option<Refine>,
     /// `--merged`: a model with the adapters merged in (`lora-convert merge`), run next to base + runtime adapter.
     pub merged: Option<PathBuf>,
     /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
@@ -34,11 +40,94 @@ pub struct Request {
     /// `--strict-base`: refuse an adapter that does not record this base as the one it was converted against
     /// (docs/base-fingerprint.md); without it such an adapter is a warning.
     pub strict_base: bool,
+    /// `--baseline-adapter`: the adapter in production with its own scale; the candidate must not regress against it.
+    pub baseline: Option<(PathBuf, f32)>,
 }
 
-/// What a finished run found: the prompts, the measurements, the verdict and what the run was about.
+/// `--scales auto`: after the sweep, bisect the bracket where the control limits break, one extra pass (reusing the
+/// base pass) per step, until the bracket is no wider than `precision` or `max_passes` passes ran.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Refine {
+    /// Most extra passes.
+    pub max_passes: usize,
+    /// Stop when the boundary is known to within this many scale units.
+    pub precision: f32,
+}
+
+impl Refine {
+    /// The sweep `--scales auto` starts from.
+    pub const GRID: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+}
+
+impl Default for Refine {
+    fn default() -> Self {
+        Refine {
+            max_passes: 4,
+            precision: 0.01,
+        }
+    }
+}
+
+impl Request {
+    /// Base, adapters, tool, merged model, limits and shard, for the reports.
+    pub fn report_meta(&self, shard: Option<super::shard::ShardInfo>) -> ReportMeta {
+        ReportMeta {
+            base: self.base.display().to_string(),
+            adapters: self
+                .adapters
+                .iter()
+                .map(|(p, s)| (p.display().to_string(), *s))
+                .collect(),
+            tool_version: format!("lora-validate {}", env!("CARGO_PKG_VERSION")),
+            merged: self.merged.as_ref().map(|p| p.display().to_string()),
+            limits: self.limits.clone(),
+            shard,
+        }
+    }
+}
+
+/// What a finished run found.
 #[derive(Debug)]
-pub struct Outcome {
+pub enum Outcome {
+    /// The golden sweep.
+    Golden(Box<GoldenOutcome>),
+    /// Training parity against a reference pack.
+    Reference(Box<ReferenceOutcome>),
+    /// The parity checks' self-test (`--self-test`).
+    SelfTest(SelfTestOutcome),
+}
+
+impl Outcome {
+    /// How the command ends: 0 pass, 1 a gate or parity check failed, 130 / 3 for a partial golden run.
+    pub fn exit_status(&self) -> ExitStatus {
+        let passed = match self {
+            Outcome::Golden(g) => match &g.measured.partial {
+                Some(p) if p.interrupted => return ExitStatus::Interrupted,
+                Some(_) => return ExitStatus::Runtime,
+                None => g.verdict.passed,
+            },
+            Outcome::Reference(r) => r.verdict.passed,
+            Outcome::SelfTest(t) => t.passed(),
+        };
+        if passed {
+            ExitStatus::Success
+        } else {
+            ExitStatus::GateFailed
+        }
+    }
+
+    /// The golden sweep's outcome, if this was one.
+    pub fn golden(self) -> Option<GoldenOutcome> {
+        match self {
+            Outcome::Golden(g) => Some(*g),
+            _ => None,
+        }
+    }
+}
+
+/// What a finished golden sweep found: the prompts, the measurements, the verdict and what the run was about.
+#[derive(Debug)]
+pub struct GoldenOutcome {
     /// The golden set that ran.
     pub set: GoldenSet,
     /// Every measurement.
@@ -81,6 +170,12 @@ pub enum Error {
     /// The base or an adapter is not a readable GGUF file.
     #[error(transparent)]
     Gguf(#[from] gguf::Error),
+    /// The reference pack is unreadable or malformed.
+    #[error(transparent)]
+    Pack(#[from] crate::reference::PackError),
+    /// A sabotaged copy for the self-test could not be made.
+    #[error(transparent)]
+    Sabotage(#[from] crate::reference::sabotage::SabotageError),
     /// An adapter does not fit the base (checked with our own reader before llama.cpp, which aborts on some of these).
     #[error(
         "`{}` does not fit the base `{}` ({} problem(s)):\n{}",
@@ -135,6 +230,9 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// One prompt at a time (the baseline the batched engine is measured against).
     pub sequential: bool,
+    /// An aLoRA's invocation tokens: the adapter acts from its invocation in each prompt, as llama-server runs it
+    /// (see [`super::alora`]).
+    pub alora_invocation: Option<Vec<i32>>,
     /// Layers offloaded to a GPU backend's devices; None: every layer when a GPU backend and device are there,
     /// else none. Base and adapted contexts share the one model, so they always run on the same devices.
     pub gpu_layers: Option<u32>,
@@ -152,6 +250,7 @@ impl Default for EngineConfig {
             max_parallel: 64,
             verbose: false,
             sequential: false,
+            alora_invocation: None,
             gpu_layers: None,
             interrupt: None,
         }

@@ -127,9 +127,36 @@ pub struct RunMeasurements {
     /// the finished prompts only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<Partial>,
+    /// Set when the adapter is an activated LoRA: how it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alora: Option<AloraRun>,
     /// With `--merged`: the merged model measured against base + runtime adapter (every adapter at its own scale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<Vec<MergedMeasurement>>,
+}
+
+/// How an activated LoRA (aLoRA) was applied: as llama-server runs it, from its invocation sequence on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AloraRun {
+    /// The adapter's `adapter.alora.invocation_tokens`.
+    pub invocation_tokens: Vec<i32>,
+    /// Prompts whose tokens hold the invocation sequence: the adapter acts from one token before its last occurrence.
+    pub prompts_invoked: Vec<String>,
+    /// Prompts without it: they run as the base (llama-server sets the adapter's scale to 0).
+    pub prompts_not_invoked: Vec<String>,
+}
+
+impl AloraRun {
+    /// One line for the human reports.
+    pub fn summary(&self) -> String {
+        format!(
+            "activated LoRA (aLoRA): applied as llama-server does, from its invocation tokens {:?} on (off before \
+             them); {} of {} prompts invoke it, the others run as the base",
+            self.invocation_tokens,
+            self.prompts_invoked.len(),
+            self.prompts_invoked.len() + self.prompts_not_invoked.len()
+        )
+    }
 }
 
 /// One prompt through the merged model (`lora-validate --merged`), teacher-forced on the base continuation like

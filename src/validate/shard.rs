@@ -121,6 +121,7 @@ mod tests {
                     expect: Expectations::default(),
                     limits: PromptLimits::default(),
                     source: format!("a.jsonl:{}", i + 1),
+                    tags: vec![],
                 })
                 .collect(),
         }

@@ -38,6 +38,17 @@ pub struct MergeArgs {
     #[arg(long, value_name = "FRACTION", default_value_t = lora_gguf_budget())]
     budget: f64,
 
+    /// The F32/F16/BF16 GGUF of the same model: merged tensors are computed from its weights and quantized once, to
+    /// the type BASE has for each (with --outtype auto, promoted as usual); BASE stays the template, every untouched
+    /// tensor and all metadata copied from it byte for byte.
+    #[arg(long, value_name = "HIGH.gguf")]
+    source: Option<PathBuf>,
+
+    /// llama.cpp's importance matrix (llama-imatrix's GGUF or legacy .dat): merged tensors are quantized with it as
+    /// llama-quantize does; needed for the types that require one (iq2_xxs …).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+
     /// Also write an Ollama Modelfile next to the output (MERGED.Modelfile: FROM the merged file, its stop tokens):
     /// `ollama create NAME -f MERGED.Modelfile`.
     #[arg(long)]
@@ -112,6 +123,8 @@ pub fn run(args: MergeArgs) -> ExitCode {
         force: args.force,
         threads: args.threads,
         modelfile: args.modelfile,
+        source: args.source,
+        imatrix: args.imatrix,
     };
     if let Err(refusal) = check_bases(&opts, args.strict_base) {
         eprintln!("error: {refusal}");
