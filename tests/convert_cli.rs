@@ -384,9 +384,45 @@ fn moe_from_base_config_equals_moe_from_base_gguf() {
             .arg("--drop-ignored-pairs")
             .assert()
             .success();
+        assert_same_but_the_base_record(&a, &b, case);
+    }
+}
+
+/// `with_base` (converted with `--base`) is `without` plus what it records about the base GGUF (the
+/// `general.base_model.*` keys and the fingerprint, docs/base-fingerprint.md): the same metadata otherwise, the same
+/// tensors, the same bytes.
+fn assert_same_but_the_base_record(
+    with_base: &std::path::Path,
+    without: &std::path::Path,
+    case: &str,
+) {
+    let (a, b) = (
+        GgufFile::open(with_base).unwrap(),
+        GgufFile::open(without).unwrap(),
+    );
+    assert!(a.get("lora_gguf.base_fingerprint").is_some(), "{case}");
+    let kept = |f: &GgufFile| {
+        f.metadata
+            .iter()
+            .filter(|(k, _)| {
+                k != "lora_gguf.base_fingerprint" && !k.starts_with("general.base_model.")
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&a), kept(&b), "{case}");
+    let infos = |f: &GgufFile| {
+        f.tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.ggml_type, t.dims.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(infos(&a), infos(&b), "{case}");
+    for t in &a.tensors {
         assert!(
-            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
-            "{case}"
+            a.read_tensor_bytes(&t.name).unwrap() == b.read_tensor_bytes(&t.name).unwrap(),
+            "{case}: {}",
+            t.name
         );
     }
 }

@@ -20,6 +20,9 @@ mod base_family_cli;
 // `lora-convert inspect` (PEFT directories and GGUF adapters) and `--manifest`.
 mod inspect_cli;
 
+// The base recorded in the adapter (`lora-convert --base`): inspect shows it; inspect, validate and merge check it.
+mod base_fingerprint;
+
 // Malformed input through the binaries: cuts at every section boundary, hostile sizes, bad outputs → exit 2.
 mod malformed;
 

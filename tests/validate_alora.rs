@@ -125,6 +125,7 @@ fn lora_validate_applies_an_alora_from_its_invocation_only() {
         merged: None,
         shard: None,
         baseline: None,
+        strict_base: false,
         reference: None,
     };
     let out = validate::run(&req, &mut |_| {})

@@ -225,6 +225,7 @@ fn run_scales(
         baseline: None,
         merged: None,
         shard: None,
+        strict_base: false,
         reference: None,
     };
     validate::run(&req, &mut |_| {})

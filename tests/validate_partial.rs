@@ -28,6 +28,7 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
         refine: None,
         merged: None,
         shard: None,
+        strict_base: false,
         baseline: None,
     }
 }

@@ -126,6 +126,11 @@ struct Cli {
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
 
+    /// Refuse (exit 2) an adapter that does not record this base as the one it was converted against (`lora-convert
+    /// --base` records it; docs/base-fingerprint.md), or that records none. Without it, a different base is a warning.
+    #[arg(long)]
+    strict_base: bool,
+
     /// Training parity: compare with a reference pack recorded where the adapter was trained
     /// (`python -m lora_gguf.record`, docs/reference-pack.md) instead of running golden prompts.
     #[arg(
@@ -349,6 +354,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
         },
         merged: cli.merged.clone(),
         shard: cli.shard,
+        strict_base: cli.strict_base,
         reference: cli.reference.as_ref().map(|pack| ReferenceRequest {
             pack: pack.clone(),
             limits: ReferenceLimits {
@@ -363,7 +369,9 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| {
-        if tty {
+        if let Progress::Warning(w) = &p {
+            eprintln!("warning: {w}");
+        } else if tty {
             let (what, done, total) = match p {
                 Progress::Pass { scale, done, total } => (
                     scale.map_or("base".to_string(), |s| format!("scale {s}")),
@@ -375,6 +383,7 @@ fn run(cli: &Cli) -> Result<ExitStatus, validate::Error> {
                     done,
                     total,
                 ),
+                Progress::Warning(_) => return,
             };
             eprint!(
                 "\r\x1b[2K[{}{}] step {}/{total}: {what}",

@@ -44,6 +44,8 @@ pub struct BaseModel {
     /// The values of the base's small `….scale` tensors (per-expert output scales), only for a GGUF base. A scale
     /// whose weight is NVFP4 is left out: there it also holds the quantization's own scale.
     pub scales: BTreeMap<String, Vec<f32>>,
+    /// The base GGUF's header (metadata and tensor infos, no weights), kept for the fingerprint the adapter records.
+    pub header: Option<std::sync::Arc<GgufFile>>,
 }
 
 /// Why the base description could not be read.
@@ -133,6 +135,7 @@ impl BaseModel {
             tied_embeddings: Some(tied),
             tensors: Some(tensors),
             scales,
+            header: Some(std::sync::Arc::new(file)),
         })
     }
 
@@ -162,6 +165,7 @@ impl BaseModel {
             tied_embeddings: g.tie_word_embeddings,
             tensors: None,
             scales: BTreeMap::new(),
+            header: None,
         })
     }
 

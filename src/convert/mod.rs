@@ -28,6 +28,8 @@ pub use verify::VerifyReport;
 
 use crate::adapter::{self, Adapter, Framework};
 use crate::arch;
+use crate::gguf;
+use crate::gguf_adapter::fingerprint::{self, BaseFingerprint, FingerprintError};
 use crate::mlx;
 
 /// What to convert and how.
@@ -261,16 +263,27 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
     };
     let adapter = &prepared.adapter;
     let heads = base.factor_heads();
+    let recorded = match &base.header {
+        Some(header) => base_record(header, plan)?,
+        None => Vec::new(),
+    };
 
     let run = || -> Result<(u64, Option<VerifyReport>), ConvertError> {
         let mut report = None;
-        let bytes =
-            write::write_atomically(&opts.output, opts.force, plan, adapter, heads, |tmp| {
+        let bytes = write::write_atomically(
+            &opts.output,
+            opts.force,
+            plan,
+            adapter,
+            heads,
+            &recorded,
+            |tmp| {
                 if opts.verify {
                     report = Some(verify::verify(tmp, plan, adapter, heads)?);
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         Ok((bytes, report))
     };
     let (bytes, verify) = match opts.threads {
@@ -285,6 +298,25 @@ fn write_prepared(opts: &Options, prepared: &Prepared) -> Result<Summary, Conver
         None => run()?,
     };
     Ok(summarize(opts, adapter, base, plan, bytes, verify))
+}
+
+/// What the adapter records about the base GGUF it was converted against: the standard `general.base_model.*`
+/// keys and the fingerprint (docs/base-fingerprint.md), with a hash of the targeted tensors' data (their first 64 KiB each).
+fn base_record(
+    file: &gguf::GgufFile,
+    plan: &Plan,
+) -> Result<Vec<(String, gguf::Value)>, ConvertError> {
+    let targets: Vec<&str> = plan.pairs.iter().map(|p| p.target.as_str()).collect();
+    let fingerprint = BaseFingerprint::of(file, &targets, true).map_err(|e| match e {
+        FingerprintError::Gguf(e) => ConvertError::Gguf(e),
+        other => ConvertError::Gguf(gguf::Error::Io {
+            path: file.path.clone(),
+            source: std::io::Error::other(other.to_string()),
+        }),
+    })?;
+    let mut kv = fingerprint::base_model_metadata(file);
+    kv.push(fingerprint.metadata_entry());
+    Ok(kv)
 }
 
 /// Find the base description: `--base`, `--base-config`, or a local `base_model_name_or_path`.

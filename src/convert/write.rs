@@ -22,8 +22,9 @@ use crate::adapter::{Adapter, TensorRef};
 use crate::arch::RowTransform;
 use crate::gguf::{self, PositionedWriter, TensorSpec, Value, keys};
 
-/// The metadata written, in order (general.architecture first, as gguf-py does).
-pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
+/// The metadata written, in order (general.architecture first, as gguf-py does); `extra` (what is recorded about
+/// the base) goes before `general.quantization_version`, which gguf-py writes last.
+pub fn metadata(plan: &Plan, adapter: &Adapter, extra: &[(String, Value)]) -> Vec<(String, Value)> {
     let mut kv = vec![
         (
             keys::GENERAL_ARCHITECTURE.to_string(),
@@ -58,6 +59,7 @@ pub fn metadata(plan: &Plan, adapter: &Adapter) -> Vec<(String, Value)> {
             }),
         ));
     }
+    kv.extend_from_slice(extra);
     kv.push((
         keys::GENERAL_QUANTIZATION_VERSION.to_string(),
         Value::U32(2),
@@ -121,19 +123,21 @@ struct WorkerBuffers {
 
 /// Write the whole GGUF file into `file` (empty); returns its length. Pairs are encoded in parallel on the
 /// current rayon pool, each by one worker that reads its sources, encodes them and writes them at their offsets.
-/// When several pairs fail, the error is the first one's in plan order, whatever the thread count.
+/// When several pairs fail, the error is the first one's in plan order, whatever the thread count. `extra` is
+/// metadata beyond the adapter's own ([`metadata`]).
 pub fn write_gguf(
     file: &File,
     plan: &Plan,
     adapter: &Adapter,
     heads: HeadCounts,
+    extra: &[(String, Value)],
 ) -> Result<u64, ConvertError> {
     let specs: Vec<TensorSpec> = plan
         .pairs
         .iter()
         .flat_map(|p| [p.a.clone(), p.b.clone()])
         .collect();
-    let writer = PositionedWriter::new(file, &metadata(plan, adapter), &specs)?;
+    let writer = PositionedWriter::new(file, &metadata(plan, adapter, extra), &specs)?;
     let buffers: Vec<Mutex<WorkerBuffers>> = (0..rayon::current_num_threads())
         .map(|_| Mutex::default())
         .collect();
@@ -312,6 +316,7 @@ pub fn write_atomically(
     plan: &Plan,
     adapter: &Adapter,
     heads: HeadCounts,
+    extra: &[(String, Value)],
     finish: impl FnOnce(&Path) -> Result<(), ConvertError>,
 ) -> Result<u64, ConvertError> {
     let io = |source| ConvertError::Io {
@@ -332,7 +337,7 @@ pub fn write_atomically(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io)?;
-    let size = write_gguf(tmp.as_file(), plan, adapter, heads).map_err(|e| match e {
+    let size = write_gguf(tmp.as_file(), plan, adapter, heads, extra).map_err(|e| match e {
         // Name the file the user asked for (the temporary one is removed when `tmp` drops).
         ConvertError::Gguf(gguf::Error::Write { what, source }) => ConvertError::Write {
             path: path.to_path_buf(),

@@ -42,6 +42,10 @@ pub const GENERAL_LANGUAGES: &str = "general.languages";
 /// `general.base_model.count` (UINT32); entries are [`base_model_key`].
 pub const GENERAL_BASE_MODEL_COUNT: &str = "general.base_model.count";
 
+/// `lora_gguf.base_fingerprint` (STRING): the base an adapter was converted against, as JSON
+/// (`gguf_adapter::fingerprint`, docs/base-fingerprint.md).
+pub const LORA_GGUF_BASE_FINGERPRINT: &str = "lora_gguf.base_fingerprint";
+
 /// `adapter.type` (STRING): must be `lora` for llama.cpp to load the adapter.
 pub const ADAPTER_TYPE: &str = "adapter.type";
 /// `adapter.lora.alpha` (FLOAT32, and only FLOAT32: any other type aborts llama.cpp).

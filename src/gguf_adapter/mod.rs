@@ -5,6 +5,7 @@
 //! memory on others), and [`stack`], several adapters as one. `inspect`, `validate` and `merge` use it; `gguf`
 //! below it knows no LoRA.
 
+pub mod fingerprint;
 pub mod fit;
 pub mod stack;
 

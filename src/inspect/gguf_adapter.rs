@@ -46,6 +46,9 @@ pub struct GgufReport {
     pub problems: Vec<Problem>,
     /// With `--base`: the fit check.
     pub fit: Option<Fit>,
+    /// The base the adapter was converted against (`lora-convert --base`) and, with `--base`, whether this is it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<super::fingerprint::FingerprintReport>,
     /// A model made by `lora-convert merge`: what was merged (its `lora_gguf.merge.*` keys).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merge: Option<super::merged::Provenance>,
@@ -134,10 +137,10 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
             }
         })
         .collect();
-    let fit = match base {
-        None => None,
-        Some(base_path) => {
-            let b = GgufFile::open(base_path)?;
+    let base_file = base.map(GgufFile::open).transpose()?;
+    let base_fingerprint = super::fingerprint::report(&adapter.file, base_file.as_ref())?;
+    let fit = match (base, base_file) {
+        (Some(base_path), Some(b)) => {
             let mismatches = match adapter.fit(&b) {
                 Ok(_) => Vec::new(),
                 Err(m) => m.into_iter().map(problem).collect(),
@@ -149,6 +152,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
                 mismatches,
             })
         }
+        _ => None,
     };
     let f = &adapter.file;
     let merge = super::merged::read(f);
@@ -194,6 +198,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<GgufReport, gguf::Err
         problems,
         pairs,
         fit,
+        base_fingerprint,
         merge,
     })
 }

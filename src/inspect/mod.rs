@@ -4,6 +4,7 @@
 //! checked by `gguf_adapter::GgufAdapter::fit` — the same check `lora-validate` runs before llama.cpp sees the file. Schema
 //! `lora-gguf.inspect/1` (docs/inspect-and-manifest.md).
 
+pub mod fingerprint;
 pub mod gguf_adapter;
 pub mod merged;
 pub mod peft_dir;

@@ -321,6 +321,10 @@ fn gguf(r: &GgufReport) -> String {
     for p in &r.problems {
         let _ = writeln!(o, "problem: `{}`: {}", p.subject, p.message);
     }
+    if let Some(f) = &r.base_fingerprint {
+        let base = r.fit.as_ref().map(|f| f.base.as_str());
+        o.push_str(&super::fingerprint::text(f, base));
+    }
     let _ = writeln!(o);
     match &r.fit {
         None => {

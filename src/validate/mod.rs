@@ -39,7 +39,7 @@ pub fn check_scales(scales: &[f32]) -> Result<(), Error> {
 #[cfg(feature = "validate")]
 pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome, Error> {
     use crate::gguf::GgufFile;
-    use crate::gguf_adapter::GgufAdapter;
+    use crate::gguf_adapter::{GgufAdapter, fingerprint};
 
     if let Some(r) = &req.reference {
         if req.merged.is_some()
@@ -69,6 +69,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
         None => (set, None),
     };
     let base = GgufFile::open(&req.base)?;
+    let mut base_warnings = Vec::new();
     let mut engine_cfg = req.engine.clone();
     for (path, _) in &req.adapters {
         let adapter = GgufAdapter::open(path)?;
@@ -79,6 +80,8 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
                 problems,
             });
         }
+        let checked = fingerprint::check_base(&adapter.file, &base, req.strict_base);
+        base_warnings.extend(checked.map_err(Error::BaseMismatch)?);
         if let Some(tokens) = alora::invocation_tokens(&adapter) {
             if req.adapters.len() > 1 {
                 return Err(Error::Usage(format!(
@@ -125,6 +128,9 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
                 .into(),
         ));
     }
+    for w in &base_warnings {
+        progress(Progress::Warning(w.clone()));
+    }
     if let Some(merged) = &req.merged {
         check_merged(&base, merged)?;
     }
@@ -164,6 +170,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Outcome,
     };
     let mut measured = engine.run_refined(&set.prompts, &req.scales, &mut refine, progress)?;
     let mut verdict = gate::judge(&set, &measured, &req.limits);
+    verdict.warnings.extend(base_warnings);
     if let Some(r) = verdict.recommendation.as_mut() {
         r.refined_scales = probes;
     }

@@ -37,6 +37,9 @@ pub struct Request {
     pub merged: Option<PathBuf>,
     /// Run only this shard of the golden set (`--shard I/N`); `merge_reports::merge` puts the shards' reports together.
     pub shard: Option<super::shard::Shard>,
+    /// `--strict-base`: refuse an adapter that does not record this base as the one it was converted against
+    /// (docs/base-fingerprint.md); without it such an adapter is a warning.
+    pub strict_base: bool,
     /// `--baseline-adapter`: the adapter in production with its own scale; the candidate must not regress against it.
     pub baseline: Option<(PathBuf, f32)>,
 }
@@ -189,6 +192,9 @@ pub enum Error {
         /// Every problem.
         problems: Vec<Problem>,
     },
+    /// `--strict-base` and an adapter that does not record this base (`gguf_adapter::fingerprint::check_base`).
+    #[error("{0}")]
+    BaseMismatch(String),
     /// llama.cpp failed, or a prompt cannot run.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -271,6 +277,9 @@ pub enum Progress {
         /// Steps in all.
         total: usize,
     },
+    /// Something the user should hear before the run (it is in the verdict's warnings too): an adapter converted
+    /// against another base.
+    Warning(String),
 }
 
 /// Why the engine failed.

@@ -54,6 +54,12 @@ pub struct MergeArgs {
     #[arg(long)]
     modelfile: bool,
 
+    /// Refuse (nothing written) a GGUF adapter that does not record this base as the one it was converted against
+    /// (`lora-convert --base` records it; docs/base-fingerprint.md), or that records none. Without it, a different
+    /// base is a warning.
+    #[arg(long)]
+    strict_base: bool,
+
     /// Overwrite the output if it exists.
     #[arg(short, long)]
     force: bool,
@@ -120,6 +126,10 @@ pub fn run(args: MergeArgs) -> ExitCode {
         source: args.source,
         imatrix: args.imatrix,
     };
+    if let Err(refusal) = check_bases(&opts, args.strict_base) {
+        eprintln!("error: {refusal}");
+        return ExitCode::from(2);
+    }
     match merge::merge(&opts) {
         Ok(summary) => {
             if !args.quiet {
@@ -132,6 +142,26 @@ pub fn run(args: MergeArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Each GGUF adapter's recorded base against `--base`: a warning on stderr when it differs, the refusal with
+/// `--strict-base`. Unreadable files are left to the merge, which names them; an adapter directory is converted
+/// against the base itself.
+#[cfg(feature = "merge")]
+fn check_bases(opts: &lora_gguf::merge::Options, strict: bool) -> Result<(), String> {
+    use lora_gguf::gguf::GgufFile;
+    use lora_gguf::gguf_adapter::fingerprint::check_base;
+    let Ok(base) = GgufFile::open(&opts.base) else {
+        return Ok(());
+    };
+    for a in opts.adapters.iter().filter(|a| !a.path.is_dir()) {
+        if let Ok(adapter) = GgufFile::open(&a.path)
+            && let Some(warning) = check_base(&adapter, &base, strict)?
+        {
+            eprintln!("warning: {warning}");
+        }
+    }
+    Ok(())
 }
 
 /// `PATH[:SCALE]`: the part after the last `:` is a scale when it parses as a finite number (so `C:\\x.gguf` and
