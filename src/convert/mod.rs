@@ -149,6 +149,15 @@ pub fn prepare(
             None
         }
     };
+    let family = match base.as_ref().map(|b| resolve_family(arch_override, b)) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            refusals.push(e);
+            None
+        }
+        None => None,
+    };
+    // After the architecture: a base of another architecture is named as such first.
     if let (Some(_), Some(path)) = (&base, base_path)
         && !quirks.other_base_family
         && let Ok(file) = crate::gguf::GgufFile::open(path)
@@ -160,14 +169,6 @@ pub fn prepare(
     {
         refusals.push(ConvertError::BaseFamily(m));
     }
-    let family = match base.as_ref().map(|b| resolve_family(arch_override, b)) {
-        Some(Ok(f)) => Some(f),
-        Some(Err(e)) => {
-            refusals.push(e);
-            None
-        }
-        None => None,
-    };
     let plan = match (family, &base) {
         (Some(family), Some(base)) => {
             // target_parameters pairs are told apart by shape against the base; a pair that fits no parameter is
