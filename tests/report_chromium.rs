@@ -1,4 +1,4 @@
-//! `--format html` in a real browser: Debian's headless Chromium (install: tools/install-chromium.sh) loads the page
+//! `--format html` in a real browser: Debian's headless Chromium (installed by tools/build-deps.sh) loads the page
 //! lora-validate wrote for a real run (the llama fixture adapter on its tiny base, so it takes about a second) — no
 //! console error or warning, the inline script ran (the table sorted by KL, highest first), every plot and series is
 //! in the rendered DOM — and a screenshot is kept under the target directory (`report-chromium/report.png`). The
@@ -10,12 +10,12 @@ use std::process::Command;
 
 use crate::common::*;
 
-/// Chromium from Debian's package; the test needs it (CI installs it with tools/install-chromium.sh).
+/// Chromium from Debian's package; the test needs it (tools/build-deps.sh installs it; tools/test.sh runs that first).
 fn chromium() -> PathBuf {
     let path = PathBuf::from("/usr/bin/chromium");
     assert!(
         path.exists(),
-        "this test renders the HTML report in Debian's headless Chromium: run tools/install-chromium.sh \
+        "this test renders the HTML report in Debian's headless Chromium: run tools/build-deps.sh \
          (apt-get install chromium)"
     );
     path

@@ -3,6 +3,7 @@
 #   cmake + make + a C++ compiler   llama.cpp itself (built by llama-cpp-sys-2's build script)
 #   libclang                        bindgen, which generates llama.cpp's Rust bindings
 #   python3 with venv               tools/fetch-test-model.sh (the Gemma 3 270M test model comes from PyPI)
+#   chromium                        tests/report_chromium.rs renders the HTML report headless (~81 MB download)
 # On Debian/Ubuntu it runs apt-get (through sudo when not root); elsewhere it names what to install and exits 2.
 # Idempotent: with everything present it installs nothing and prints nothing.
 #
@@ -31,6 +32,8 @@ if ! have python3; then
 elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=("python3 venv"); packages+=(python3-venv)
 fi
+
+have chromium || { missing+=(chromium); packages+=(chromium); }
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "${1:-}" = "--check" ]; then
