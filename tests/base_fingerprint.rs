@@ -400,3 +400,42 @@ mod validate {
         assert!(!report.exists());
     }
 }
+
+/// `--reference` with `--strict-base`: a pack recorded on another model (the Gemma test pack against the tiny llama
+/// base) is refused before llama.cpp runs, naming the pack, the base and each difference; nothing is written.
+#[cfg(feature = "validate")]
+#[test]
+fn strict_base_refuses_a_reference_pack_recorded_on_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = converted(dir.path());
+    let pack = root().join("fixtures/gemma-lora/reference-pack");
+    let report = dir.path().join("r.json");
+    let a = lora_validate()
+        .arg("--base")
+        .arg(base_gguf("llama"))
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--reference")
+        .arg(&pack)
+        .arg("--strict-base")
+        .args(["--format", "json", "-o"])
+        .arg(&report)
+        .assert()
+        .code(2);
+    let stderr = stderr_of(&a);
+    let head = format!(
+        "error: --strict-base: the reference pack `{}` was not recorded on the base `{}` (",
+        pack.display(),
+        base_gguf("llama").display()
+    );
+    assert!(stderr.starts_with(&head), "{stderr}");
+    assert!(
+        stderr.contains("\n  - the pack was recorded on Gemma3ForCausalLM (GGUF architecture gemma3); the base GGUF is llama\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Give the GGUF of the model the pack was recorded on"),
+        "{stderr}"
+    );
+    assert!(!report.exists());
+}

@@ -39,7 +39,28 @@ pub fn run(req: &Request, r: &ReferenceRequest) -> Result<Outcome, Error> {
             adapter.display()
         )));
     }
-    let warnings = check::pack_against_base(&pack, &base);
+    // The base fingerprints: the adapter's (recorded by `lora-convert --base`) and the pack's (recorded by the
+    // recorder), each a warning, or with --strict-base a refusal.
+    let mut warnings: Vec<String> =
+        crate::gguf_adapter::fingerprint::check_base(&gguf_adapter.file, &base, req.strict_base)
+            .map_err(Error::BaseMismatch)?
+            .into_iter()
+            .collect();
+    let pack_differences = check::pack_against_base(&pack, &base);
+    if req.strict_base && !pack_differences.is_empty() {
+        let list: String = pack_differences
+            .iter()
+            .map(|d| format!("\n  - {d}"))
+            .collect();
+        return Err(Error::BaseMismatch(format!(
+            "--strict-base: the reference pack `{}` was not recorded on the base `{}` ({} difference(s)):{list}\nGive \
+             the GGUF of the model the pack was recorded on, or record the pack again on this base's model.",
+            r.pack.display(),
+            req.base.display(),
+            pack_differences.len()
+        )));
+    }
+    warnings.extend(pack_differences);
     let bos = base
         .get_u64("tokenizer.ggml.bos_token_id")
         .and_then(|b| i32::try_from(b).ok());
