@@ -166,6 +166,20 @@ fn source_merge_quantizes_once_and_copies_the_rest_of_the_base() {
         s.get_str("lora_gguf.merge.source_sha256").map(str::len),
         Some(64)
     );
+    let shown = lora_convert()
+        .arg("inspect")
+        .arg(&from_source)
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&shown.get_output().stdout).into_owned();
+    let sha = s.get_str("lora_gguf.merge.source_sha256").unwrap();
+    assert!(
+        text.contains(&format!(
+            "          source base.gguf (sha256 {}…)\n",
+            &sha[..12]
+        )),
+        "{text}"
+    );
 
     // Drift from base + runtime adapter on the quantized base (13 teacher-forced positions, vocabulary 272)
     let adapter = dir.path().join("a.gguf");

@@ -21,6 +21,14 @@ pub const ADAPTER_SHA256: &str = "lora_gguf.merge.adapter_sha256";
 pub const SCALES: &str = "lora_gguf.merge.scales";
 /// `--outtype` as given (`auto:<budget>`, `keep`, a type name).
 pub const OUTTYPE: &str = "lora_gguf.merge.outtype";
+/// `--source`: the float model's file name.
+pub const SOURCE: &str = "lora_gguf.merge.source";
+/// `--source`: sha256 of the float model file.
+pub const SOURCE_SHA256: &str = "lora_gguf.merge.source_sha256";
+/// `--imatrix`: the importance matrix file's name.
+pub const IMATRIX: &str = "lora_gguf.merge.imatrix";
+/// `--imatrix`: sha256 of the importance matrix file.
+pub const IMATRIX_SHA256: &str = "lora_gguf.merge.imatrix_sha256";
 
 /// What a merged model records about its making.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -35,6 +43,21 @@ pub struct Provenance {
     pub adapters: Vec<MergedAdapter>,
     /// The type policy.
     pub outtype: String,
+    /// `--source`: the float model the merged tensors were computed from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<NamedFile>,
+    /// `--imatrix`: the importance matrix the merged tensors were quantized with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imatrix: Option<NamedFile>,
+}
+
+/// A file an input of the merge came from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NamedFile {
+    /// File name.
+    pub name: String,
+    /// sha256.
+    pub sha256: String,
 }
 
 /// One merged adapter.
@@ -78,5 +101,15 @@ pub fn read(f: &GgufFile) -> Option<Provenance> {
         base_sha256: s(BASE_SHA256),
         adapters,
         outtype: s(OUTTYPE),
+        source: named(f, SOURCE, SOURCE_SHA256),
+        imatrix: named(f, IMATRIX, IMATRIX_SHA256),
+    })
+}
+
+/// A named input (`--source`, `--imatrix`) when the file records one.
+fn named(f: &GgufFile, name: &str, sha256: &str) -> Option<NamedFile> {
+    Some(NamedFile {
+        name: f.get_str(name)?.to_string(),
+        sha256: f.get_str(sha256).unwrap_or_default().to_string(),
     })
 }

@@ -268,6 +268,16 @@ fn gguf(r: &GgufReport) -> String {
                 short(&a.sha256)
             );
         }
+        for (what, file) in [("source", &m.source), ("imatrix", &m.imatrix)] {
+            if let Some(f) = file {
+                let _ = writeln!(
+                    o,
+                    "          {what} {} (sha256 {}…)",
+                    f.name,
+                    short(&f.sha256)
+                );
+            }
+        }
         let _ = writeln!(o, "          outtype {}; {}", m.outtype, m.tool);
         let _ = writeln!(o, "arch      {}", r.architecture.as_deref().unwrap_or("?"));
         return o;

@@ -29,18 +29,9 @@ use crate::gguf::value::Array;
 use crate::gguf::{GgufFile, Value, ValueType, keys};
 
 pub use crate::inspect::merged::{
-    ADAPTER_SHA256, ADAPTERS, BASE, BASE_SHA256, OUTTYPE, PREFIX, SCALES, TOOL,
+    ADAPTER_SHA256, ADAPTERS, BASE, BASE_SHA256, IMATRIX, IMATRIX_SHA256, OUTTYPE, PREFIX, SCALES,
+    SOURCE, SOURCE_SHA256, TOOL,
 };
-
-/// `--source`: the float model's file name.
-pub const SOURCE: &str = "lora_gguf.merge.source";
-/// `--source`: sha256 of the float model file.
-pub const SOURCE_SHA256: &str = "lora_gguf.merge.source_sha256";
-
-/// `--imatrix`: the importance matrix file's name.
-pub const IMATRIX: &str = "lora_gguf.merge.imatrix";
-/// `--imatrix`: sha256 of the importance matrix file.
-pub const IMATRIX_SHA256: &str = "lora_gguf.merge.imatrix_sha256";
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, MergeError> {
