@@ -227,34 +227,6 @@ fn every_dora_fixture_has_its_merge_test() {
     }
 }
 
-/// Mean over positions of KL(p ‖ q), rows of `n_vocab` logits.
-fn kl_mean(p: &[f32], q: &[f32], n_vocab: usize) -> f64 {
-    let log_softmax = |row: &[f32]| {
-        let m = row
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
-        let z = row
-            .iter()
-            .map(|&x| (f64::from(x) - m).exp())
-            .sum::<f64>()
-            .ln()
-            + m;
-        row.iter().map(|&x| f64::from(x) - z).collect::<Vec<f64>>()
-    };
-    let rows = p.len() / n_vocab;
-    (0..rows)
-        .map(|i| {
-            let r = i * n_vocab..(i + 1) * n_vocab;
-            let (lp, lq) = (log_softmax(&p[r.clone()]), log_softmax(&q[r]));
-            lp.iter()
-                .zip(&lq)
-                .map(|(a, b)| a.exp() * (a - b))
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / rows as f64
-}
-
 /// Into a quantized base (llama-quantize's Q4_0 of the same model, fixtures/imatrix) the DoRA merge goes through the
 /// default type choice with the whole change of each row as ΔW. Rounded twice (the base, then the merged rows), it
 /// lands about twice as far from the exact (f32) DoRA merge as the Q4_0 base is from the f32 base (measured 0.0167
@@ -279,9 +251,9 @@ fn dora_merges_into_a_quantized_base_within_its_quantization_noise() {
     };
     let (exact_l, quantized_l) = (logits(&exact), logits(&quantized));
     let (f32_base_l, q4_base_l) = (logits(&f32_base), logits(&q4_base));
-    let merge_drift = kl_mean(&exact_l, &quantized_l, 272);
-    let base_drift = kl_mean(&f32_base_l, &q4_base_l, 272);
-    let effect = kl_mean(&exact_l, &f32_base_l, 272);
+    let merge_drift = mean_kl_rows(&exact_l, &quantized_l, 272);
+    let base_drift = mean_kl_rows(&f32_base_l, &q4_base_l, 272);
+    let effect = mean_kl_rows(&exact_l, &f32_base_l, 272);
     eprintln!(
         "DoRA into Q4_0: mean KL from the exact merge {merge_drift:.4} (Q4_0 base from f32 base {base_drift:.4}; the \
          adapter's effect {effect:.3}); {} of {} tensors promoted",

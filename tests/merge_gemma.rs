@@ -55,27 +55,6 @@ fn text_tokens() -> Vec<i32> {
         .collect()
 }
 
-/// Mean KL(p‖q) over positions of two T × V logit matrices (nats).
-fn mean_kl(p_logits: &[f32], q_logits: &[f32], n_vocab: usize) -> f64 {
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-        let lse = max + sum.ln();
-        row.iter().map(|&x| x as f64 - lse).collect()
-    };
-    let rows = p_logits.len() / n_vocab;
-    let mut total = 0.0;
-    for (p, q) in p_logits.chunks(n_vocab).zip(q_logits.chunks(n_vocab)) {
-        let (lp, lq) = (log_softmax(p), log_softmax(q));
-        total += lp
-            .iter()
-            .zip(&lq)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-    }
-    total / rows as f64
-}
-
 /// Drift of `model` from base + runtime adapter on the documented text.
 fn drift(model: &Path) -> f64 {
     static REFERENCE: OnceLock<(Vec<i32>, Vec<f32>)> = OnceLock::new();
@@ -85,7 +64,7 @@ fn drift(model: &Path) -> f64 {
         (tokens, l.remove(1))
     });
     let got = logits_for_tokens(model, None, &[], tokens, 2).unwrap();
-    mean_kl(reference, &got[0], reference.len() / tokens.len())
+    mean_kl_rows(reference, &got[0], reference.len() / tokens.len())
 }
 
 /// Greedy continuation of `prompt` (32 tokens) by `model` alone.

@@ -77,38 +77,6 @@ fn merge_with(
     })
 }
 
-/// Mean over positions of KL(p ‖ q) between two logit rows sets of `n_vocab`.
-fn kl_mean(p: &[f32], q: &[f32], n_vocab: usize) -> f64 {
-    let log_softmax = |row: &[f32]| {
-        let m = row
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
-        let z = row
-            .iter()
-            .map(|&x| (f64::from(x) - m).exp())
-            .sum::<f64>()
-            .ln()
-            + m;
-        row.iter()
-            .map(move |&x| f64::from(x) - z)
-            .collect::<Vec<f64>>()
-    };
-    let rows = p.len() / n_vocab;
-    (0..rows)
-        .map(|i| {
-            let (lp, lq) = (
-                log_softmax(&p[i * n_vocab..(i + 1) * n_vocab]),
-                log_softmax(&q[i * n_vocab..(i + 1) * n_vocab]),
-            );
-            lp.iter()
-                .zip(&lq)
-                .map(|(a, b)| a.exp() * (a - b))
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / rows as f64
-}
-
 #[test]
 fn source_merge_quantizes_once_and_copies_the_rest_of_the_base() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,8 +162,8 @@ fn source_merge_quantizes_once_and_copies_the_rest_of_the_base() {
     let drift = |path: &Path| {
         let l = logits_for_tokens(path, None, &[], &tokens, 2).unwrap();
         (
-            kl_mean(&runtime[1], &l[0], 272),
-            kl_mean(&exact_logits[0], &l[0], 272),
+            mean_kl_rows(&runtime[1], &l[0], 272),
+            mean_kl_rows(&exact_logits[0], &l[0], 272),
         )
     };
     let requantized = dir.path().join("keep.gguf");

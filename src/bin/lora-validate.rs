@@ -460,8 +460,8 @@ fn merge_reports(
     )
 }
 
-/// Write every `-o` report, print the text summary (or the `--format` report when nothing is written to a file);
-/// the exit status is the verdict's.
+/// Write every `-o` report of a golden run, print the text report (or the `--format` one when nothing is written to
+/// a file); the exit status is the verdict's.
 fn emit(
     format: Option<FormatArg>,
     outputs: &[(PathBuf, Format)],
@@ -471,33 +471,9 @@ fn emit(
     verdict: &lora_gguf::validate::gate::Verdict,
     meta: &report::ReportMeta,
 ) -> Result<ExitStatus, validate::Error> {
-    for (path, format) in outputs {
-        let style = Style {
-            color: false,
-            verbose,
-        };
-        let text = report::render_styled(*format, set, measured, verdict, meta, style);
-        write_report(path, &text)?;
-    }
-    let style = Style {
-        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        verbose,
-    };
-    let stdout_format = match (format, outputs.is_empty()) {
-        (Some(f), true) => Format::from(f),
-        _ => Format::Text,
-    };
-    print!(
-        "{}",
-        report::render_styled(stdout_format, set, measured, verdict, meta, style)
-    );
-    if !outputs.is_empty() {
-        let written: Vec<String> = outputs
-            .iter()
-            .map(|(p, f)| format!("{} ({})", p.display(), f.name()))
-            .collect();
-        println!("reports: {}", written.join(", "));
-    }
+    emit_rendered(format, outputs, &|f, color| {
+        report::render_styled(f, set, measured, verdict, meta, Style { color, verbose })
+    })?;
     Ok(match &measured.partial {
         Some(p) if p.interrupted => ExitStatus::Interrupted,
         Some(_) => ExitStatus::Runtime,
@@ -507,21 +483,33 @@ fn emit(
 }
 
 /// Write every `-o` report of a training-parity (`--reference`) or self-test run and print its text report (or the
-/// `--format` one when nothing is written to a file) and diagnoses; the exit status is its verdict's.
+/// `--format` one when nothing is written to a file); the exit status is its verdict's.
 fn emit_parity(
     format: Option<FormatArg>,
     outputs: &[(PathBuf, Format)],
     render: &dyn Fn(Format) -> String,
     status: ExitStatus,
 ) -> Result<ExitStatus, validate::Error> {
+    emit_rendered(format, outputs, &|f, _| render(f))?;
+    Ok(status)
+}
+
+/// The reports of one run: each `-o` file in its format (no colour), then stdout — the `--format` report when no
+/// file is written, else the text report — and the list of files written. `render(format, colour)`.
+fn emit_rendered(
+    format: Option<FormatArg>,
+    outputs: &[(PathBuf, Format)],
+    render: &dyn Fn(Format, bool) -> String,
+) -> Result<(), validate::Error> {
     for (path, format) in outputs {
-        write_report(path, &render(*format))?;
+        write_report(path, &render(*format, false))?;
     }
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let stdout_format = match (format, outputs.is_empty()) {
         (Some(f), true) => Format::from(f),
         _ => Format::Text,
     };
-    print!("{}", render(stdout_format));
+    print!("{}", render(stdout_format, color));
     if !outputs.is_empty() {
         let written: Vec<String> = outputs
             .iter()
@@ -529,7 +517,7 @@ fn emit_parity(
             .collect();
         println!("reports: {}", written.join(", "));
     }
-    Ok(status)
+    Ok(())
 }
 
 /// A flag Ctrl-C sets: the engine stops after the step in progress and the report of what finished is written.

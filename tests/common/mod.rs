@@ -228,3 +228,24 @@ pub fn convert_case(case: &str, outtype: lora_gguf::convert::OutType, out: &Path
     })
     .unwrap_or_else(|e| panic!("{case}: {e}"));
 }
+
+/// Mean over positions of KL(p ‖ q) in nats, for two T × V logit matrices (rows of `n_vocab`).
+pub fn mean_kl_rows(p_logits: &[f32], q_logits: &[f32], n_vocab: usize) -> f64 {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+        let lse = max + sum.ln();
+        row.iter().map(|&x| x as f64 - lse).collect()
+    };
+    let rows = p_logits.len() / n_vocab;
+    let mut total = 0.0;
+    for (p, q) in p_logits.chunks(n_vocab).zip(q_logits.chunks(n_vocab)) {
+        let (lp, lq) = (log_softmax(p), log_softmax(q));
+        total += lp
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+    }
+    total / rows as f64
+}
