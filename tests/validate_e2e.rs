@@ -290,9 +290,14 @@ fn scales_auto_finds_the_control_boundary_to_its_stated_precision() {
         .map(|s| s.scale)
         .fold(f32::MIN, f32::max);
     eprintln!("fine sweep: controls hold up to {boundary}, break at {first_break}");
+    // The recommended scale lies within the stated precision of the boundary the fine sweep measures (its last
+    // holding and first breaking scale). The bracket's upper end may not: near the limit a control's drift is not
+    // monotone in the scale (measured: the fine sweep breaks at 0.7227 while the bisection's probe at 0.7344 held),
+    // so bisection brackets a crossing, not necessarily the first one — documented in golden-prompts/README.md.
     assert!(
-        (rec - boundary).abs() <= precision && (breaks - first_break).abs() <= precision,
-        "recommended {rec} / break {breaks} vs the fine sweep's {boundary} / {first_break} (precision {precision})"
+        (rec - boundary).abs() <= precision && (rec - first_break).abs() <= precision,
+        "recommended {rec} (bracket up to {breaks}) vs the fine sweep's {boundary} / {first_break} (precision \
+         {precision})"
     );
 }
 
