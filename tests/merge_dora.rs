@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::common::*;
-use lora_gguf::merge::{self, AdapterSpec, MergeError};
+use lora_gguf::merge::{self, MergeError};
 use lora_gguf::validate::engine::logits_for_tokens;
 
 fn merge_into(
@@ -16,23 +16,7 @@ fn merge_into(
     adapters: &[(&Path, f32)],
     out: &Path,
 ) -> Result<merge::Summary, MergeError> {
-    merge::merge(&merge::Options {
-        base: base.to_path_buf(),
-        adapters: adapters
-            .iter()
-            .map(|(p, s)| AdapterSpec {
-                path: p.to_path_buf(),
-                scale: *s,
-            })
-            .collect(),
-        output: out.to_path_buf(),
-        outtype: Default::default(),
-        force: true,
-        threads: Some(2),
-        modelfile: false,
-        source: None,
-        imatrix: None,
-    })
+    merge::merge(&merge_options(base, adapters, out, 2))
 }
 
 fn reference(case: &str, name: &str) -> Vec<f32> {

@@ -43,24 +43,8 @@ fn merge_into(
     out: &Path,
     threads: usize,
 ) -> merge::Summary {
-    merge::merge(&merge::Options {
-        base: base.to_path_buf(),
-        adapters: adapters
-            .iter()
-            .map(|(p, s)| AdapterSpec {
-                path: p.to_path_buf(),
-                scale: *s,
-            })
-            .collect(),
-        output: out.to_path_buf(),
-        outtype: Default::default(),
-        force: true,
-        threads: Some(threads),
-        modelfile: false,
-        source: None,
-        imatrix: None,
-    })
-    .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+    merge::merge(&merge_options(base, adapters, out, threads))
+        .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
 }
 
 fn tokens(case: &str) -> Vec<i32> {

@@ -39,13 +39,7 @@ fn validate(adapter: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
         .args(extra)
         .output()
         .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = std::fs::read_to_string(&report)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    (code, json, stderr)
+    exit_report_stderr(out, &report)
 }
 
 fn metric_failures(j: &serde_json::Value, metric: &str) -> usize {

@@ -249,3 +249,46 @@ pub fn mean_kl_rows(p_logits: &[f32], q_logits: &[f32], n_vocab: usize) -> f64 {
     }
     total / rows as f64
 }
+
+/// `lora-convert merge`'s options for `adapters` (each with its scale) merged into `base` at `out`: the default
+/// type choice, overwriting, on `threads` threads.
+#[cfg(feature = "merge")]
+pub fn merge_options(
+    base: &Path,
+    adapters: &[(&Path, f32)],
+    out: &Path,
+    threads: usize,
+) -> lora_gguf::merge::Options {
+    lora_gguf::merge::Options {
+        base: base.to_path_buf(),
+        adapters: adapters
+            .iter()
+            .map(|(p, s)| lora_gguf::merge::AdapterSpec {
+                path: p.to_path_buf(),
+                scale: *s,
+            })
+            .collect(),
+        output: out.to_path_buf(),
+        outtype: Default::default(),
+        force: true,
+        threads: Some(threads),
+        modelfile: false,
+        source: None,
+        imatrix: None,
+    }
+}
+
+/// A finished `lora-validate` run that wrote a JSON report to `report`: (exit code, report — null when none was
+/// written —, stderr).
+pub fn exit_report_stderr(
+    out: std::process::Output,
+    report: &Path,
+) -> (i32, serde_json::Value, String) {
+    let code = out.status.code().unwrap_or(-1);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = std::fs::read_to_string(report)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    (code, json, stderr)
+}
