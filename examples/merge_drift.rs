@@ -1,12 +1,14 @@
 //! Drift of merged models from base + runtime adapter, for the README's table of merge routes:
 //!
 //! ```sh
-//! cargo run --release --features validate --example merge_drift -- BASE.gguf ADAPTER.gguf TEXT.txt NAME=MODEL.gguf...
+//! cargo run --release --features validate --example merge_drift -- BASE.gguf ADAPTER.gguf TEXT.txt [--against EXACT.gguf] NAME=MODEL.gguf[+ADAPTER.gguf]...
 //! ```
 //!
 //! Teacher-forces TEXT through the base with the adapter at scale 1 (llama.cpp's runtime LoRA) and through each
 //! model, and prints per model its size, the mean and max KL(runtime ‖ model) over all positions (nats, exact over
-//! the whole vocabulary) and the top-1 agreement, as a Markdown table.
+//! the whole vocabulary) and the top-1 agreement, as a Markdown table. `--against EXACT.gguf` measures from that
+//! model instead of the runtime adapter (e.g. the float model with the adapter merged in f32: what `--source`
+//! routes approximate).
 
 use std::path::PathBuf;
 
@@ -26,9 +28,16 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let against = args.iter().position(|a| a == "--against").map(|i| {
+        let path = PathBuf::from(args.get(i + 1).expect("--against EXACT.gguf"));
+        args.drain(i..i + 2);
+        path
+    });
     if args.len() < 4 {
-        eprintln!("usage: merge_drift BASE.gguf ADAPTER.gguf TEXT.txt NAME=MODEL.gguf...");
+        eprintln!(
+            "usage: merge_drift BASE.gguf ADAPTER.gguf TEXT.txt [--against EXACT.gguf] NAME=MODEL.gguf..."
+        );
         std::process::exit(2);
     }
     let (base, adapter, text) = (
@@ -43,19 +52,46 @@ fn main() {
         .into_iter()
         .map(|t| t.0)
         .collect();
-    let runtime = logits_for_tokens(&base, Some(&adapter), &[1.0], &tokens, 2)
-        .expect("runtime adapter")
-        .remove(1);
+    let runtime = match &against {
+        Some(exact) => logits_for_tokens(exact, None, &[], &tokens, 2)
+            .expect("--against model")
+            .remove(0),
+        None => logits_for_tokens(&base, Some(&adapter), &[1.0], &tokens, 2)
+            .expect("runtime adapter")
+            .remove(1),
+    };
     let n_vocab = runtime.len() / tokens.len();
     let base_size = std::fs::metadata(&base).map(|m| m.len()).unwrap_or(0);
-    println!("{} teacher-forced positions", tokens.len());
+    match &against {
+        Some(exact) => println!(
+            "{} teacher-forced positions; KL from {}",
+            tokens.len(),
+            exact.display()
+        ),
+        None => println!(
+            "{} teacher-forced positions; KL from the runtime adapter",
+            tokens.len()
+        ),
+    }
     println!("| route | size (bytes) | vs base | KL mean | KL max | top-1 |");
     println!("|---|---|---|---|---|---|");
     for spec in &args[3..] {
         let (name, path) = spec.split_once('=').expect("NAME=MODEL.gguf");
-        let got = logits_for_tokens(&PathBuf::from(path), None, &[], &tokens, 2)
-            .expect("model")
-            .remove(0);
+        // MODEL.gguf+ADAPTER.gguf: that model with the adapter at scale 1 (llama.cpp's runtime LoRA).
+        let got = match path.split_once('+') {
+            Some((model, lora)) => logits_for_tokens(
+                &PathBuf::from(model),
+                Some(&PathBuf::from(lora)),
+                &[1.0],
+                &tokens,
+                2,
+            )
+            .expect("model with adapter")
+            .remove(1),
+            None => logits_for_tokens(&PathBuf::from(path), None, &[], &tokens, 2)
+                .expect("model")
+                .remove(0),
+        };
         let (mut sum, mut max, mut agree) = (0f64, 0f64, 0usize);
         for (p, q) in runtime.chunks(n_vocab).zip(got.chunks(n_vocab)) {
             let (lp, lq) = (log_softmax(p), log_softmax(q));
@@ -64,7 +100,8 @@ fn main() {
             max = max.max(kl);
             agree += usize::from(argmax(p) == argmax(q));
         }
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let model = path.split_once('+').map_or(path, |(m, _)| m);
+        let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
         println!(
             "| {name} | {size} | {:+.1}% | {:.4} | {:.3} | {:.3} |",
             (size as f64 / base_size as f64 - 1.0) * 100.0,

@@ -18,14 +18,14 @@ use lora_gguf::validate::engine::{load_model, logits_for_tokens, new_context};
 const KL_LIMIT: f64 = 0.05;
 
 /// The adapter converted against the test model, and a directory for merged files (once per test process).
-fn setup() -> &'static (tempfile::TempDir, PathBuf) {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    OUT.get_or_init(|| (tempfile::tempdir().unwrap(), gemma_adapter()))
+fn setup() -> &'static (PathBuf, PathBuf) {
+    static OUT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    OUT.get_or_init(|| (process_scratch("merge-gemma"), gemma_adapter()))
 }
 
 fn merged(outtype: OutType, name: &str) -> (PathBuf, merge::Summary) {
     let (dir, adapter) = setup();
-    let out = dir.path().join(name);
+    let out = dir.join(name);
     let summary = merge::merge(&merge::Options {
         base: test_model(),
         adapters: vec![AdapterSpec {

@@ -9,13 +9,13 @@ use std::sync::OnceLock;
 use crate::common::*;
 
 /// The adapter converted against the test model, merged at scale 1 and at scale 2 (once per test process).
-fn files() -> &'static (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    static FILES: OnceLock<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> = OnceLock::new();
+fn files() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static FILES: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     FILES.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = process_scratch("validate-merged");
         let adapter = gemma_adapter();
         let merge = |scale: &str, name: &str| {
-            let out = dir.path().join(name);
+            let out = dir.join(name);
             lora_convert()
                 .arg("merge")
                 .arg("--base")
@@ -29,13 +29,13 @@ fn files() -> &'static (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
             out
         };
         let (good, off) = (merge("1", "merged.gguf"), merge("2", "merged-x2.gguf"));
-        (dir, adapter, good, off)
+        (adapter, good, off)
     })
 }
 
 /// `lora-validate --merged` in `format`; (exit status, report).
 fn validate_merged(merged: &Path, format: &str) -> (i32, String) {
-    let (_, adapter, _, _) = files();
+    let (adapter, _, _) = files();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
     let out = lora_validate()
@@ -68,7 +68,7 @@ fn validate_merged(merged: &Path, format: &str) -> (i32, String) {
 
 #[test]
 fn the_real_merge_passes_and_a_merge_at_scale_2_fails() {
-    let (_, _, good, off) = files();
+    let (_, good, off) = files();
     let (code, text) = validate_merged(good, "json");
     let j: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(code, 0, "{:#}", j["failures"]);
@@ -117,7 +117,7 @@ fn the_real_merge_passes_and_a_merge_at_scale_2_fails() {
 /// A `--merged` file that cannot be a merge of the base is refused before llama.cpp loads anything (exit 2).
 #[test]
 fn a_merged_file_that_is_not_a_merge_of_the_base_is_refused() {
-    let (_, adapter, _, _) = files();
+    let (adapter, _, _) = files();
     for (merged, expect) in [
         (
             adapter.clone(),

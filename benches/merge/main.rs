@@ -5,6 +5,11 @@
 //! plain `cp` of the base and to ggml's pure quantization time for the same merged tensors (the same
 //! `ggml_quantize_chunk` calls on the same shapes and types, on the same threads, measured while synthesizing).
 //!
+//! Peak RSS is each command's `ru_maxrss`, which on Linux carries the high-water mark of the process that spawned it
+//! through exec (a vfork'd child shares its parent's memory until then). So the benchmark process stays small: it
+//! synthesizes the model in a child process of its own (`--synthesize-only`), never holding a tensor itself, and
+//! the `cp` row is the check that the figure is the command's (a few MB).
+//!
 //! `cargo bench --bench merge -- --help`; no network, nothing written outside `--dir`.
 
 #[path = "../convert/measure.rs"]
@@ -43,6 +48,10 @@ struct Args {
     /// The lora-convert binary to time (default: the one cargo built for this benchmark).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Only write the base and the adapter into --dir and print the pure quantization time in seconds (the
+    /// benchmark runs itself this way, so the tensors it synthesizes never raise its own peak RSS).
+    #[arg(long, hide = true)]
+    synthesize_only: bool,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -191,6 +200,24 @@ fn synth_adapter(path: &Path, layers: usize) {
     w.finish().unwrap().flush().unwrap();
 }
 
+/// Run this benchmark again with `--synthesize-only`; the pure quantization time it printed.
+fn synthesize_in_child(args: &Args) -> Duration {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("--synthesize-only")
+        .arg("--dir")
+        .arg(&args.dir)
+        .arg("--layers")
+        .arg(args.layers.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "synthesizing the model failed");
+    let seconds: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    Duration::from_secs_f64(seconds)
+}
+
 fn main() {
     let args = Args::parse();
     rayon::ThreadPoolBuilder::new()
@@ -200,9 +227,14 @@ fn main() {
     std::fs::create_dir_all(&args.dir).unwrap();
     let base = args.dir.join("base-q4_k_m.gguf");
     let adapter = args.dir.join("adapter-r64.gguf");
-    eprintln!("synthesizing {} ...", base.display());
-    let quant_time = synth_model(&base, args.layers);
-    synth_adapter(&adapter, args.layers);
+    if args.synthesize_only {
+        let quant_time = synth_model(&base, args.layers);
+        synth_adapter(&adapter, args.layers);
+        println!("{}", quant_time.as_secs_f64());
+        return;
+    }
+    eprintln!("synthesizing {} in a child process ...", base.display());
+    let quant_time = synthesize_in_child(&args);
     let size = std::fs::metadata(&base).unwrap().len();
     let bin = args
         .bin

@@ -129,22 +129,32 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// An empty directory for files a test process shares between its tests (kept in a `static`), emptied when first
+/// asked for. It lives under cargo's per-target scratch directory, not in a `TempDir`: statics are never dropped, so
+/// a `TempDir` held by one would leak its files (hundreds of MB of merged models) into /tmp on every run.
+pub fn process_scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("process-scratch")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The trained Gemma test adapter (fixtures/gemma-lora) converted against the test model with `--verify`, once per
 /// test process: every end-to-end test on Gemma shares it.
 pub fn gemma_adapter() -> PathBuf {
-    static OUT: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    static OUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("gemma-lora.gguf");
+        let out = process_scratch("gemma-adapter").join("gemma-lora.gguf");
         convert_cmd(root().join("fixtures/gemma-lora/adapter"), &out)
             .arg("--base")
             .arg(test_model())
             .arg("--verify")
             .assert()
             .success();
-        (dir, out)
+        out
     })
-    .1
     .clone()
 }
 
