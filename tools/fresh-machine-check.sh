@@ -52,9 +52,11 @@ first="$(sed -n '/^Build and run the converter/,/^```$/{/^cargo /p}' "$repo/READ
 second="$(sed -n '/^Run the tests/,/^```$/{/^tools\//p}' "$repo/README.md" | head -1)"
 [ -n "$first" ] && [ -n "$second" ] || { echo "README's commands not found" >&2; exit 1; }
 
-run() {  # run a README command in the chroot as a login shell of a user who only has rustup; print wall and CPU time
+# Run a README command in the chroot as a login shell of a user who only has rustup; print wall and CPU time. The
+# command's stderr joins its log inside the subshell: a `2>&1` on the timed pipeline would take `time`'s report too.
+run() {
   chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb PATH=/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin \
-    bash -c "cd /root/lora-gguf && TIMEFORMAT='%R %U %S' && { time ( $1 ) 2>&1 ; } 2>/tmp/time-$2" \
+    bash -c "cd /root/lora-gguf && TIMEFORMAT='%R %U %S' && { time ( exec 2>&1; $1 ) ; } 2>/tmp/time-$2" \
     >"$work/$2.log" || { tail -30 "$work/$2.log"; echo "FAILED: $1" >&2; exit 1; }
   read -r wall user sys <"$root/tmp/time-$2"
   echo "$2: ${wall%.*} s wall, $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", u + s }') s CPU (load average $(cut -d' ' -f1-3 /proc/loadavg)): $1"
