@@ -52,14 +52,18 @@ first="$(sed -n '/^Build and run the converter/,/^```$/{/^cargo /p}' "$repo/READ
 second="$(sed -n '/^Run the tests/,/^```$/{/^tools\//p}' "$repo/README.md" | head -1)"
 [ -n "$first" ] && [ -n "$second" ] || { echo "README's commands not found" >&2; exit 1; }
 
-# Run a README command in the chroot as a login shell of a user who only has rustup; print wall and CPU time. The
-# command's stderr joins its log inside the subshell: a `2>&1` on the timed pipeline would take `time`'s report too.
+# Run a README command in the chroot as a login shell of a user who only has rustup; print wall and CPU time (wall
+# measured here, CPU by the chroot shell's `times`: its children's user and system time on the second line).
 run() {
+  local start=$SECONDS
   chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb PATH=/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin \
-    bash -c "cd /root/lora-gguf && TIMEFORMAT='%R %U %S' && { time ( exec 2>&1; $1 ) ; } 2>/tmp/time-$2" \
+    bash -c "cd /root/lora-gguf && ( $1 ) 2>&1; status=\$?; times >/tmp/times-$2; exit \$status" \
     >"$work/$2.log" || { tail -30 "$work/$2.log"; echo "FAILED: $1" >&2; exit 1; }
-  read -r wall user sys <"$root/tmp/time-$2"
-  echo "$2: ${wall%.*} s wall, $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", u + s }') s CPU (load average $(cut -d' ' -f1-3 /proc/loadavg)): $1"
+  local wall=$((SECONDS - start))
+  local cpu
+  cpu="$(awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' \
+    "$root/tmp/times-$2")"
+  echo "$2: $wall s wall, $cpu s CPU (load average $(cut -d' ' -f1-3 /proc/loadavg)): $1"
 }
 run "$first" first
 # The default build has no llama.cpp, so no `merge`: it must say how to get it (exit 2), not fail obscurely.
