@@ -310,6 +310,27 @@ pub(crate) fn require_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
+/// The adapter directory `dir` and its configuration file `config` in it: an error naming what the directory holds
+/// (and `hint`, where the trainer writes it) when either is missing.
+pub(crate) fn require_config(
+    dir: &Path,
+    config: &'static str,
+    hint: &str,
+) -> Result<PathBuf, Error> {
+    require_dir(dir)?;
+    let path = dir.join(config);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingFile {
+            dir: dir.to_path_buf(),
+            file: config,
+            found: listing(dir),
+            hint: hint.into(),
+        })
+    }
+}
+
 /// Read a text file (a configuration), naming it on failure.
 pub(crate) fn read_text(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {

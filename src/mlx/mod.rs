@@ -62,17 +62,8 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
 /// Read an mlx-lm adapter directory, collecting refusals. Errors only when there is nothing to read: missing files,
 /// invalid JSON, missing or malformed LoRA settings, a corrupt safetensors file.
 pub fn scan(dir: &Path) -> Result<Scan, Error> {
-    let config_path = dir.join(CONFIG_FILE);
+    let config_path = scan::require_config(dir, CONFIG_FILE, WHERE)?;
     let st_path = dir.join(SAFETENSORS_FILE);
-    scan::require_dir(dir)?;
-    if !config_path.is_file() {
-        return Err(Error::MissingFile {
-            dir: dir.to_path_buf(),
-            file: CONFIG_FILE,
-            found: scan::listing(dir),
-            hint: WHERE.into(),
-        });
-    }
     let text = scan::read_text(&config_path)?;
     let (config, mut refusals) = MlxConfig::read(&text, &config_path)?;
     if !st_path.is_file() {

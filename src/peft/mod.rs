@@ -33,17 +33,8 @@ pub fn open(dir: &Path) -> Result<Adapter, Error> {
 /// Read a PEFT adapter directory, collecting refusals. Errors only when there is nothing to read: missing or
 /// pickle files, invalid JSON, a malformed configuration, a corrupt safetensors file.
 pub fn scan(dir: &Path) -> Result<Scan, Error> {
-    let config_path = dir.join(CONFIG_FILE);
+    let config_path = scan::require_config(dir, CONFIG_FILE, WHERE)?;
     let st_path = dir.join(SAFETENSORS_FILE);
-    scan::require_dir(dir)?;
-    if !config_path.is_file() {
-        return Err(Error::MissingFile {
-            dir: dir.to_path_buf(),
-            file: CONFIG_FILE,
-            found: scan::listing(dir),
-            hint: WHERE.into(),
-        });
-    }
     if !st_path.is_file() {
         if dir.join(PICKLE_FILE).is_file() {
             return Err(Error::Pickle {

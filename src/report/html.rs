@@ -504,14 +504,8 @@ pub fn render(
     for s in &verdict.per_scale {
         let _ = writeln!(
             o,
-            "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.3}</td><td>{:.4}</td><td>{:.0}%</td><td>{}</td></tr>",
-            s.scale,
-            s.control_kl_mean,
-            s.control_kl_max,
-            s.control_top1,
-            s.target_kl_mean,
-            s.changed_fraction * 100.0,
-            s.expectation_failures
+            "<tr><td>{}</td></tr>",
+            super::per_scale_cells(s).join("</td><td>")
         );
     }
     o += "</tbody></table>\n";

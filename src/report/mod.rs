@@ -238,16 +238,10 @@ fn text(
         "\n  scale  control KL mean  control KL max  control top-1  target KL mean  changed  expect-fail"
     );
     for s in &verdict.per_scale {
+        let [scale, kl_mean, kl_max, top1, target, changed, failures] = per_scale_cells(s);
         let _ = writeln!(
             o,
-            "  {:>5}  {:>15.4}  {:>14.4}  {:>13.3}  {:>14.4}  {:>6.0}%  {:>11}",
-            s.scale,
-            s.control_kl_mean,
-            s.control_kl_max,
-            s.control_top1,
-            s.target_kl_mean,
-            s.changed_fraction * 100.0,
-            s.expectation_failures
+            "  {scale:>5}  {kl_mean:>15}  {kl_max:>14}  {top1:>13}  {target:>14}  {changed:>7}  {failures:>11}"
         );
     }
     o.push_str(&recommendation_lines(verdict));
@@ -293,6 +287,20 @@ fn text(
     let _ = writeln!(o, "\ntimings: {}", timings_line(run));
     let _ = writeln!(o, "\n{}", if verdict.passed { "PASS" } else { "FAIL" });
     o
+}
+
+/// One row of the per-scale table, its cells as every report format prints them: scale, control KL mean and max,
+/// control top-1, target KL mean, changed (%), expectation failures.
+pub(crate) fn per_scale_cells(s: &crate::validate::gate::ScaleSummary) -> [String; 7] {
+    [
+        s.scale.to_string(),
+        format!("{:.4}", s.control_kl_mean),
+        format!("{:.4}", s.control_kl_max),
+        format!("{:.3}", s.control_top1),
+        format!("{:.4}", s.target_kl_mean),
+        format!("{:.0}%", s.changed_fraction * 100.0),
+        s.expectation_failures.to_string(),
+    ]
 }
 
 /// `recommended scale: …` and the refinement, for the text report.
@@ -811,17 +819,7 @@ fn markdown(run: &RunMeasurements, verdict: &Verdict, meta: &ReportMeta) -> Stri
     );
     let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|");
     for s in &verdict.per_scale {
-        let _ = writeln!(
-            o,
-            "| {} | {:.4} | {:.4} | {:.3} | {:.4} | {:.0}% | {} |",
-            s.scale,
-            s.control_kl_mean,
-            s.control_kl_max,
-            s.control_top1,
-            s.target_kl_mean,
-            s.changed_fraction * 100.0,
-            s.expectation_failures
-        );
+        let _ = writeln!(o, "| {} |", per_scale_cells(s).join(" | "));
     }
     if let Some(r) = &verdict.recommendation {
         let _ = writeln!(
