@@ -47,6 +47,7 @@ impl Job {
             })
             .join(" ");
         Command::new("bash")
+            .env("LORA_VALIDATE_THREADS", test_threads().to_string())
             .arg(root().join("action/gate.sh"))
             .arg("run")
             .current_dir(self.dir.path())

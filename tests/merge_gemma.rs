@@ -60,10 +60,17 @@ fn drift(model: &Path) -> f64 {
     static REFERENCE: OnceLock<(Vec<i32>, Vec<f32>)> = OnceLock::new();
     let (tokens, reference) = REFERENCE.get_or_init(|| {
         let tokens = text_tokens();
-        let mut l = logits_for_tokens(&test_model(), Some(&setup().1), &[1.0], &tokens, 2).unwrap();
+        let mut l = logits_for_tokens(
+            &test_model(),
+            Some(&setup().1),
+            &[1.0],
+            &tokens,
+            test_threads(),
+        )
+        .unwrap();
         (tokens, l.remove(1))
     });
-    let got = logits_for_tokens(model, None, &[], tokens, 2).unwrap();
+    let got = logits_for_tokens(model, None, &[], tokens, test_threads()).unwrap();
     mean_kl_rows(reference, &got[0], reference.len() / tokens.len())
 }
 
@@ -72,7 +79,7 @@ fn greedy(model_path: &Path, prompt: &str) -> String {
     let model = load_model(model_path, false).unwrap();
     let vocab = model.vocab();
     let mut tokens: Vec<LlamaToken> = vocab.tokenize(prompt.as_bytes(), true, false);
-    let mut ctx = new_context(&model, 128, 128, 128, 1, 2).unwrap();
+    let mut ctx = new_context(&model, 128, 128, 128, 1, test_threads()).unwrap();
     let mut out = Vec::new();
     let mut pos = 0;
     for _ in 0..32 {

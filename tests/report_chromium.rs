@@ -80,7 +80,7 @@ fn report(dir: &Path) -> PathBuf {
         .arg(&adapter)
         .arg("--prompts")
         .arg(&prompts)
-        .args(["--scales", "0,0.5,1", "--threads", "2", "-o"])
+        .args(["--scales", "0,0.5,1", "-o"])
         .arg(&page)
         .output()
         .unwrap();

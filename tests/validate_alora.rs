@@ -118,7 +118,7 @@ fn lora_validate_applies_an_alora_from_its_invocation_only() {
         scales: vec![0.0, 1.0],
         limits: Default::default(),
         engine: validate::EngineConfig {
-            threads: 2,
+            threads: test_threads(),
             ..Default::default()
         },
         refine: None,

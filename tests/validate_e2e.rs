@@ -213,6 +213,7 @@ fn run_scales(
         limits: Default::default(),
         engine: EngineConfig {
             max_tokens: 16,
+            threads: test_threads(),
             ..Default::default()
         },
         refine: refine.then(Refine::default),

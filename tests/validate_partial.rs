@@ -20,7 +20,7 @@ fn tiny_request(adapter: &std::path::Path, interrupt: Option<Arc<AtomicBool>>) -
             // Small batches: one teacher-forced chunk per prompt or two.
             n_batch: 32,
             max_tokens: 4,
-            threads: 2,
+            threads: test_threads(),
             interrupt,
             ..EngineConfig::default()
         },
@@ -130,6 +130,7 @@ fn sigint_writes_the_partial_report_and_exits_130() {
     let bin = assert_cmd::cargo::cargo_bin("lora-validate");
     // The whole control set: tens of seconds of work, so the signal lands well before the end.
     let child = std::process::Command::new(bin)
+        .env("LORA_VALIDATE_THREADS", test_threads().to_string())
         .arg("--base")
         .arg(test_model())
         .arg("--adapter")

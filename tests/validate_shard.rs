@@ -20,14 +20,7 @@ fn validate(report: &Path, extra: &[&str]) -> i32 {
         .arg(root().join("fixtures/gemma-lora/target.jsonl"))
         .arg("--prompts")
         .arg(root().join("fixtures/gemma-lora/control-smoke.jsonl"))
-        .args([
-            "--scales",
-            "0,0.5,1",
-            "--max-tokens",
-            "10",
-            "--threads",
-            "2",
-        ])
+        .args(["--scales", "0,0.5,1", "--max-tokens", "10"])
         .args(["--format", "json", "-o"])
         .arg(report)
         .args(extra)

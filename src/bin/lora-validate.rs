@@ -62,8 +62,9 @@ struct Cli {
     #[arg(long, default_value_t = 32)]
     max_tokens: u32,
 
-    /// Worker threads (default: all cores).
-    #[arg(short = 't', long)]
+    /// Worker threads (default: all cores). A CI runner that runs several jobs at once should give each its share:
+    /// llama.cpp's threads spin while they wait for each other, so more threads than free cores slow every job.
+    #[arg(short = 't', long, env = "LORA_VALIDATE_THREADS")]
     threads: Option<i32>,
 
     /// Context size in tokens (default: sized from the prompts).
