@@ -10,7 +10,7 @@
 //! model instead of the runtime adapter (e.g. the float model with the adapter merged in f32: what `--source`
 //! routes approximate).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lora_gguf::validate::engine::{load_model, logits_for_tokens};
 
@@ -27,6 +27,15 @@ fn argmax(row: &[f32]) -> usize {
         .unwrap_or(0)
 }
 
+/// All-position logits of `model` over `tokens`, with `lora` at scale 1 (llama.cpp's runtime LoRA) when given.
+fn logits(model: &Path, lora: Option<&Path>, tokens: &[i32]) -> Vec<f32> {
+    let scales: &[f32] = if lora.is_some() { &[1.0] } else { &[] };
+    let mut passes = logits_for_tokens(model, lora, scales, tokens, 2)
+        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    // The base pass comes first, then one per scale.
+    passes.remove(usize::from(lora.is_some()))
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let against = args.iter().position(|a| a == "--against").map(|i| {
@@ -36,7 +45,7 @@ fn main() {
     });
     if args.len() < 4 {
         eprintln!(
-            "usage: merge_drift BASE.gguf ADAPTER.gguf TEXT.txt [--against EXACT.gguf] NAME=MODEL.gguf..."
+            "usage: merge_drift BASE.gguf ADAPTER.gguf TEXT.txt [--against EXACT.gguf] NAME=MODEL.gguf[+ADAPTER.gguf]..."
         );
         std::process::exit(2);
     }
@@ -52,46 +61,29 @@ fn main() {
         .into_iter()
         .map(|t| t.0)
         .collect();
-    let runtime = match &against {
-        Some(exact) => logits_for_tokens(exact, None, &[], &tokens, 2)
-            .expect("--against model")
-            .remove(0),
-        None => logits_for_tokens(&base, Some(&adapter), &[1.0], &tokens, 2)
-            .expect("runtime adapter")
-            .remove(1),
+    let (runtime, reference) = match &against {
+        Some(exact) => (logits(exact, None, &tokens), exact.display().to_string()),
+        None => (
+            logits(&base, Some(&adapter), &tokens),
+            "the runtime adapter".to_string(),
+        ),
     };
     let n_vocab = runtime.len() / tokens.len();
     let base_size = std::fs::metadata(&base).map(|m| m.len()).unwrap_or(0);
-    match &against {
-        Some(exact) => println!(
-            "{} teacher-forced positions; KL from {}",
-            tokens.len(),
-            exact.display()
-        ),
-        None => println!(
-            "{} teacher-forced positions; KL from the runtime adapter",
-            tokens.len()
-        ),
-    }
+    println!(
+        "{} teacher-forced positions; KL from {reference}",
+        tokens.len()
+    );
     println!("| route | size (bytes) | vs base | KL mean | KL max | top-1 |");
     println!("|---|---|---|---|---|---|");
     for spec in &args[3..] {
         let (name, path) = spec.split_once('=').expect("NAME=MODEL.gguf");
         // MODEL.gguf+ADAPTER.gguf: that model with the adapter at scale 1 (llama.cpp's runtime LoRA).
-        let got = match path.split_once('+') {
-            Some((model, lora)) => logits_for_tokens(
-                &PathBuf::from(model),
-                Some(&PathBuf::from(lora)),
-                &[1.0],
-                &tokens,
-                2,
-            )
-            .expect("model with adapter")
-            .remove(1),
-            None => logits_for_tokens(&PathBuf::from(path), None, &[], &tokens, 2)
-                .expect("model")
-                .remove(0),
+        let (model, lora) = match path.split_once('+') {
+            Some((model, lora)) => (Path::new(model), Some(Path::new(lora))),
+            None => (Path::new(path), None),
         };
+        let got = logits(model, lora, &tokens);
         let (mut sum, mut max, mut agree) = (0f64, 0f64, 0usize);
         for (p, q) in runtime.chunks(n_vocab).zip(got.chunks(n_vocab)) {
             let (lp, lq) = (log_softmax(p), log_softmax(q));
@@ -100,7 +92,6 @@ fn main() {
             max = max.max(kl);
             agree += usize::from(argmax(p) == argmax(q));
         }
-        let model = path.split_once('+').map_or(path, |(m, _)| m);
         let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
         println!(
             "| {name} | {size} | {:+.1}% | {:.4} | {:.3} | {:.3} |",

@@ -17,8 +17,8 @@ if [ -f "$sdk/include/vulkan/vulkan.hpp" ]; then
   echo "$sdk"
   exit 0
 fi
-loader="$(ls /usr/lib/x86_64-linux-gnu/libvulkan.so.1 2>/dev/null || true)"
-[ -n "$loader" ] || { echo "no Vulkan loader (libvulkan.so.1): apt-get install libvulkan1 libvulkan-dev" >&2; exit 1; }
+loader=/usr/lib/x86_64-linux-gnu/libvulkan.so.1
+[ -e "$loader" ] || { echo "no Vulkan loader (libvulkan.so.1): apt-get install libvulkan1 libvulkan-dev" >&2; exit 1; }
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 deb="libvulkan-dev_${version}_amd64.deb"
