@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::validate::gate::{Limits, Verdict, expectation_scale};
+use crate::validate::gate::{Limits, ScaleSummary, Verdict, expectation_scale};
 use crate::validate::golden::{GoldenSet, PromptKind};
 use crate::validate::results::RunMeasurements;
 
@@ -211,9 +211,81 @@ fn plot(
     o
 }
 
+/// One drift-vs-scale plot: a per-scale number of one prompt kind and the limit it is gated by.
+struct DriftPlot {
+    id: &'static str,
+    title: &'static str,
+    /// Drawn only when the golden set has prompts of this kind.
+    kind: PromptKind,
+    key: &'static str,
+    label: &'static str,
+    color: &'static str,
+    value: fn(&ScaleSummary) -> f64,
+    limit_key: &'static str,
+    /// "limit" for a maximum, "minimum" for a floor.
+    limit_word: &'static str,
+    limit: fn(&Limits) -> f64,
+    y_max: Option<f64>,
+}
+
+const DRIFT_PLOTS: [DriftPlot; 4] = [
+    DriftPlot {
+        id: "plot-control-kl-mean",
+        title: "Control drift: mean KL(base ‖ adapted), nats",
+        kind: PromptKind::Control,
+        key: "control_kl_mean",
+        label: "control KL mean",
+        color: "#1f77b4",
+        value: |s| s.control_kl_mean,
+        limit_key: "control_max_kl_mean",
+        limit_word: "limit",
+        limit: |l| l.control_max_kl_mean,
+        y_max: None,
+    },
+    DriftPlot {
+        id: "plot-control-kl-max",
+        title: "Control drift: max KL at any position, nats",
+        kind: PromptKind::Control,
+        key: "control_kl_max",
+        label: "control KL max",
+        color: "#d62728",
+        value: |s| s.control_kl_max,
+        limit_key: "control_max_kl_max",
+        limit_word: "limit",
+        limit: |l| l.control_max_kl_max,
+        y_max: None,
+    },
+    DriftPlot {
+        id: "plot-control-top1",
+        title: "Control top-1 agreement with the base",
+        kind: PromptKind::Control,
+        key: "control_top1",
+        label: "control top-1",
+        color: "#2ca02c",
+        value: |s| s.control_top1,
+        limit_key: "control_min_top1_agreement",
+        limit_word: "minimum",
+        limit: |l| l.control_min_top1_agreement,
+        y_max: Some(1.0),
+    },
+    DriftPlot {
+        id: "plot-target-effect",
+        title: "Target effect: mean KL(base ‖ adapted), nats",
+        kind: PromptKind::Target,
+        key: "target_kl_mean",
+        label: "target KL mean",
+        color: "#9467bd",
+        value: |s| s.target_kl_mean,
+        limit_key: "target_min_kl_mean",
+        limit_word: "minimum",
+        limit: |l| l.target_min_kl_mean,
+        y_max: None,
+    },
+];
+
 /// The drift-vs-scale plots of the run.
 fn plots(set: &GoldenSet, verdict: &Verdict, limits: &Limits) -> String {
-    let points = |f: &dyn Fn(&crate::validate::gate::ScaleSummary) -> f64| -> Vec<(f32, f64)> {
+    let points = |f: &dyn Fn(&ScaleSummary) -> f64| -> Vec<(f32, f64)> {
         verdict.per_scale.iter().map(|s| (s.scale, f(s))).collect()
     };
     let mut marks: Vec<(&str, &str, f32)> = Vec::new();
@@ -226,78 +298,27 @@ fn plots(set: &GoldenSet, verdict: &Verdict, limits: &Limits) -> String {
         }
     }
     let mut o = String::from("<div class=\"plots\">\n");
-    let has_control = set.prompts.iter().any(|p| p.kind == PromptKind::Control);
-    let has_target = set.prompts.iter().any(|p| p.kind == PromptKind::Target);
-    if has_control {
+    for p in DRIFT_PLOTS
+        .iter()
+        .filter(|p| set.prompts.iter().any(|q| q.kind == p.kind))
+    {
+        let limit = (p.limit)(limits);
         o += &plot(
-            "plot-control-kl-mean",
-            "Control drift: mean KL(base ‖ adapted), nats",
+            p.id,
+            p.title,
             &[Series {
-                key: "control_kl_mean",
-                label: "control KL mean",
-                color: "#1f77b4",
-                points: points(&|s| s.control_kl_mean),
+                key: p.key,
+                label: p.label,
+                color: p.color,
+                points: points(&p.value),
             }],
             &[LimitLine {
-                key: "control_max_kl_mean",
-                label: format!("limit {}", limits.control_max_kl_mean),
-                value: limits.control_max_kl_mean,
+                key: p.limit_key,
+                label: format!("{} {limit}", p.limit_word),
+                value: limit,
             }],
             &marks,
-            None,
-        );
-        o += &plot(
-            "plot-control-kl-max",
-            "Control drift: max KL at any position, nats",
-            &[Series {
-                key: "control_kl_max",
-                label: "control KL max",
-                color: "#d62728",
-                points: points(&|s| s.control_kl_max),
-            }],
-            &[LimitLine {
-                key: "control_max_kl_max",
-                label: format!("limit {}", limits.control_max_kl_max),
-                value: limits.control_max_kl_max,
-            }],
-            &marks,
-            None,
-        );
-        o += &plot(
-            "plot-control-top1",
-            "Control top-1 agreement with the base",
-            &[Series {
-                key: "control_top1",
-                label: "control top-1",
-                color: "#2ca02c",
-                points: points(&|s| s.control_top1),
-            }],
-            &[LimitLine {
-                key: "control_min_top1_agreement",
-                label: format!("minimum {}", limits.control_min_top1_agreement),
-                value: limits.control_min_top1_agreement,
-            }],
-            &marks,
-            Some(1.0),
-        );
-    }
-    if has_target {
-        o += &plot(
-            "plot-target-effect",
-            "Target effect: mean KL(base ‖ adapted), nats",
-            &[Series {
-                key: "target_kl_mean",
-                label: "target KL mean",
-                color: "#9467bd",
-                points: points(&|s| s.target_kl_mean),
-            }],
-            &[LimitLine {
-                key: "target_min_kl_mean",
-                label: format!("minimum {}", limits.target_min_kl_mean),
-                value: limits.target_min_kl_mean,
-            }],
-            &marks,
-            None,
+            p.y_max,
         );
     }
     o + "</div>\n"
