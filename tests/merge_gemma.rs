@@ -11,7 +11,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::common::*;
-use lora_gguf::merge::{self, AdapterSpec, OutType};
+use lora_gguf::merge::{self, OutType};
 use lora_gguf::validate::engine::{load_model, logits_for_tokens, new_context};
 
 /// The limit on mean KL(base + runtime adapter ‖ merged) for the default merge (nats).
@@ -27,18 +27,8 @@ fn merged(outtype: OutType, name: &str) -> (PathBuf, merge::Summary) {
     let (dir, adapter) = setup();
     let out = dir.join(name);
     let summary = merge::merge(&merge::Options {
-        base: test_model(),
-        adapters: vec![AdapterSpec {
-            path: adapter.clone(),
-            scale: 1.0,
-        }],
-        output: out.clone(),
         outtype,
-        force: true,
-        threads: Some(2),
-        modelfile: false,
-        source: None,
-        imatrix: None,
+        ..merge_options(&test_model(), &[(adapter, 1.0)], &out, 2)
     })
     .unwrap();
     (out, summary)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 use lora_gguf::gguf::GgufFile;
-use lora_gguf::merge::{self, AdapterSpec, MergeError, OutType};
+use lora_gguf::merge::{self, MergeError, OutType};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("fixtures/imatrix").join(name)
@@ -21,18 +21,10 @@ fn merge_with(
     out: &Path,
 ) -> Result<merge::Summary, MergeError> {
     merge::merge(&merge::Options {
-        base: base.to_path_buf(),
-        adapters: vec![AdapterSpec {
-            path: case_dir("llama"),
-            scale,
-        }],
-        output: out.to_path_buf(),
         outtype: OutType::Keep,
-        force: true,
-        threads: Some(2),
-        modelfile: false,
         source: Some(base_gguf("llama")),
         imatrix: imatrix.map(Path::to_path_buf),
+        ..merge_options(base, &[(&case_dir("llama"), scale)], out, 2)
     })
 }
 

@@ -10,24 +10,11 @@ use crate::common::*;
 use lora_gguf::arch::{Heads, RowTransform};
 use lora_gguf::convert::OutType;
 use lora_gguf::convert::factor::{HeadCounts, row_sources};
-use lora_gguf::merge::{self, AdapterSpec};
+use lora_gguf::merge;
 
 fn merge_into(base: &Path, adapter: &Path, out: &Path) {
-    merge::merge(&merge::Options {
-        base: base.to_path_buf(),
-        adapters: vec![AdapterSpec {
-            path: adapter.to_path_buf(),
-            scale: 1.0,
-        }],
-        output: out.to_path_buf(),
-        outtype: Default::default(),
-        force: true,
-        threads: Some(2),
-        modelfile: false,
-        source: None,
-        imatrix: None,
-    })
-    .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    merge::merge(&merge_options(base, &[(adapter, 1.0)], out, 2))
+        .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }
 
 /// `lora-validate --merged` on a tiny base with the control gates opened (a random tiny model's adapter drifts

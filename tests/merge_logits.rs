@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::common::*;
 use lora_gguf::convert::{self, Options, OutType};
-use lora_gguf::merge::{self, AdapterSpec};
+use lora_gguf::merge;
 use lora_gguf::validate::engine::logits_for_tokens;
 
 /// Max |Δlogit| allowed between the merged model and base + runtime adapter, relative to the largest |logit|.
@@ -159,18 +159,8 @@ fn directory_merge_equals_gguf_merge_at_any_thread_count() {
         for threads in [1, 2] {
             let out = dir.path().join(format!("{ty}-{threads}.gguf"));
             merge::merge(&merge::Options {
-                base: base.clone(),
-                adapters: vec![AdapterSpec {
-                    path: case_dir(case),
-                    scale: 1.0,
-                }],
-                output: out.clone(),
                 outtype: merge::OutType::Fixed(ty),
-                force: true,
-                threads: Some(threads),
-                modelfile: false,
-                source: None,
-                imatrix: None,
+                ..merge_options(&base, &[(&case_dir(case), 1.0)], &out, threads)
             })
             .unwrap();
             outs.push(std::fs::read(&out).unwrap());

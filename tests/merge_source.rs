@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::common::*;
 use lora_gguf::gguf::rewrite::{ModelWriter, raw_metadata};
 use lora_gguf::gguf::{GgmlType, GgufFile};
-use lora_gguf::merge::{self, AdapterSpec, MergeError, OutType, ggml};
+use lora_gguf::merge::{self, MergeError, OutType, ggml};
 use lora_gguf::validate::engine::logits_for_tokens;
 
 /// The type the quantized copy gives a tensor: Q8_0 for the embedding and the head, Q4_0 for the other matrices,
@@ -62,18 +62,9 @@ fn merge_with(
     out: &Path,
 ) -> Result<merge::Summary, MergeError> {
     merge::merge(&merge::Options {
-        base: base.to_path_buf(),
-        adapters: vec![AdapterSpec {
-            path: case_dir("llama"),
-            scale: 1.0,
-        }],
-        output: out.to_path_buf(),
         outtype,
-        force: true,
-        threads: Some(2),
-        modelfile: false,
         source: source.map(Path::to_path_buf),
-        imatrix: None,
+        ..merge_options(base, &[(&case_dir("llama"), 1.0)], out, 2)
     })
 }
 
