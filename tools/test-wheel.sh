@@ -32,11 +32,12 @@ case "$policy" in
   *) echo "tools/test-wheel.sh: $wheel is not manylinux_2_17: $policy" >&2; exit 1 ;;
 esac
 
-venv="$(mktemp -d /tmp/lora-gguf-wheel-test.XXXXXX)/venv"   # under /tmp: the Debian chroot sees it too
-trap 'rm -rf "$(dirname "$venv")"' EXIT
+work="$(mktemp -d /tmp/lora-gguf-wheel-test.XXXXXX)"   # under /tmp: the Debian chroot sees it too
+trap 'rm -rf "$work"' EXIT
+venv="$work/venv"
 run python3 -m venv "$venv"
-cp "$wheel" "$(dirname "$venv")/"   # where the chroot sees it, wherever WHEEL was
-run "$venv/bin/pip" install -q --disable-pip-version-check --no-index "$(dirname "$venv")/$(basename "$wheel")"
+cp "$wheel" "$work/"   # where the chroot sees it, wherever WHEEL was
+run "$venv/bin/pip" install -q --disable-pip-version-check --no-index "$work/$(basename "$wheel")"
 # From outside the checkout's python/ directory, so only the installed module can be imported.
 cd /
 LORA_GGUF_TEST_MODEL="$model" run "$venv/bin/python" "$repo/python/tests/test_package.py"

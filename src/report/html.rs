@@ -285,9 +285,6 @@ const DRIFT_PLOTS: [DriftPlot; 4] = [
 
 /// The drift-vs-scale plots of the run.
 fn plots(set: &GoldenSet, verdict: &Verdict, limits: &Limits) -> String {
-    let points = |f: &dyn Fn(&ScaleSummary) -> f64| -> Vec<(f32, f64)> {
-        verdict.per_scale.iter().map(|s| (s.scale, f(s))).collect()
-    };
     let mut marks: Vec<(&str, &str, f32)> = Vec::new();
     if let Some(r) = &verdict.recommendation {
         if let Some(s) = r.scale {
@@ -310,7 +307,11 @@ fn plots(set: &GoldenSet, verdict: &Verdict, limits: &Limits) -> String {
                 key: p.key,
                 label: p.label,
                 color: p.color,
-                points: points(&p.value),
+                points: verdict
+                    .per_scale
+                    .iter()
+                    .map(|s| (s.scale, (p.value)(s)))
+                    .collect(),
             }],
             &[LimitLine {
                 key: p.limit_key,
