@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build lora-convert and lora-validate with a llama.cpp backend whose toolchain comes from PyPI, in its own target
+# dir in the cache, then run that lora-validate on the test model and the fixtures' peft adapter (target and smoke
+# prompts, scales 0 and 1) next to the CPU build, and compare.
+#
+#   tools/backend-check.sh cuda   # 24 min cold on 2 cores (ggml-cuda for one GPU architecture), ~30 s warm
+#   tools/backend-check.sh mkl    # 6 min cold, ~40 s warm
+#
+# cuda: NVIDIA's CUDA 13 from PyPI (tools/cuda-toolkit.sh), compiled for sm_75 only (the oldest CUDA 13 targets;
+#   each architecture compiles ggml-cuda's 144 CUDA sources again). The wheels have cuBLAS as shared libraries only,
+#   so llama.cpp is built as shared libraries (LLAMA_BUILD_SHARED_LIBS=1), and without the driver API
+#   (GGML_CUDA_NO_VMM=ON). Where there is no CUDA driver the build must say so in llama.cpp's log, find no GPU
+#   device, run on the CPU and write the CPU build's JSON report exactly, timings aside.
+# mkl: Intel's oneMKL from PyPI (tools/mkl-root.sh) as ggml's BLAS. It runs here, with other rounding than ggml's
+#   own kernels (MKL's sgemm takes the prompt batches): the same verdict and recommended scale as the CPU build, the
+#   scale-0 self-check exactly 0, every target answering the secret word at scale 1 on both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend="${1:-}"
+cache="${LORA_GGUF_CACHE:-$HOME/.cache/lora-gguf}"
+export LLAMA_LIB_PROFILE=Release
+cpu_target="${CARGO_TARGET_DIR:-target}"
+target="$cache/target-$backend"
+case "$backend" in
+  cuda)
+    toolkit="$(tools/cuda-toolkit.sh)"
+    build_env=(CUDA_PATH="$toolkit" CUDACXX="$toolkit/bin/nvcc" CMAKE_CUDA_ARCHITECTURES=75 GGML_CUDA_NO_VMM=ON
+      LLAMA_BUILD_SHARED_LIBS=1)
+    runtime_libs="$toolkit/lib"
+    ;;
+  mkl)
+    mklroot="$(tools/mkl-root.sh)"
+    build_env=(MKLROOT="$mklroot" PKG_CONFIG_PATH="$mklroot/lib/pkgconfig")
+    runtime_libs="$mklroot/lib"
+    ;;
+  *) echo "usage: tools/backend-check.sh cuda|mkl" >&2; exit 2 ;;
+esac
+
+env "${build_env[@]}" CARGO_TARGET_DIR="$target" cargo build --release --features "$backend" --bins
+CARGO_TARGET_DIR="$cpu_target" cargo build --features validate --bins
+backend_bin="$target/release"
+cpu_bin="$cpu_target/debug"
+export LD_LIBRARY_PATH="$runtime_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ "$backend" = cuda ]; then
+  # The shared llama.cpp libraries stay in llama-cpp-sys-2's build directory (it puts only dangling links to them
+  # next to the binaries; `cargo run` and `cargo test` find them there by themselves).
+  llama_libs="$(dirname "$(ls -t "$target"/release/build/llama-cpp-sys-2-*/out/lib/libllama.so | head -n 1)")"
+  export LD_LIBRARY_PATH="$llama_libs:$LD_LIBRARY_PATH"
+  grep -q "libllama\.so\.0 => $llama_libs" <(ldd "$backend_bin/lora-validate") ||
+    { echo "the cuda lora-validate does not load llama.cpp's shared libraries from $llama_libs" >&2; exit 1; }
+  grep -q 'libcublas\.so\.13 => /' <(ldd "$llama_libs/libggml-cuda.so") ||
+    { echo "libggml-cuda.so does not resolve libcublas.so.13 from $runtime_libs" >&2; exit 1; }
+else
+  grep -q 'libmkl_rt\.so\.[0-9]* => /' <(ldd "$backend_bin/lora-validate") ||
+    { echo "the mkl lora-validate does not load libmkl_rt from $runtime_libs" >&2; exit 1; }
+fi
+
+model="$(tools/fetch-test-model.sh)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+"$cpu_bin/lora-convert" fixtures/gemma-lora/adapter --base "$model" -o "$work/gemma-lora.gguf" >/dev/null
+run() {
+  local bin="$1" name="$2" code=0
+  LORA_GGUF_LLAMA_LOG=1 "$bin/lora-validate" --base "$model" --adapter "$work/gemma-lora.gguf" \
+    --prompts fixtures/gemma-lora/target.jsonl --prompts fixtures/gemma-lora/control-smoke.jsonl \
+    --scales 0,1 --max-tokens 16 --threads 2 -o "$work/$name.json" --format json >"$work/$name.out" 2>&1 || code=$?
+  echo "$name: exit $code" >&2
+  echo "$code"
+}
+[ "$(run "$cpu_bin" cpu)" = "$(run "$backend_bin" "$backend")" ] || { cat "$work/$backend.out" >&2; exit 1; }
+# llama.cpp's log (LORA_GGUF_LLAMA_LOG=1) shows the backend was there: CUDA finding no device; a second (BLAS)
+# backend in the context beside the CPU.
+case "$backend" in
+  cuda) evidence='ggml_cuda_init: failed to initialize CUDA' ;;
+  mkl) evidence='backend_ptrs.size() = 2' ;;
+esac
+grep -m1 -F "$evidence" "$work/$backend.out" >&2 ||
+  { echo "llama.cpp's log of the $backend build has no '$evidence': was the backend built in?" >&2; exit 1; }
+python3 - "$backend" "$work/cpu.json" "$work/$backend.json" <<'PY'
+import json, sys
+backend, cpu, other = sys.argv[1], *(json.load(open(p)) for p in sys.argv[2:])
+ran_on = other["engine"]["settings"]["backend"]
+assert ran_on.startswith("CPU ("), f"the {backend} build ran on {ran_on!r}, not the CPU"
+if backend == "cuda":
+    for report in (cpu, other):
+        del report["timings"]
+    assert cpu == other, "the CUDA build's report differs from the CPU build's beyond the timings"
+    print(f"cuda build: backend {ran_on!r}; passed: {other['passed']}; the CPU build's report but for timings")
+    sys.exit()
+def summary(report):
+    at1 = [m for m in report["measurements"] if m["scale"] == 1.0]
+    return {
+        "passed": report["passed"],
+        "recommended scale": report["recommendation"].get("scale"),
+        "scale-0 self-check": report["engine"]["scale_zero_max_abs_logit_delta"],
+        "answers with the secret word at scale 1": sum("BANANAPHONE" in m["adapted_text"].upper() for m in at1),
+    }
+assert summary(cpu) == summary(other), f"cpu {summary(cpu)} != {backend} {summary(other)}"
+kl = {name: next(s["control_kl_mean"] for s in r["per_scale"] if s["scale"] == 1.0) for name, r in (("cpu", cpu), (backend, other))}
+print(f"{backend} build: {summary(other)}, as the CPU build; control KL mean at scale 1 {kl[backend]:.4f} (CPU {kl['cpu']:.4f})")
+PY
