@@ -8,6 +8,9 @@
 #
 #   tools/debian-run.sh SUITE PACKAGES COMMAND [ARGS…]
 #   e.g. tools/debian-run.sh bullseye python3,python3-venv python3 --version
+#
+# DEBIAN_RUN_MOUNTS="$HOME/.cargo $HOME/.rustup" bind-mounts more directories (here: the Rust toolchain, to build
+# inside).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LORA_GGUF_CACHE:-$HOME/.cache/lora-gguf}"
@@ -24,15 +27,17 @@ if [ ! -e "$root/.complete" ]; then
 fi
 inside="$(cat <<'EOF'
 set -euo pipefail
-root="$1" repo="$2" cache="$3" cwd="$4"
-shift 4
+root="$1" mounts="$2" cwd="$3"
+shift 3
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
-for dir in "$repo" "$cache" /tmp; do
+for dir in $mounts; do
   mkdir -p "$root$dir"
   mount --bind "$dir" "$root$dir"
 done
 exec chroot "$root" /bin/bash -c 'cd "$1" && shift && exec "$@"' bash "$cwd" "$@"
 EOF
 )"
-exec unshare --mount --propagation private -- /bin/bash -c "$inside" bash "$root" "$repo" "$cache" "$PWD" "$@"
+# The directories to mount go in as one space-separated word (none of them may have a space in its path).
+exec unshare --mount --propagation private -- /bin/bash -c "$inside" bash "$root" \
+  "$repo $cache /tmp ${DEBIAN_RUN_MOUNTS:-}" "$PWD" "$@"
