@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build lora-convert and lora-validate with a llama.cpp backend whose toolchain installs from the registries (PyPI,
-# Debian), in its own target dir in the cache, then run that lora-validate on the test model and the fixtures' peft adapter (target and smoke
-# prompts, scales 0 and 1) next to the CPU build, and compare.
+# Debian), in its own target dir in the cache, then run that lora-validate on the test model and the fixtures' peft
+# adapter (target and smoke prompts, scales 0 and 1) next to the CPU build, and compare.
 #
 #   tools/backend-check.sh cuda   # 24 min cold on 2 cores (ggml-cuda for one GPU architecture), ~30 s warm
 #   tools/backend-check.sh mkl    # 6 min cold, ~40 s warm
