@@ -15,6 +15,8 @@
 #
 # Needs python3 with venv and pip (the wheels are ~1 GB unpacked).
 set -euo pipefail
+# shellcheck source=tools/wheel-sdk.sh
+. "$(dirname "$0")/wheel-sdk.sh"
 cache="${LORA_GGUF_CACHE:-$HOME/.cache/lora-gguf}"
 # The versions this was checked with; CUDA 13 is the first major release whose compiler is on PyPI (the CUDA 12
 # nvcc wheel holds ptxas only).
@@ -25,25 +27,14 @@ if [ -x "$toolkit/bin/nvcc" ] && [ -e "$toolkit/lib/libcublas.so" ]; then
   exit 0
 fi
 venv="$cache/cuda-wheels-13.5.37"
-if [ ! -f "$venv/.installed" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}" >&2
-  touch "$venv/.installed"
-fi
+wheel_venv "$venv" "${pins[@]}"
 cu13="$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)"
 [ -x "$cu13/bin/nvcc" ] || { echo "no nvcc in $cu13 (pip install ${pins[*]} did not give a CUDA 13 toolkit)" >&2; exit 1; }
 tmp="$toolkit.tmp"
 rm -rf "$tmp"
-mkdir -p "$tmp/lib"
+link_libs "$tmp/lib" "$cu13"/lib/*
 for dir in bin include nvvm; do
   ln -s "$cu13/$dir" "$tmp/$dir"
-done
-for lib in "$cu13"/lib/*; do
-  name="$(basename "$lib")"
-  ln -s "$lib" "$tmp/lib/$name"
-  # libcublas.so.13 → also libcublas.so, the name a linker looks for.
-  case "$name" in *.so.*) ln -sf "$lib" "$tmp/lib/${name%%.so.*}.so" ;; esac
 done
 ln -s lib "$tmp/lib64"
 rm -rf "$toolkit"

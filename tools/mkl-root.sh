@@ -10,6 +10,8 @@
 #
 # Needs python3 with venv and pip (the wheels are ~1 GB unpacked).
 set -euo pipefail
+# shellcheck source=tools/wheel-sdk.sh
+. "$(dirname "$0")/wheel-sdk.sh"
 cache="${LORA_GGUF_CACHE:-$HOME/.cache/lora-gguf}"
 version=2026.2.1
 root="$cache/mkl-$version"
@@ -18,24 +20,14 @@ if [ -e "$root/lib/pkgconfig/mkl-sdl.pc" ] && [ -e "$root/include/mkl.h" ]; then
   exit 0
 fi
 venv="$cache/mkl-wheels-$version"
-if [ ! -f "$venv/.installed" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "mkl-devel==$version" "mkl-include==$version" >&2
-  touch "$venv/.installed"
-fi
+wheel_venv "$venv" "mkl-devel==$version" "mkl-include==$version"
 [ -e "$venv/include/mkl.h" ] || { echo "no mkl.h in $venv/include (pip install mkl-devel mkl-include)" >&2; exit 1; }
 tmp="$root.tmp"
 rm -rf "$tmp"
-mkdir -p "$tmp/lib"
+link_libs "$tmp/lib" "$venv"/lib/lib*.so*
 ln -s "$venv/include" "$tmp/include"
 # ggml-blas finds MKL's headers through pkg-config's mkl-sdl (PKG_CONFIG_PATH="$M/lib/pkgconfig").
 ln -s "$venv/lib/pkgconfig" "$tmp/lib/pkgconfig"
-for lib in "$venv"/lib/lib*.so*; do
-  name="$(basename "$lib")"
-  ln -s "$lib" "$tmp/lib/$name"
-  case "$name" in *.so.*) ln -sf "$lib" "$tmp/lib/${name%%.so.*}.so" ;; esac
-done
 rm -rf "$root"
 mv "$tmp" "$root"
 echo "$root"
