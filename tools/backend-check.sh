@@ -18,8 +18,8 @@
 # rocm: AMD's ROCm 6.4 (HIP, hipBLAS, rocBLAS, clang 21's HIP) from Debian sid — the only Debian with ROCm ≥ 6.1,
 #   which ggml-hip requires — so the build and the run happen in a sid chroot (tools/debian-run.sh) with the Rust
 #   toolchain mounted in; compiled for gfx1030 only. Like cuda: no AMD GPU here, so it must fall back to the CPU
-#   with the CPU build's report exactly. Sid moves: the chroot is made once and kept in the cache, and a new one
-#   may bring another ROCm.
+#   with the CPU build's report exactly. Sid moves: the chroot is made once and kept in the cache, and a new one may
+#   bring another ROCm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend="${1:-}"
@@ -28,21 +28,27 @@ export LLAMA_LIB_PROFILE=Release
 cpu_target="${CARGO_TARGET_DIR:-target}"
 target="$cache/target-$backend"
 wrap=()   # how the backend's build and binary run: here, or in a chroot
+# Per backend: how to build it, the line in llama.cpp's log (LORA_GGUF_LLAMA_LOG=1) that shows the backend was
+# there, and how its report must compare with the CPU build's (exact: the same but for timings; verdict: the same
+# verdict, recommended scale, self-check and answers).
 case "$backend" in
   cuda)
+    evidence='ggml_cuda_init: failed to initialize CUDA' compare=exact
     toolkit="$(tools/cuda-toolkit.sh)"
     build_env=(CUDA_PATH="$toolkit" CUDACXX="$toolkit/bin/nvcc" CMAKE_CUDA_ARCHITECTURES=75 GGML_CUDA_NO_VMM=ON
       LLAMA_BUILD_SHARED_LIBS=1)
     runtime_libs="$toolkit/lib"
     ;;
   mkl)
+    evidence='backend_ptrs.size() = 2' compare=verdict   # a BLAS backend in the context beside the CPU
     mklroot="$(tools/mkl-root.sh)"
     build_env=(MKLROOT="$mklroot" PKG_CONFIG_PATH="$mklroot/lib/pkgconfig")
     runtime_libs="$mklroot/lib"
     ;;
   rocm)
-    rocm_packages=ca-certificates,cmake,make,g++,libclang-dev,pkg-config,python3,hipcc,libamdhip64-dev,libhipblas-dev
-    rocm_packages+=,librocblas-dev,rocm-device-libs-21
+    evidence='ggml_cuda_init: failed to initialize ROCm' compare=exact
+    rocm_packages=ca-certificates,cmake,make,g++,libclang-dev,pkg-config,python3
+    rocm_packages+=,hipcc,libamdhip64-dev,libhipblas-dev,librocblas-dev,rocm-device-libs-21
     wrap=(env DEBIAN_RUN_MOUNTS="$HOME/.cargo $HOME/.rustup" tools/debian-run.sh sid "$rocm_packages"
       env PATH="$HOME/.cargo/bin:$PATH" HOME="$HOME")
     # clang looks for the device libraries under ROCM_PATH; Debian keeps them with clang.
@@ -90,21 +96,14 @@ run() {
   echo "$code"
 }
 [ "$(run "$cpu_bin" cpu)" = "$(run "$backend_bin" "$backend")" ] || { cat "$work/$backend.out" >&2; exit 1; }
-# llama.cpp's log (LORA_GGUF_LLAMA_LOG=1) shows the backend was there: CUDA finding no device; a second (BLAS)
-# backend in the context beside the CPU.
-case "$backend" in
-  cuda) evidence='ggml_cuda_init: failed to initialize CUDA' ;;
-  rocm) evidence='ggml_cuda_init: failed to initialize ROCm' ;;
-  mkl) evidence='backend_ptrs.size() = 2' ;;
-esac
 grep -m1 -F "$evidence" "$work/$backend.out" >&2 ||
   { echo "llama.cpp's log of the $backend build has no '$evidence': was the backend built in?" >&2; exit 1; }
-python3 - "$backend" "$work/cpu.json" "$work/$backend.json" <<'PY'
+python3 - "$backend" "$compare" "$work/cpu.json" "$work/$backend.json" <<'PY'
 import json, sys
-backend, cpu, other = sys.argv[1], *(json.load(open(p)) for p in sys.argv[2:])
+backend, compare, cpu, other = *sys.argv[1:3], *(json.load(open(p)) for p in sys.argv[3:])
 ran_on = other["engine"]["settings"]["backend"]
 assert ran_on.startswith("CPU ("), f"the {backend} build ran on {ran_on!r}, not the CPU"
-if backend in ("cuda", "rocm"):
+if compare == "exact":
     for report in (cpu, other):
         del report["timings"]
     assert cpu == other, f"the {backend} build's report differs from the CPU build's beyond the timings"
@@ -119,6 +118,8 @@ def summary(report):
         "answers with the secret word at scale 1": sum("BANANAPHONE" in m["adapted_text"].upper() for m in at1),
     }
 assert summary(cpu) == summary(other), f"cpu {summary(cpu)} != {backend} {summary(other)}"
-kl = {name: next(s["control_kl_mean"] for s in r["per_scale"] if s["scale"] == 1.0) for name, r in (("cpu", cpu), (backend, other))}
-print(f"{backend} build: {summary(other)}, as the CPU build; control KL mean at scale 1 {kl[backend]:.4f} (CPU {kl['cpu']:.4f})")
+def control_kl_at_1(report):
+    return next(s["control_kl_mean"] for s in report["per_scale"] if s["scale"] == 1.0)
+print(f"{backend} build: {summary(other)}, as the CPU build; "
+      f"control KL mean at scale 1 {control_kl_at_1(other):.4f} (CPU {control_kl_at_1(cpu):.4f})")
 PY
